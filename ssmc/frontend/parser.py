@@ -1,0 +1,295 @@
+"""lark grammar -> typed AST (`ast.File`), with every syntax problem as a SpecError."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from ..errors import SpecError, Source, Span
+from . import ast
+
+# Expressions nested deeper than this are refused before any recursive walk, so no
+# RecursionError can escape from the transformer or the passes.
+MAX_DEPTH = 120
+
+_READABLE = {
+    "NAME": "a name", "NUMBER": "a number", "IMAG": "an imaginary number", "STRING": "a \"string\"",
+    "_NL": "end of line", "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'",
+    "LBRACE": "'{'", "RBRACE": "'}'", "COMMA": "','", "EQUAL": "'='", "COLON": "':'",
+    "SEMICOLON": "';'", "PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'",
+    "POW": "'**'", "COMPLEX": "'complex'", "FROZEN": "'frozen'", "QUOTE": "\"'\"", "$END": "end of file",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark.open_from_package("ssmc.grammar", "ssm.lark", parser="lalr",
+                                  propagate_positions=True, maybe_placeholders=True)
+
+
+def _span(meta_or_tok) -> Span:
+    return Span(meta_or_tok.line, meta_or_tok.column,
+                getattr(meta_or_tok, "end_line", None), getattr(meta_or_tok, "end_column", None))
+
+
+def _expected(names) -> str:
+    words = sorted({_READABLE.get(n, f"'{n.lower()}'" if n.isalpha() else n) for n in names})
+    # Keyword terminals are named after their text by lark ("SSM", "DIMS", ...).
+    return ", ".join(words)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Builds `ast` nodes; never validates beyond the shape of the syntax."""
+
+    def start(self, meta, children):
+        blocks = tuple(c for c in children if isinstance(c, ast.Block))
+        return ast.File(_span(meta) if not meta.empty else Span(1, 1), blocks)
+
+    def block(self, meta, children):
+        name, *rest = children
+        desc = None
+        if rest and isinstance(rest[0], Token) and rest[0].type == "STRING":
+            desc = _unquote(rest[0])
+            rest = rest[1:]
+        stmts = tuple(c for c in rest if c is not None and not isinstance(c, Token))
+        return ast.Block(_span(meta), str(name), desc, (), stmts, name_span=_span(name))
+
+    def dims_stmt(self, meta, children):
+        return _DimsStmt(_span(meta), tuple(children))
+
+    def dim_def(self, meta, children):
+        name, value = children
+        return ast.DimDef(_span(name), str(name), value)
+
+    def input_stmt(self, meta, children):
+        return _InputsStmt(_span(meta), tuple(children))
+
+    def tensor_decl(self, meta, children):
+        name, dims = children
+        return (name, dims)
+
+    def dim_list(self, meta, children):
+        return tuple(ast.DimRef(_span(t), str(t)) for t in children if t is not None)
+
+    def state_stmt(self, meta, children):
+        (name, dims), *flags = children
+        return ast.StateDecl(_span(name), str(name), dims, "complex" in flags)
+
+    def param_stmt(self, meta, children):
+        name, dims, *rest = children
+        init = rest[-1]
+        flags = rest[:-1]
+        return ast.ParamDecl(_span(name), str(name), dims, "complex" in flags, "frozen" in flags, init)
+
+    def flag(self, meta, children):
+        return str(children[0])
+
+    def assign_stmt(self, meta, children):
+        name, value, *rest = children
+        structure = rest[0] if rest else None
+        return ast.Assign(_span(name), str(name), value, structure)
+
+    def structure(self, meta, children):
+        name, *kwargs = children
+        return ast.Structure(_span(name), str(name), tuple(k for k in kwargs if k is not None))
+
+    def _transition(self, kind, meta, children):
+        state, matrix, applied, *rest = children
+        term = None
+        if rest and rest[0] is not None:
+            sign, term = rest
+            if str(sign) == "-":
+                term = ast.Neg(term.span, term)
+        return ast.Transition(_span(meta), kind, str(state), _span(state), str(matrix), _span(matrix),
+                              str(applied), _span(applied), term)
+
+    def dynamics_stmt(self, meta, children):
+        return self._transition("dynamics", meta, children)
+
+    def recurrence_stmt(self, meta, children):
+        return self._transition("recurrence", meta, children)
+
+    def discretize_stmt(self, meta, children):
+        rule, *kwargs = children
+        return ast.Discretize(_span(meta), str(rule), _span(rule), tuple(kwargs))
+
+    def scan_stmt(self, meta, children):
+        order, *kwargs = children
+        return ast.Scan(_span(meta), str(order), _span(order), tuple(k for k in kwargs if k is not None))
+
+    def output_stmt(self, meta, children):
+        name, value = children
+        return ast.Output(_span(name), str(name), value)
+
+    def kwarg(self, meta, children):
+        name, value = children
+        return ast.Kwarg(_span(name), str(name), value)
+
+    # expressions
+    def binop(self, meta, children):
+        left, op, right = children
+        return ast.BinOp(_span(meta), str(op), left, right)
+
+    def neg(self, meta, children):
+        return ast.Neg(_span(meta), children[1])
+
+    def pos(self, meta, children):
+        return children[1]
+
+    def number(self, meta, children):
+        text = str(children[0])
+        value = int(text) if text.isdigit() else float(text)
+        return ast.Num(_span(meta), value)
+
+    def imag(self, meta, children):
+        return ast.Imag(_span(meta), complex(0, float(str(children[0])[:-1])))
+
+    def name(self, meta, children):
+        return ast.Name(_span(meta), str(children[0]))
+
+    def call(self, meta, children):
+        fn, *args = children
+        args = [a for a in args if a is not None]
+        pos = tuple(a for a in args if not isinstance(a, ast.Kwarg))
+        kws = tuple(a for a in args if isinstance(a, ast.Kwarg))
+        return ast.Call(_span(meta), str(fn), pos, kws, fn_span=_span(fn))
+
+
+def _unquote(tok: Token) -> str:
+    body = str(tok)[1:-1]
+    out, i = [], 0
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body):
+            out.append({"n": "\n", "t": "\t"}.get(body[i + 1], body[i + 1]))
+            i += 2
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+def decode(data: bytes, filename: str) -> Source:
+    """Bytes of a spec file -> Source, refusing binary and non-UTF-8 files."""
+    if b"\x00" in data:
+        off = data.index(b"\x00")
+        line = data[:off].count(b"\n") + 1
+        col = off - (data.rfind(b"\n", 0, off) + 1) + 1
+        raise SpecError("this is a binary file, not a .ssm spec (it contains a NUL byte)",
+                        Span(line, col), Source("", filename),
+                        hint="a spec is UTF-8 text with `ssm NAME { ... }` blocks")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        good = data[: data.find(b"\n", e.start) if b"\n" in data[e.start:] else len(data)]
+        shown = good.decode("utf-8", errors="replace")
+        raise SpecError(f"the file is not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}, column {col})",
+                        Span(line, col), Source(shown, filename), hint="save the spec as UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return Source(text, filename)
+
+
+def read_source(path) -> Source:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"no such spec file: {p}") from None
+    except IsADirectoryError:
+        raise SpecError(f"{p} is a directory, not a .ssm spec file") from None
+    except OSError as e:
+        raise SpecError(f"cannot read {p}: {e.strerror}") from None
+    return decode(data, str(path))
+
+
+def _check_depth(tree: Tree, source: Source) -> None:
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            meta = node.meta
+            raise SpecError(f"expression nested too deeply (more than {MAX_DEPTH} levels)",
+                            Span(meta.line, meta.column), source,
+                            hint="split it into named values")
+        for c in node.children:
+            if isinstance(c, Tree):
+                stack.append((c, depth + 1))
+
+
+def parse(source: Source | str, filename: str = "<string>") -> ast.File:
+    """Parse spec text into an `ast.File`; raises SpecError with the position."""
+    if isinstance(source, str):
+        source = Source(source, filename)
+    if not source.text.strip() or all(
+            not ln.strip() or ln.lstrip().startswith("#") for ln in source.text.splitlines()):
+        raise SpecError("empty spec: the file holds no `ssm NAME { ... }` block", Span(1, 1), source,
+                        hint="start with: ssm MyLayer { ... }")
+    text = source.text if source.text.endswith("\n") else source.text + "\n"
+    try:
+        tree = _lark().parse(text)
+    except UnexpectedInput as e:
+        raise _syntax_error(e, source) from None
+    _check_depth(tree, source)
+    try:
+        result = _ToAst().transform(tree)
+    except VisitError as e:
+        if isinstance(e.orig_exc, SpecError):
+            raise e.orig_exc.with_source(source) from None
+        raise
+    return _regroup(result, source)
+
+
+def _syntax_error(e: UnexpectedInput, source: Source) -> SpecError:
+    line, col = e.line, e.column
+    if isinstance(e, UnexpectedCharacters):
+        ch = source.line_text(line)[col - 1: col] if line > 0 else "?"
+        return SpecError(f"unexpected character {ch!r}", Span(line, col), source,
+                         hint="expected " + _expected(e.allowed or []) if e.allowed else None)
+    if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
+        lines = source.text.splitlines() or [""]
+        last = len(lines)
+        return SpecError("unexpected end of file", Span(last, len(lines[-1]) + 1), source,
+                         hint="a block ends with '}'")
+    tok = e.token
+    shown = "end of line" if tok.type == "_NL" else repr(str(tok))
+    expected = _expected(e.expected) if getattr(e, "expected", None) else ""
+    if tok.type == "_NL":
+        line = tok.line
+        col = len(source.line_text(line)) + 1
+    end = col + max(1, len(str(tok))) if tok.type != "_NL" else col + 1
+    return SpecError(f"unexpected {shown}", Span(line, col, line, end), source,
+                     hint=f"expected {expected}" if expected else None)
+
+
+def _regroup(file: ast.File, source: Source) -> ast.File:
+    """Flatten multi-declaration statements and split the dims out of each block."""
+    blocks = []
+    for b in file.blocks:
+        dims, body = [], []
+        for s in b.body:
+            if isinstance(s, _DimsStmt):
+                dims.extend(s.children)
+            elif isinstance(s, _InputsStmt):
+                for name, dl in s.children:
+                    body.append(ast.InputDecl(_span(name), str(name), dl))
+            else:
+                body.append(s)
+        blocks.append(ast.Block(b.span, b.name, b.description, tuple(dims), tuple(body), name_span=b.name_span))
+    return ast.File(file.span, tuple(blocks))
+
+
+class _DimsStmt:
+    """Holder for a `dims` statement until `_regroup` splits it out."""
+
+    def __init__(self, span, children):
+        self.span, self.children = span, children
+
+
+class _InputsStmt:
+    def __init__(self, span, children):
+        self.span, self.children = span, children

@@ -1,0 +1,225 @@
+"""AST -> IR graph. Lowers what was written, without resolving or checking names.
+
+Names become `ref` nodes that the `resolve_names` pass links up. Every op gets the
+span of the spec construct it came from. Calls are checked for arity here, since
+that is a property of the syntax of a call.
+"""
+from __future__ import annotations
+
+from ..errors import SpecError, Source, Span
+from ..frontend import ast
+from . import functions as F
+from .graph import Graph, op
+
+
+class _Lowering:
+    def __init__(self, g: Graph, source: Source):
+        self.g = g
+        self.source = source
+
+    def err(self, msg, span, hint=None):
+        return SpecError(msg, span, self.source, hint)
+
+    # --- expressions ----------------------------------------------------------------
+    def expr(self, e: ast.Expr, mode: str, owner: str | None = None) -> int:
+        """Lower an expression. mode: 'value' or 'init'. owner names linear/conv weights."""
+        g = self.g
+        if isinstance(e, ast.Num):
+            return g.add(op("const", e.span, value=e.value))
+        if isinstance(e, ast.Imag):
+            return g.add(op("const", e.span, value=e.value))
+        if isinstance(e, ast.Name):
+            if e.id in F.CONSTANTS:
+                return g.add(op("const", e.span, value=F.CONSTANTS[e.id]))
+            if e.id in F.CONSTANT_INITS:
+                if mode != "init":
+                    raise self.err(f"'{e.id}' is an initializer; it can only follow `param ... =`", e.span,
+                                   hint="use 0 or 1 in an expression")
+                return g.add(op("const", e.span, value=0.0 if e.id == "zeros" else 1.0))
+            if e.id in ("true", "false"):
+                raise self.err(f"'{e.id}' is only a keyword argument value (bias = {e.id})", e.span)
+            if e.id in F.ALL_FUNCTIONS:
+                raise self.err(f"'{e.id}' is a function; call it with arguments", e.span,
+                               hint=f"write {e.id}(...)")
+            return g.add(op("ref", e.span, name=e.id))
+        if isinstance(e, ast.Neg):
+            return g.add(op("neg", e.span), self.expr(e.operand, mode, owner))
+        if isinstance(e, ast.BinOp):
+            kind = {"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow"}[e.op]
+            left = self.expr(e.left, mode, owner)
+            right = self.expr(e.right, mode, owner)
+            return g.add(op(kind, e.span), left, right)
+        if isinstance(e, ast.Call):
+            return self.call(e, mode, owner)
+        raise AssertionError(type(e))
+
+    def _arity(self, e: ast.Call, lo: int, hi: int | None, what: str):
+        n = len(e.args)
+        if n < lo or (hi is not None and n > hi):
+            want = f"{lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
+            raise self.err(f"{e.fn}() takes {want} argument{'s' if (hi or lo) != 1 else ''}, got {n}",
+                           e.span, hint=f"write {what}")
+
+    def _no_kwargs(self, e: ast.Call, allowed=()):
+        for k in e.kwargs:
+            if k.name not in allowed:
+                hint = (f"{e.fn}() accepts: " + ", ".join(f"{a} = ..." for a in allowed)) if allowed \
+                    else f"{e.fn}() takes no keyword arguments"
+                raise self.err(f"unknown keyword argument '{k.name}' for {e.fn}()", k.span, hint=hint)
+
+    def _dim_args(self, e: ast.Call, args) -> tuple[tuple[str, Span], ...]:
+        out = []
+        for a in args:
+            if not isinstance(a, ast.Name):
+                raise self.err(f"{e.fn}() expects dim names here", a.span,
+                               hint=f"write a dim declared in `dims`, e.g. {e.fn}(..., N)")
+            out.append((a.id, a.span))
+        return tuple(out)
+
+    def _bool_kwarg(self, e: ast.Call, name: str) -> bool:
+        for k in e.kwargs:
+            if k.name == name:
+                if isinstance(k.value, ast.Name) and k.value.id in ("true", "false"):
+                    return k.value.id == "true"
+                raise self.err(f"{name} must be true or false", k.value.span, hint=f"{name} = true")
+        return False
+
+    def call(self, e: ast.Call, mode: str, owner: str | None) -> int:
+        g, fn = self.g, e.fn
+        if fn in F.ELEMENTWISE:
+            self._no_kwargs(e)
+            self._arity(e, 1, 1, f"{fn}(x)")
+            return g.add(op(fn, e.span), self.expr(e.args[0], mode, owner))
+        if fn in F.REDUCTIONS:
+            self._no_kwargs(e)
+            self._arity(e, 2, None, f"{fn}(e, N)")
+            dims = self._dim_args(e, e.args[1:])
+            return g.add(op(fn, e.span, dims=dims), self.expr(e.args[0], mode, owner))
+        if fn == "arange":
+            self._no_kwargs(e)
+            self._arity(e, 1, 1, "arange(N)")
+            (dim,) = self._dim_args(e, e.args)
+            return g.add(op("arange", e.span, dim=dim))
+        if fn == "linear":
+            self._no_kwargs(e, ("bias",))
+            self._arity(e, 2, None, "linear(e, N)")
+            if mode == "init":
+                raise self.err("linear() is not allowed in an initializer", e.fn_span or e.span,
+                               hint="initializers are fixed expressions or random draws")
+            dims = self._dim_args(e, e.args[1:])
+            weight = self._weight_name(owner, "_proj")
+            bias = weight + "_bias" if self._bool_kwarg(e, "bias") else None
+            arg = self.expr(e.args[0], mode, owner)
+            return g.add(op("linear", e.span, out_dims=dims, weight=weight, bias=bias), arg)
+        if fn == "conv":
+            self._no_kwargs(e, ("bias",))
+            self._arity(e, 2, 2, "conv(e, K)")
+            if mode == "init":
+                raise self.err("conv() is not allowed in an initializer", e.fn_span or e.span)
+            k = e.args[1]
+            if isinstance(k, ast.Num) and isinstance(k.value, int):
+                width = (k.value, k.span)
+            elif isinstance(k, ast.Name):
+                width = (k.id, k.span)
+            else:
+                raise self.err("conv() width must be a positive integer or a dim", k.span, hint="conv(e, 4)")
+            weight = self._weight_name(owner, "_conv")
+            bias = weight + "_bias" if self._bool_kwarg(e, "bias") else None
+            arg = self.expr(e.args[0], mode, owner)
+            return g.add(op("conv", e.span, width=width, weight=weight, bias=bias), arg)
+        if fn == "dplr":
+            self._no_kwargs(e)
+            self._arity(e, 3, 3, "dplr(Lambda, P, Q)")
+            args = [self.expr(a, mode, owner) for a in e.args]
+            return g.add(op("dplr", e.span), *args)
+        if fn in F.RANDOM or fn in F.FAMILIES:
+            if mode != "init":
+                raise self.err(f"'{fn}' is an initializer; it can only follow `param ... =`", e.fn_span or e.span,
+                               hint="declare a param: param NAME[dims] = " + fn + "(...)")
+            self._no_kwargs(e)
+            if fn in F.RANDOM:
+                self._arity(e, F.RANDOM[fn], F.RANDOM[fn], f"{fn}(a, b)")
+                args = [self.expr(a, mode, owner) for a in e.args]
+                return g.add(op("random", e.span, dist=fn, param=owner), *args)
+            self._arity(e, 1, 1, f"{fn}(N)")
+            (dim,) = self._dim_args(e, e.args)
+            return g.add(op("family", e.span, fn=fn, dim=dim))
+        if fn in F.CONSTANT_INITS:
+            raise self.err(f"'{fn}' takes no arguments", e.span, hint=f"write `= {fn}`")
+        raise self.err(f"unknown function '{fn}'", e.fn_span or e.span,
+                       hint=F.did_you_mean(fn, F.ALL_FUNCTIONS, "functions") or None)
+
+    def _weight_name(self, owner: str | None, suffix: str) -> str:
+        base = f"{owner}{suffix}"
+        count = self.g.meta.setdefault("_weight_counts", {})
+        count[base] = count.get(base, 0) + 1
+        return base if count[base] == 1 else f"{base}{count[base]}"
+
+
+def build(block: ast.Block, source: Source) -> Graph:
+    """Lower one `ssm` block into a Graph (unresolved names, no facts yet)."""
+    g = Graph()
+    low = _Lowering(g, source)
+    g.meta.update(name=block.name, name_span=block.name_span, description=block.description,
+                  source=source, decls=[], values={}, structures={}, inputs=[], params=[],
+                  dims_ast=block.dims, transition=None, discretize=None, scan=None, output=None,
+                  state=None, block_span=block.span)
+    decls = g.meta["decls"]
+    for d in block.dims:
+        decls.append(("dim", d.name, d.span))
+    for s in block.body:
+        if isinstance(s, ast.InputDecl):
+            n = g.add(op("input", s.span, name=s.name, dims=tuple((d.name, d.span) for d in s.dims)))
+            g.meta["inputs"].append(n)
+            decls.append(("input", s.name, s.span))
+        elif isinstance(s, ast.StateDecl):
+            n = g.add(op("state", s.span, name=s.name, dims=tuple((d.name, d.span) for d in s.dims),
+                         complex=s.complex))
+            decls.append(("state", s.name, s.span))
+            if g.meta["state"] is not None:
+                raise low.err("a block has exactly one `state`", s.span,
+                              hint="put all state dims in one declaration, e.g. state x[H, N]")
+            g.meta["state"] = n
+        elif isinstance(s, ast.ParamDecl):
+            init = low.expr(s.init, "init", s.name)
+            n = g.add(op("param", s.span, name=s.name, dims=tuple((d.name, d.span) for d in s.dims),
+                         complex=s.complex, frozen=s.frozen), init)
+            g.meta["params"].append(n)
+            decls.append(("param", s.name, s.span))
+        elif isinstance(s, ast.Assign):
+            root = low.expr(s.value, "value", s.name)
+            decls.append(("value", s.name, s.span))
+            g.meta["values"][s.name] = root
+            if s.structure is not None:
+                g.meta["structures"][s.name] = s.structure
+        elif isinstance(s, ast.Transition):
+            if g.meta["transition"] is not None:
+                raise low.err(f"a second `{s.kind}`: a block has exactly one", s.span,
+                              hint="one of `dynamics x' = A x + E` or `recurrence x = Abar x + E`")
+            term = low.expr(s.input_term, "value", s.state) if s.input_term is not None else None
+            g.meta["transition"] = dict(kind=s.kind, state=s.state, state_span=s.state_span, matrix=s.matrix,
+                                        matrix_span=s.matrix_span, applied=s.applied_to,
+                                        applied_span=s.applied_span, term=term, span=s.span)
+        elif isinstance(s, ast.Discretize):
+            if g.meta["discretize"] is not None:
+                raise low.err("a second `discretize`: a block has exactly one", s.span)
+            step = None
+            for k in s.kwargs:
+                if k.name != "step":
+                    raise low.err(f"unknown discretize option '{k.name}'", k.span,
+                                  hint="write: discretize zoh, step = dt")
+                step = low.expr(k.value, "value", "step")
+            g.meta["discretize"] = dict(rule=s.rule, rule_span=s.rule_span, step=step, span=s.span)
+        elif isinstance(s, ast.Scan):
+            if g.meta["scan"] is not None:
+                raise low.err("a second `scan`: a block has exactly one", s.span)
+            g.meta["scan"] = s
+        elif isinstance(s, ast.Output):
+            if g.meta["output"] is not None:
+                raise low.err("a second `output`: a block has exactly one", s.span)
+            root = low.expr(s.value, "value", s.name)
+            n = g.add(op("output", s.span, name=s.name), root)
+            g.meta["output"] = n
+            decls.append(("output", s.name, s.span))
+    g.meta.pop("_weight_counts", None)
+    return g

@@ -1,0 +1,39 @@
+"""eliminate_common_subexpressions: one node per distinct computation.
+
+Two nodes merge when they have the same kind, attributes and operands. Nodes that
+own something (params, inputs, the state, linear/conv weights, random draws) or
+stand for the system never merge. Nodes that nothing reads any more, other than
+params (they stay module parameters), are removed.
+
+Example: y = exp(a) * exp(a)   ->  %1 = exp(a); %2 = mul(%1, %1)
+"""
+from __future__ import annotations
+
+from ..ir.graph import Graph
+
+NEVER = ("param", "input", "state", "linear", "conv", "random", "recurrence", "dynamics", "output")
+
+
+def eliminate_common_subexpressions(g: Graph) -> Graph:
+    """Merge structurally equal nodes; drop dead ones."""
+    g = g.copy()
+    seen: dict[tuple, int] = {}
+    for n in g.topo():
+        o = g.op(n)
+        if o.kind in NEVER:
+            continue
+        key = (o.kind, tuple((k, repr(v)) for k, v in o.attrs), g.operands(n))
+        if key in seen:
+            g.replace_all_uses(n, seen[key])
+            g.erase(n)
+        else:
+            seen[key] = n
+    keep = {g.meta["system"], g.meta["output"], *g.meta["params"], *g.meta["inputs"], g.meta["state"]}
+    live = set(keep)
+    for k in keep:
+        live |= g.ancestors(k)
+    for n in list(g.nodes()):
+        if n not in live:
+            g.erase(n)
+    g.meta["values"] = {k: v for k, v in g.meta["values"].items() if v in g.nx}
+    return g

@@ -1,0 +1,306 @@
+"""check_declarations: every declared name is legal and unique, dims evaluate, the
+block has all its parts, and the scan order and discretization rule are known.
+
+Guarantees afterwards:
+  meta["dims"]       [(name, expr_tree, default_value)] in declaration order
+  meta["scan"]       {"order", "merge", "params", "rows", "cols", "directions"}
+  meta["rule"]       the discretization rule (None for `recurrence`)
+  a single system node: `dynamics(A, E, step)` or `recurrence(Abar, E)`.
+
+Example: `dims H = 4, R = ceil(H / 16)` -> meta["dims"] = [("H", 4, 4), ("R", ("ceil", ...), 1)].
+"""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from ..errors import SpecError, Span
+from ..frontend import ast
+from ..ir import functions as F
+from ..ir.graph import Graph, op
+
+IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+DIM_FUNCS = ("ceil", "floor", "min", "max")
+MAX_DIM = 2 ** 40
+
+
+def _err(g, msg, span, hint=None):
+    return SpecError(msg, span, g.meta["source"], hint)
+
+
+def check_name(g: Graph, name: str, span: Span, what: str) -> None:
+    if not IDENT.match(name):
+        raise _err(g, f"'{name}' is not a valid {what} name", span, hint="names match [A-Za-z_][A-Za-z0-9_]*")
+    if name.startswith("_"):
+        raise _err(g, f"'{name}': names starting with '_' are reserved for generated code", span,
+                   hint=f"rename it, e.g. '{name.lstrip('_') or 'v'}'")
+    if name in F.RESERVED:
+        raise _err(g, f"'{name}' is a reserved word and cannot name a {what}", span,
+                   hint=f"rename it, e.g. '{name}_'" if not name.endswith("_") else "rename it")
+
+
+# --- dims ----------------------------------------------------------------------
+def dim_tree(g: Graph, e: ast.Expr, known: dict[str, int]):
+    """A dims expression as a small data tree (never code): numbers, dims, + - * / **, ceil/floor/min/max."""
+    if isinstance(e, ast.Num):
+        if isinstance(e.value, float) and not e.value.is_integer():
+            return ("num", Fraction(e.value).limit_denominator(10 ** 6))
+        return ("num", int(e.value))
+    if isinstance(e, ast.Name):
+        if e.id not in known:
+            raise _err(g, f"unknown dim '{e.id}'", e.span,
+                       hint=F.did_you_mean(e.id, known, "dims") or "a dim may only use dims declared before it")
+        return ("dim", e.id)
+    if isinstance(e, ast.Neg):
+        return ("neg", dim_tree(g, e.operand, known))
+    if isinstance(e, ast.BinOp):
+        return ({"+": "add", "-": "sub", "*": "mul", "/": "div", "**": "pow"}[e.op],
+                dim_tree(g, e.left, known), dim_tree(g, e.right, known))
+    if isinstance(e, ast.Call) and e.fn in DIM_FUNCS and not e.kwargs:
+        want = 1 if e.fn in ("ceil", "floor") else 2
+        if len(e.args) != want:
+            raise _err(g, f"{e.fn}() takes {want} argument{'s' if want > 1 else ''} in a dim", e.span)
+        return (e.fn, *(dim_tree(g, a, known) for a in e.args))
+    raise _err(g, "a dim is an integer expression over earlier dims", e.span,
+               hint="use numbers, earlier dims, + - * / **, ceil, floor, min, max")
+
+
+def eval_dim(tree, env: dict[str, int]) -> Fraction:
+    """Evaluate a dim tree exactly; raises ZeroDivisionError / ValueError."""
+    kind = tree[0]
+    if kind == "num":
+        return Fraction(tree[1])
+    if kind == "dim":
+        return Fraction(env[tree[1]])
+    if kind == "neg":
+        return -eval_dim(tree[1], env)
+    args = [eval_dim(t, env) for t in tree[1:]]
+    if kind == "add":
+        return args[0] + args[1]
+    if kind == "sub":
+        return args[0] - args[1]
+    if kind == "mul":
+        return args[0] * args[1]
+    if kind == "div":
+        if args[1] == 0:
+            raise ZeroDivisionError("division by zero")
+        return args[0] / args[1]
+    if kind == "pow":
+        if args[1].denominator != 1 or abs(args[1]) > 64:
+            raise ValueError("exponent must be a small integer")
+        return args[0] ** int(args[1])
+    import math
+    if kind == "ceil":
+        return Fraction(math.ceil(args[0]))
+    if kind == "floor":
+        return Fraction(math.floor(args[0]))
+    if kind == "min":
+        return min(args)
+    if kind == "max":
+        return max(args)
+    raise ValueError(kind)
+
+
+def _dims(g: Graph) -> None:
+    env: dict[str, int] = {}
+    table = []
+    spans = {}
+    for d in g.meta["dims_ast"]:
+        check_name(g, d.name, d.span, "dim")
+        if d.name in env:
+            raise _err(g, f"dim '{d.name}' is declared twice", d.span, hint="each dim is declared once")
+        tree = dim_tree(g, d.value, env)
+        try:
+            v = eval_dim(tree, env)
+        except ZeroDivisionError:
+            raise _err(g, f"dim '{d.name}' divides by zero", d.value.span) from None
+        except (ValueError, OverflowError) as e:
+            raise _err(g, f"dim '{d.name}': {e}", d.value.span) from None
+        if v.denominator != 1:
+            raise _err(g, f"dim '{d.name}' = {v} is not an integer", d.value.span,
+                       hint="round it with ceil(...) or floor(...)")
+        if v <= 0:
+            raise _err(g, f"dim '{d.name}' = {v} must be positive", d.value.span, hint="a dim is a size >= 1")
+        if v > MAX_DIM:
+            raise _err(g, f"dim '{d.name}' = {v} is too large", d.value.span)
+        env[d.name] = int(v)
+        table.append((d.name, tree, int(v)))
+        spans[d.name] = d.span
+    g.meta["dims"] = table
+    g.meta["dim_spans"] = spans
+
+
+def _kwargs(g, node, allowed: dict[str, tuple | None]) -> dict[str, tuple[str, Span]]:
+    out = {}
+    for k in node.kwargs:
+        if k.name not in allowed:
+            raise _err(g, f"unknown option '{k.name}'", k.span,
+                       hint=F.did_you_mean(k.name, allowed, "options") or ("options: " + ", ".join(allowed)))
+        if k.name in out:
+            raise _err(g, f"option '{k.name}' given twice", k.span)
+        v = k.value
+        if isinstance(v, ast.Num) and isinstance(v.value, int):
+            out[k.name] = (v.value, v.span)
+            continue
+        if not isinstance(v, ast.Name):
+            raise _err(g, f"option '{k.name}' takes a name", v.span)
+        choices = allowed[k.name]
+        if choices is not None and v.id not in choices:
+            raise _err(g, f"unknown {k.name} '{v.id}'", v.span,
+                       hint=F.did_you_mean(v.id, choices) or ("one of: " + ", ".join(choices)))
+        out[k.name] = (v.id, v.span)
+    return out
+
+
+def _scan(g: Graph) -> None:
+    s = g.meta["scan"]
+    if s.order not in F.SCAN_ORDERS:
+        raise _err(g, f"unknown scan order '{s.order}'", s.order_span,
+                   hint=F.did_you_mean(s.order, F.SCAN_ORDERS) or "one of: " + ", ".join(F.SCAN_ORDERS))
+    info = dict(order=s.order, merge=None, params="shared", rows=None, cols=None, span=s.span)
+    if s.order in ("causal", "reverse"):
+        if s.kwargs:
+            raise _err(g, f"scan {s.order} takes no options", s.kwargs[0].span, hint=f"write: scan {s.order}")
+        info["directions"] = (s.order,)
+    elif s.order == "bidirectional":
+        kw = _kwargs(g, s, {"merge": F.MERGES, "params": F.PARAM_SHARING})
+        info.update(merge=kw.get("merge", ("add",))[0], params=kw.get("params", ("shared",))[0])
+        info["directions"] = ("causal", "reverse")
+    else:
+        kw = _kwargs(g, s, {"rows": None, "cols": None, "merge": F.MERGES, "params": F.PARAM_SHARING})
+        for key in ("rows", "cols"):
+            if key not in kw:
+                raise _err(g, f"cross2d needs {key} = DIM", s.order_span,
+                           hint="scan cross2d(rows = R, cols = C, merge = add, params = separate)")
+            name, span = kw[key]
+            if not isinstance(name, str) or name not in g.meta["dim_spans"]:
+                raise _err(g, f"{key} must name a dim", span,
+                           hint=F.did_you_mean(str(name), g.meta["dim_spans"], "dims") or "declare it in `dims`")
+            info[key] = name
+        info.update(merge=kw.get("merge", ("add",))[0], params=kw.get("params", ("separate",))[0])
+        info["directions"] = ("rows_forward", "rows_backward", "cols_forward", "cols_backward")
+    g.meta["scan"] = info
+
+
+def _structure(g: Graph, s: ast.Structure) -> dict:
+    if s.name not in F.STRUCTURES:
+        raise _err(g, f"unknown structure '{s.name}'", s.span,
+                   hint=F.did_you_mean(s.name, F.STRUCTURES) or "one of: " + ", ".join(F.STRUCTURES))
+    if s.name == "block_diagonal":
+        kw = _kwargs(g, s, {"blocks": None})
+        if "blocks" not in kw:
+            raise _err(g, "block_diagonal needs the number of blocks", s.span, hint="block_diagonal(blocks = 4)")
+        blocks, span = kw["blocks"]
+        if isinstance(blocks, int):
+            if blocks < 1:
+                raise _err(g, "blocks must be at least 1", span)
+        elif blocks not in g.meta["dim_spans"]:
+            raise _err(g, f"blocks must be a number or a dim, not '{blocks}'", span,
+                       hint=F.did_you_mean(blocks, g.meta["dim_spans"], "dims") or None)
+        return dict(structure="block_diagonal", blocks=blocks, span=s.span)
+    if s.kwargs:
+        raise _err(g, f"structure '{s.name}' takes no options", s.kwargs[0].span, hint=f"write `: {s.name}`")
+    return dict(structure=s.name, blocks=None, span=s.span)
+
+
+def check_declarations(g: Graph) -> Graph:
+    """Names legal and unique; dims evaluated; the block complete; one system node built."""
+    g = g.copy()
+    meta = g.meta
+    check_name(g, meta["name"], meta["name_span"], "ssm block")
+    _dims(g)
+    seen: dict[str, tuple[str, Span]] = {}
+    for kind, name, span in meta["decls"]:
+        if kind != "dim":
+            check_name(g, name, span, kind)
+        if name in seen:
+            first_kind, first = seen[name]
+            raise _err(g, f"'{name}' is declared twice (first as a {first_kind} at line {first.line})", span,
+                       hint="every dim, input, param, value and output needs its own name")
+        seen[name] = (kind, span)
+    # Weights that linear() and conv() create take names too.
+    for n in g.nodes():
+        o = g.op(n)
+        if o.kind in ("linear", "conv"):
+            for w in (o.get("weight"), o.get("bias")):
+                if w is None:
+                    continue
+                if w in seen:
+                    raise _err(g, f"{o.kind}() creates a weight named '{w}', which is already declared", o.span,
+                               hint=f"rename the {seen[w][0]} '{w}'")
+                seen[w] = ("weight", o.span)
+    meta["names"] = {k: v[0] for k, v in seen.items()}
+    where = meta["name_span"]
+    bname = meta["name"]
+    if meta["state"] is None:
+        raise _err(g, f"ssm {bname} has no `state`", where, hint="declare it, e.g. state x[H, N]")
+    if not meta["inputs"]:
+        raise _err(g, f"ssm {bname} has no `input`", where, hint="declare it, e.g. input u[H]")
+    tr = meta["transition"]
+    if tr is None:
+        raise _err(g, f"ssm {bname} has no `dynamics` or `recurrence`", where,
+                   hint="write: dynamics x' = A x + B * u")
+    if meta["output"] is None:
+        raise _err(g, f"ssm {bname} has no `output`", where, hint="write: output y = sum(C * x, N)")
+    if meta["scan"] is None:
+        raise _err(g, f"ssm {bname} has no `scan`", where, hint="write: scan causal")
+    state = g.op(meta["state"])
+    sname = state.get("name")
+    for name, span, what in ((tr["state"], tr["state_span"], "left-hand side"),
+                             (tr["applied"], tr["applied_span"], "state applied to")):
+        if name != sname:
+            raise _err(g, f"the {what} of `{tr['kind']}` must be the state '{sname}', not '{name}'", span,
+                       hint=f"write: {tr['kind']} {sname}{chr(39) if tr['kind'] == 'dynamics' else ''} = "
+                            f"{tr['matrix']} {sname} + ...")
+    if tr["term"] is None:
+        raise _err(g, f"`{tr['kind']}` has no input term", tr["span"],
+                   hint=f"write: {tr['kind']} ... = {tr['matrix']} {sname} + B * u")
+    disc = meta["discretize"]
+    if tr["kind"] == "dynamics":
+        if disc is None:
+            raise _err(g, f"ssm {bname} has `dynamics` but no `discretize`", tr["span"],
+                       hint="add: discretize zoh, step = dt")
+        if disc["rule"] not in F.RULES:
+            raise _err(g, f"unknown discretization rule '{disc['rule']}'", disc["rule_span"],
+                       hint=F.did_you_mean(disc["rule"], F.RULES) or "one of: " + ", ".join(F.RULES))
+        if disc["step"] is None:
+            raise _err(g, "discretize needs a step", disc["span"], hint=f"write: discretize {disc['rule']}, step = dt")
+    elif disc is not None:
+        raise _err(g, "`recurrence` is already discrete; remove `discretize`", disc["span"],
+                   hint="or write the continuous system with `dynamics`")
+    _scan(g)
+    structs = {name: _structure(g, s) for name, s in meta["structures"].items()}
+    meta["structures"] = structs
+    if tr["matrix"] not in structs:
+        kind = meta["names"].get(tr["matrix"])
+        hint = (f"annotate it: {tr['matrix']}_m = {tr['matrix']} : diagonal" if kind == "param"
+                else f"write: {tr['matrix']} = ... : diagonal (or scalar, dense, dplr, block_diagonal(blocks = k))")
+        if kind is None:
+            hint = F.did_you_mean(tr["matrix"], structs) or hint
+            raise _err(g, f"unknown state matrix '{tr['matrix']}'", tr["matrix_span"], hint=hint)
+        raise _err(g, f"the state matrix '{tr['matrix']}' needs a structure annotation", tr["matrix_span"], hint=hint)
+    sysinfo = dict(structs[tr["matrix"]], matrix=tr["matrix"], kind=tr["kind"])
+    matrix = meta["values"][tr["matrix"]]
+    if tr["kind"] == "dynamics":
+        n = g.add(op("dynamics", tr["span"], rule=disc["rule"], structure=sysinfo["structure"],
+                     blocks=sysinfo["blocks"]), matrix, tr["term"], disc["step"])
+        meta["rule"] = disc["rule"]
+    else:
+        n = g.add(op("recurrence", tr["span"], structure=sysinfo["structure"], blocks=sysinfo["blocks"]),
+                  matrix, tr["term"])
+        meta["rule"] = None
+    meta["system"] = n
+    meta["system_info"] = sysinfo
+    # Repeated dims: only a param may repeat the state's last dim, as its last two dims.
+    last = state.get("dims")[-1][0] if state.get("dims") else None
+    for n2 in meta["params"] + meta["inputs"] + [meta["state"]]:
+        o = g.op(n2)
+        names = [d for d, _ in o.get("dims")]
+        for i, (d, span) in enumerate(o.get("dims")):
+            if names.count(d) > 1:
+                ok = o.kind == "param" and names.count(d) == 2 and names[-2:] == [d, d] and d == last
+                if not ok:
+                    raise _err(g, f"dim '{d}' repeats in {o.get('name')}[{', '.join(names)}]", span,
+                               hint=f"only a param may repeat the state's last dim, as its last two dims: "
+                                    f"M[..., {last}, {last}]")
+    return g

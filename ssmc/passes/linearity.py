@@ -1,0 +1,142 @@
+"""check_linearity: the input term is linear in the primary input, and the system is
+classified LTI or selective.
+
+The input term E is translated to sympy with the primary input as a symbol `u`.
+Values computed by `linear(...)` or `conv(...)`, params, other inputs and dims are
+opaque coefficients; sum/mean/re/im/conj are linear and pass through. E must be
+`c * u` with c free of u (no `u * u`, no `exp(u)`, no `+ 1`); an E that never uses
+u directly but is driven by per-token features (`B * silu(conv(...))`) is accepted.
+
+The same translation of the output in the state symbol `x` tells whether the
+readout is linear in the state and whether its coefficient is per-token.
+
+Guarantees afterwards: meta["classification"] = {"A", "step", "input_coef", "readout":
+"static" | "token", "readout_linear": bool, "lti": bool, "driven_by": "input" | "features"}.
+
+Example: E = B * u with B = linear(u, N): coefficient B (per-token) -> selective.
+"""
+from __future__ import annotations
+
+import sympy as sp
+
+from ..errors import SpecError
+from ..ir.graph import Graph
+
+_FUNCS = {"exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "tanh": sp.tanh, "abs": sp.Abs}
+_LINEAR = ("sum", "mean", "re", "im", "conj", "output")
+_OPAQUE = ("param", "input", "dim", "const", "arange", "linear", "conv", "family", "dplr", "state")
+
+
+def _err(g, msg, span, hint=None):
+    return SpecError(msg, span, g.meta["source"], hint)
+
+
+class _ToSympy:
+    """IR subtree -> sympy, with chosen leaves as symbols and opaque nodes as symbols."""
+
+    def __init__(self, g: Graph, leaf: int, leaf_symbol: sp.Symbol):
+        self.g, self.leaf, self.sym = g, leaf, leaf_symbol
+        self.memo: dict[int, sp.Expr] = {}
+        self.symbols: dict[sp.Symbol, int] = {}
+
+    def __call__(self, n: int) -> sp.Expr:
+        if n in self.memo:
+            return self.memo[n]
+        g, o = self.g, self.g.op(n)
+        if n == self.leaf:
+            r = self.sym
+        elif o.kind == "const":
+            v = o.get("value")
+            r = sp.nsimplify(v) if not isinstance(v, complex) else sp.Symbol(f"c{n}")
+        elif o.kind in _OPAQUE:
+            s = sp.Symbol(f"v{n}")
+            self.symbols[s] = n
+            r = s
+        else:
+            args = [self(i) for i in g.operands(n)]
+            k = o.kind
+            if k == "add":
+                r = args[0] + args[1]
+            elif k == "sub":
+                r = args[0] - args[1]
+            elif k == "mul":
+                r = args[0] * args[1]
+            elif k == "div":
+                r = args[0] / args[1]
+            elif k == "pow":
+                r = args[0] ** args[1]
+            elif k == "neg":
+                r = -args[0]
+            elif k in _LINEAR:
+                r = args[0]
+            elif k in _FUNCS:
+                r = _FUNCS[k](args[0])
+            else:
+                r = sp.Function(k)(args[0])
+        self.memo[n] = r
+        return r
+
+
+def _nonlinear_in(expr: sp.Expr, s: sp.Symbol) -> bool:
+    if s not in expr.free_symbols:
+        return False
+    d = sp.diff(expr, s)
+    return s in d.free_symbols
+
+
+def _time(g, symbols, expr) -> str:
+    nodes = [symbols[s] for s in expr.free_symbols if s in symbols]
+    return "token" if any(g.fact(n, "time") == "token" for n in nodes) else "static"
+
+
+def check_linearity(g: Graph) -> Graph:
+    """E linear in the primary input; classify the system LTI or selective."""
+    g = g.copy()
+    meta = g.meta
+    ops = g.operands(meta["system"])
+    a, e = ops[0], ops[1]
+    u_node = meta["inputs"][0]
+    u_name = g.op(u_node).get("name")
+    u = sp.Symbol("u")
+    conv = _ToSympy(g, u_node, u)
+    expr = conv(e)
+    sub = sorted(g.ancestors(e) | {e})
+    driven_by = "input"
+    if u not in expr.free_symbols:
+        if g.fact(e, "time") != "token":
+            raise _err(g, "the input term does not depend on any input", g.op(e).span,
+                       hint=f"write it as a coefficient times the input, e.g. B * {u_name}")
+        driven_by = "features"
+        coef_time = "token"
+    else:
+        for n in sub:
+            if _nonlinear_in(conv(n), u):
+                raise _err(g, f"the input term is not linear in the input '{u_name}'", g.op(n).span,
+                           hint=f"write it as coefficient * {u_name}, with a coefficient that does not "
+                                f"use '{u_name}' directly (a linear(...) of it is fine)")
+        if sp.simplify(expr.subs(u, 0)) != 0:
+            raise _err(g, f"the input term has a part that does not depend on the input '{u_name}'",
+                       g.op(e).span, hint=f"every term must be multiplied by '{u_name}' (no constant offset)")
+        coef_time = _time(g, conv.symbols, sp.diff(expr, u))
+    # The readout: linear in the state?
+    xs = sp.Symbol("x")
+    rconv = _ToSympy(g, meta["state"], xs)
+    y = rconv(meta["output"])
+    readout_linear = not _nonlinear_in(y, xs)
+    readout_time = _time(g, rconv.symbols, sp.diff(y, xs)) if xs in y.free_symbols else "static"
+    cls = dict(A=g.fact(a, "time"), input_coef=coef_time, readout=readout_time,
+               readout_linear=readout_linear, driven_by=driven_by)
+    if g.op(meta["system"]).kind == "dynamics":
+        cls["step"] = g.fact(ops[2], "time")
+    else:
+        cls["step"] = None
+    cls["lti"] = all(cls[k] in ("static", None) for k in ("A", "step", "input_coef", "readout")) and readout_linear
+    for k, n in (("A", a),) + ((("step", ops[2]),) if len(ops) > 2 else ()):
+        if meta["state"] in g.ancestors(n):
+            raise _err(g, f"the {'state matrix' if k == 'A' else 'step'} may not depend on the state", g.op(n).span,
+                       hint="only the output may read the state")
+    if meta["state"] in g.ancestors(e):
+        raise _err(g, "the input term may not depend on the state", g.op(e).span,
+                   hint="the state enters only through the transition term")
+    meta["classification"] = cls
+    return g

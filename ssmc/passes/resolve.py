@@ -1,0 +1,131 @@
+"""resolve_names: every `ref` becomes an edge to what it names; every dim a call or a
+declaration names exists; initializers use only dims and constants; no cycles.
+
+Guarantees afterwards: no `ref` ops remain; meta["values"] maps each named value to
+its node; a name that is a dim used as a value is a `dim` op (a static scalar).
+
+Example:  dt = exp(log_dt)   (ref log_dt) -> exp(param log_dt)
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from ..errors import SpecError
+from ..ir import functions as F
+from ..ir.graph import Graph, op
+
+
+def _err(g, msg, span, hint=None):
+    return SpecError(msg, span, g.meta["source"], hint)
+
+
+def _check_dim(g: Graph, name: str, span, where: str) -> None:
+    dims = g.meta["dim_spans"]
+    if name not in dims:
+        raise _err(g, f"unknown dim '{name}' in {where}", span,
+                   hint=F.did_you_mean(name, dims, "dims") or "declare it in `dims`")
+
+
+def resolve_names(g: Graph) -> Graph:
+    """Link names to their definitions, validate dim names, reject cycles."""
+    g = g.copy()
+    meta = g.meta
+    symbols: dict[str, int] = {}
+    for n in meta["inputs"] + meta["params"] + [meta["state"]]:
+        symbols[g.op(n).get("name")] = n
+    symbols.update(meta["values"])
+    output_name = g.op(meta["output"]).get("name")
+    state_name = g.op(meta["state"]).get("name")
+
+    # Dims named by declarations and calls.
+    for n in g.nodes():
+        o = g.op(n)
+        if o.kind in ("input", "state", "param"):
+            for d, span in o.get("dims"):
+                _check_dim(g, d, span, f"the dims of '{o.get('name')}'")
+        elif o.kind in ("sum", "mean"):
+            for d, span in o.get("dims"):
+                _check_dim(g, d, span, f"{o.kind}()")
+        elif o.kind in ("arange", "family"):
+            d, span = o.get("dim")
+            _check_dim(g, d, span, f"{o.get('fn', o.kind)}()")
+        elif o.kind == "linear":
+            for d, span in o.get("out_dims"):
+                _check_dim(g, d, span, "linear()")
+        elif o.kind == "conv":
+            w, span = o.get("width")
+            if isinstance(w, str):
+                _check_dim(g, w, span, "conv()")
+            elif w < 1:
+                raise _err(g, "conv() width must be at least 1", span)
+    blocks = meta["system_info"]["blocks"]
+
+    init_nodes: set[int] = set()
+    for p in meta["params"]:
+        (root,) = g.operands(p)
+        init_nodes |= g.ancestors(root) | {root}
+
+    decl_span = {name: span for kind, name, span in meta["decls"]}
+
+    def follow(name: str, chain: tuple[str, ...] = ()) -> int:
+        # `A = B` makes A's root a ref to B: follow such chains to a real node.
+        n = symbols[name]
+        o = g.op(n)
+        if o.kind == "ref" and o.get("name") in symbols:
+            if o.get("name") in chain + (name,):
+                loop = chain + (name, o.get("name"))
+                raise _err(g, "cyclic definition: " + " -> ".join(loop), decl_span.get(loop[0], o.span),
+                           hint="values may not depend on themselves; only the state is recurrent")
+            return follow(o.get("name"), chain + (name,))
+        return n
+
+    for name in list(meta["values"]):
+        symbols[name] = follow(name)
+
+    everything = sorted(set(symbols) | set(meta["dim_spans"]) | {output_name})
+    for n in list(g.nodes()):
+        o = g.op(n)
+        if o.kind != "ref":
+            continue
+        name = o.get("name")
+        if n in init_nodes:
+            if name in meta["dim_spans"]:
+                target = g.add(op("dim", o.span, name=name))
+            elif name in symbols:
+                raise _err(g, f"an initializer cannot use '{name}'", o.span,
+                           hint="initializers use dims, numbers and functions, not other values")
+            else:
+                raise _err(g, f"unknown name '{name}'", o.span,
+                           hint=F.did_you_mean(name, meta["dim_spans"], "dims") or None)
+        elif name in symbols:
+            target = symbols[name]
+        elif name in meta["dim_spans"]:
+            target = g.add(op("dim", o.span, name=name))
+        elif name == output_name:
+            raise _err(g, f"the output '{name}' cannot be used in an expression", o.span,
+                       hint="name the expression as a value and use that")
+        else:
+            raise _err(g, f"unknown name '{name}'", o.span,
+                       hint=F.did_you_mean(name, everything) or "declare it as a dim, input, param or value")
+        g.replace_all_uses(n, target)
+        g.erase(n)
+
+    # A value defined as a bare name is that name's node (possibly a param or input).
+    for name, n in list(meta["values"].items()):
+        if n not in g.nx:
+            raise AssertionError(f"lost value {name}")
+
+    try:
+        cycle = nx.find_cycle(g.nx)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        nodes = [u for u, _, *_ in cycle]
+        names = {v: k for k, v in meta["values"].items()}
+        named = [names[v] for v in nodes if v in names] or ["?"]
+        first = meta["values"][named[0]] if named[0] in meta["values"] else nodes[0]
+        span = decl_span.get(named[0], g.op(first).span)
+        raise _err(g, "cyclic definition: " + " -> ".join(named + [named[0]]), span,
+                   hint="values may not depend on themselves; only the state is recurrent")
+    del state_name, blocks
+    return g

@@ -1,0 +1,140 @@
+"""infer_shapes: the named dims of every value, broadcasting by name.
+
+Rules (docs/language.md, "Named dimensions"):
+  a[H] * b[N]      -> [H, N]   (left operand's dims, then the new ones of the right)
+  sum(e[H, N], N)  -> [H]
+  a[H] * M[N, N]   -> [H, N, N] (a square matrix keeps its repeated pair last)
+  linear(e, R)     -> [R];  conv(e, K) -> dims of e;  dplr(L[H,N], P[H,N,R], Q) -> [H, N, N]
+
+Guarantees afterwards: every node has the fact `dims` (a tuple of dim names), and every
+param's initializer has dims that broadcast into the param's declared dims.
+"""
+from __future__ import annotations
+
+from ..errors import SpecError
+from ..ir import functions as F
+from ..ir.graph import Graph
+
+
+def _err(g, msg, span, hint=None):
+    return SpecError(msg, span, g.meta["source"], hint)
+
+
+def fmt(dims) -> str:
+    return "[" + ", ".join(dims) + "]"
+
+
+def matrix_pair(dims) -> str | None:
+    """The repeated dim if `dims` ends with a square-matrix pair, else None."""
+    if len(dims) >= 2 and dims[-1] == dims[-2]:
+        return dims[-1]
+    return None
+
+
+def broadcast(g: Graph, a, b, span, what="combine") -> tuple[str, ...]:
+    pa, pb = matrix_pair(a), matrix_pair(b)
+    if pa is None and pb is None:
+        return tuple(a) + tuple(d for d in b if d not in a)
+    pair = pa or pb
+    if pa and pb and pa != pb:
+        raise _err(g, f"cannot {what} a matrix over {fmt([pa, pa])} with one over {fmt([pb, pb])}", span)
+    lead_a = a[:-2] if pa else a
+    lead_b = b[:-2] if pb else b
+    for lead, other in ((lead_a, a if not pa else None), (lead_b, b if not pb else None)):
+        if other is not None and pair in other:
+            raise _err(g, f"dims do not broadcast: a square matrix over {fmt([pair, pair])} "
+                          f"with a value over {fmt(other)}", span,
+                       hint=f"a matrix only broadcasts over dims other than {pair}; use a diagonal matrix or sum()")
+    lead = tuple(lead_a) + tuple(d for d in lead_b if d not in lead_a)
+    return lead + (pair, pair)
+
+
+def shape_of(g: Graph, n: int) -> tuple[str, ...]:
+    """The dims of node n from its operands' dims (which must be known)."""
+    o = g.op(n)
+    k = o.kind
+    ins = [g.fact(i, "dims") for i in g.operands(n)]
+    if k in ("const", "dim", "random"):
+        if k == "random":
+            p = g.meta["param_nodes"][o.get("param")]
+            return tuple(d for d, _ in g.op(p).get("dims"))
+        return ()
+    if k in ("input", "state", "param"):
+        return tuple(d for d, _ in o.get("dims"))
+    if k == "arange":
+        return (o.get("dim")[0],)
+    if k == "family":
+        d = o.get("dim")[0]
+        return (d, d) if o.get("fn") in F.MATRIX_FAMILIES else (d,)
+    if k in F.ELEMENTWISE or k in ("neg", "output", "conv", "expm", "phi1", "phi1m", "inv"):
+        return ins[0]
+    if k in ("add", "sub", "mul", "div", "pow"):
+        return broadcast(g, ins[0], ins[1], o.span)
+    if k in ("sum", "mean"):
+        e = ins[0]
+        pair = matrix_pair(e)
+        out = list(e)
+        for d, span in o.get("dims"):
+            if d not in out:
+                raise _err(g, f"{k}() over {d}, but the value has dims {fmt(e)}", span,
+                           hint=("reduce over one of " + ", ".join(e)) if e else "the value is a scalar")
+            if d == pair:
+                raise _err(g, f"{k}() over {d} of a square matrix {fmt(e)} is ambiguous", span)
+            out.remove(d)
+        return tuple(out)
+    if k == "linear":
+        if matrix_pair(ins[0]):
+            raise _err(g, f"linear() of a square matrix {fmt(ins[0])}", o.span)
+        return tuple(d for d, _ in o.get("out_dims"))
+    if k == "dplr":
+        lam, p, q = ins
+        if not lam:
+            raise _err(g, "dplr(Lambda, P, Q): Lambda needs the state's last dim", o.span)
+        nd = lam[-1]
+        for name, m in (("P", p), ("Q", q)):
+            if len(m) < 2 or m[-2] != nd or m[-1] == nd:
+                raise _err(g, f"dplr(Lambda, P, Q): {name} has dims {fmt(m)}, expected [..., {nd}, R]", o.span,
+                           hint=f"declare it like {name}[{', '.join(list(lam[:-1]) + [nd, 'R'])}]")
+        lead = tuple(lam[:-1])
+        for m in (p, q):
+            lead = lead + tuple(d for d in m[:-2] if d not in lead)
+        return lead + (nd, nd)
+    if k in ("matmul", "solve"):
+        return broadcast(g, ins[0], ins[1], o.span)
+    if k == "matvec":
+        # The matrix's pair dim N ends up last, wherever the vector had it.
+        nd = ins[0][-1]
+        return broadcast(g, ins[0][:-2], tuple(d for d in ins[1] if d != nd), o.span) + (nd,)
+    if k == "eye":
+        d = o.get("dim")
+        return (d, d)
+    if k in ("blockdiag",):
+        return ins[0]
+    if k in ("dynamics", "recurrence"):
+        return ()
+    raise AssertionError(f"no shape rule for {k}")
+
+
+def annotate_shapes(g: Graph, nodes=None) -> None:
+    """Fill `dims` for the given nodes (default: all), in topological order."""
+    todo = set(nodes) if nodes is not None else None
+    for n in g.topo():
+        if todo is None or n in todo:
+            g.set_fact(n, dims=shape_of(g, n))
+
+
+def infer_shapes(g: Graph) -> Graph:
+    """Every node gets its named dims; initializers must fit their params."""
+    g = g.copy()
+    g.meta["param_nodes"] = {g.op(p).get("name"): p for p in g.meta["params"]}
+    annotate_shapes(g)
+    for p in g.meta["params"]:
+        (root,) = g.operands(p)
+        have, want = g.fact(root, "dims"), g.fact(p, "dims")
+        extra = [d for d in have if d not in want]
+        if extra or (matrix_pair(have) and matrix_pair(have) != matrix_pair(want)):
+            raise _err(g, f"the initializer of '{g.op(p).get('name')}' has dims {fmt(have)}, "
+                          f"which do not fit the declared {fmt(want)}", g.op(root).span,
+                       hint=f"declare {g.op(p).get('name')}[{', '.join(list(dict.fromkeys(list(want) + list(have))))}]"
+                            " or reduce the initializer")
+    return g

@@ -1,0 +1,91 @@
+"""infer_time: per value, static or per-token, and real or complex.
+
+A value is per-token ("token") if it depends on an input or on the state; values
+inside a param's initializer are "init" (evaluated once, at construction); the
+rest are "static". Complexity flows from complex params, the state, complex
+constants (1j) and the complex initializer families; re(), im() and abs() are real.
+
+Guarantees afterwards: every node has the facts `time` and `complex`; functions that
+need a real argument (softplus, silu, ...) have one; `conv` is applied to a per-token
+value; a real param has a real initializer.
+
+Example:  dt = softplus(linear(u, H))  -> token, real;   A = -exp(A_log) -> static, real
+"""
+from __future__ import annotations
+
+from ..errors import SpecError
+from ..ir import functions as F
+from ..ir.graph import Graph
+
+REAL_ONLY = ("softplus", "inv_softplus", "silu", "sigmoid", "relu", "tanh")
+RANK = {"static": 0, "init": 0, "token": 1}
+
+
+def _err(g, msg, span, hint=None):
+    return SpecError(msg, span, g.meta["source"], hint)
+
+
+def time_of(g: Graph, n: int, init_nodes) -> tuple[str, bool]:
+    o = g.op(n)
+    k = o.kind
+    ins = g.operands(n)
+    if n in init_nodes:
+        time = "init"
+    elif k in ("input", "state"):
+        time = "token"
+    elif k in ("const", "dim", "arange", "family", "param", "eye"):
+        time = "static"
+    else:
+        time = "token" if any(g.fact(i, "time") == "token" for i in ins) else "static"
+    if k == "const":
+        cplx = isinstance(o.get("value"), complex)
+    elif k in ("state", "param"):
+        cplx = bool(o.get("complex"))
+    elif k == "input":
+        cplx = False
+    elif k == "family":
+        cplx = o.get("fn") in F.COMPLEX_FAMILIES
+    elif k == "random":
+        cplx = o.get("dist") == "lru_ring" or bool(g.op(g.meta["param_nodes"][o.get("param")]).get("complex")) \
+            and o.get("dist") == "normal"
+    elif k in ("re", "im", "abs", "arange", "dim", "eye"):
+        cplx = False
+    else:
+        cplx = any(g.fact(i, "complex") for i in ins)
+    if k in REAL_ONLY and cplx:
+        raise _err(g, f"{k}() needs a real argument, but this one is complex", o.span,
+                   hint=f"take re(...) or abs(...) first")
+    if k == "conv" and g.fact(ins[0], "time") != "token":
+        raise _err(g, "conv() runs along time, so its argument must be per-token", o.span,
+                   hint="apply it to an expression of an input")
+    return time, cplx
+
+
+def init_nodes_of(g: Graph) -> set[int]:
+    out: set[int] = set()
+    for p in g.meta["params"]:
+        (root,) = g.operands(p)
+        out |= g.ancestors(root) | {root}
+    return out
+
+
+def annotate_time(g: Graph, nodes=None) -> None:
+    todo = set(nodes) if nodes is not None else None
+    inits = init_nodes_of(g)
+    for n in g.topo():
+        if todo is None or n in todo:
+            t, c = time_of(g, n, inits)
+            g.set_fact(n, time=t, complex=c)
+
+
+def infer_time(g: Graph) -> Graph:
+    """Tag every node static / token / init and real / complex."""
+    g = g.copy()
+    annotate_time(g)
+    for p in g.meta["params"]:
+        o = g.op(p)
+        (root,) = g.operands(p)
+        if g.fact(root, "complex") and not o.get("complex"):
+            raise _err(g, f"'{o.get('name')}' is a real param but its initializer is complex", g.op(root).span,
+                       hint=f"declare it complex: param {o.get('name')}[...] complex = ...")
+    return g

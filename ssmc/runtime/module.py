@@ -1,0 +1,340 @@
+"""The torch.nn.Module that every generated NumPy-reference class extends.
+
+The generated class supplies tables (dims, inputs, state, output, params) and the math
+(`_init_<param>` and `_direction`); this base class does what is the same for every
+spec: dims, parameter registration and initialization, input validation, scan
+orders (reverse, bidirectional, cross2d) by permuting time, merging, `step()`.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ShapeError
+from . import initializers as _init
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def eval_dim(tree, env) -> Fraction:
+    kind = tree[0]
+    if kind == "num":
+        return Fraction(tree[1])
+    if kind == "dim":
+        return Fraction(env[tree[1]])
+    if kind == "neg":
+        return -eval_dim(tree[1], env)
+    a = [eval_dim(t, env) for t in tree[1:]]
+    if kind == "add":
+        return a[0] + a[1]
+    if kind == "sub":
+        return a[0] - a[1]
+    if kind == "mul":
+        return a[0] * a[1]
+    if kind == "div":
+        if a[1] == 0:
+            raise ZeroDivisionError
+        return a[0] / a[1]
+    if kind == "pow":
+        return a[0] ** int(a[1])
+    if kind == "ceil":
+        return Fraction(math.ceil(a[0]))
+    if kind == "floor":
+        return Fraction(math.floor(a[0]))
+    if kind == "min":
+        return min(a)
+    if kind == "max":
+        return max(a)
+    raise ValueError(kind)
+
+
+def resolve_dims(cls, given: dict) -> dict[str, int]:
+    """Every dim's value: given as a keyword, else its default expression over earlier dims."""
+    names = [d for d, _ in cls.DIMS]
+    unknown = [k for k in given if k not in names]
+    if unknown:
+        raise TypeError(f"{cls.__name__}() got an unexpected keyword '{unknown[0]}'; its dims are "
+                        + ", ".join(names))
+    env: dict[str, int] = {}
+    for name, tree in cls.DIMS:
+        if name in given and given[name] is not None:
+            v = given[name]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise TypeError(f"{cls.__name__}(): dim {name} must be an int, got {v!r}")
+            v = Fraction(int(v))
+        else:
+            try:
+                v = eval_dim(tree, env)
+            except ZeroDivisionError:
+                raise ValueError(f"{cls.__name__}(): dim {name} divides by zero with {env}") from None
+            if v.denominator != 1:
+                raise ValueError(f"{cls.__name__}(): dim {name} = {v} is not an integer with {env}")
+        if v <= 0:
+            raise ValueError(f"{cls.__name__}(): dim {name} must be positive, got {v}")
+        env[name] = int(v)
+    return env
+
+
+def _shape(dims, d) -> tuple[int, ...]:
+    return tuple(d[x] for x in dims)
+
+
+def _describe(name, dims, d, lead="batch, length") -> str:
+    inner = ", ".join(f"{x}={d[x]}" for x in dims)
+    return f"({lead}{', ' if inner else ''}{inner})"
+
+
+class ReferenceModule(nn.Module):
+    """Base of generated float64 NumPy reference modules (no autograd)."""
+
+    NAME = ""
+    DESCRIPTION = None
+    SOURCE = None
+    BACKEND = "numpy"
+    DIMS: tuple = ()
+    INPUTS: tuple = ()
+    STATE: tuple = ()
+    OUTPUT: tuple = ()
+    PARAMS: tuple = ()
+    CONVS: tuple = ()
+    SCAN: dict = {}
+    ALGORITHM = ""
+
+    def __init__(self, *, seed: int | None = None, generator: torch.Generator | None = None,
+                 dtype: torch.dtype | None = None, device=None, **dims):
+        super().__init__()
+        self.dims = resolve_dims(type(self), dims)
+        self._dtype = dtype or torch.float32
+        if self._dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{type(self).__name__}(): dtype must be torch.float32 or torch.float64")
+        self._device = torch.device(device) if device is not None else torch.device("cpu")
+        self.directions = self.SCAN["directions"]
+        self._copies = len(self.directions) if self.SCAN.get("params") == "separate" else 0
+        self.reset_parameters(seed=seed, generator=generator, _register=True)
+
+    # --- parameters ------------------------------------------------------------
+    def _param_shape(self, entry) -> tuple[int, ...]:
+        name, kind, info = entry
+        d = self.dims
+        if kind == "param":
+            return _shape(info["dims"], d)
+        if kind in ("linear_weight", "linear_bias"):
+            out = math.prod(_shape(info["out"], d))
+            return (out, math.prod(_shape(info["in"], d))) if kind == "linear_weight" else (out,)
+        k = info["K"] if isinstance(info["K"], int) else d[info["K"]]
+        ch = _shape(info["channels"], d)
+        return ch + (k,) if kind == "conv_weight" else ch
+
+    def _draw(self, entry, gen) -> np.ndarray:
+        name, kind, info = entry
+        d = self.dims
+        if kind == "param":
+            value = getattr(self, f"_init_{name}")(d, gen)
+            value = np.broadcast_to(value, self._param_shape(entry)).copy()
+            return value.astype(np.complex128 if info["complex"] else np.float64)
+        if kind == "linear_weight":
+            out, inn = self._param_shape(entry)
+            return _init.linear_weight(out, inn, gen)
+        if kind == "linear_bias":
+            out = self._param_shape(entry)[0]
+            return _init.linear_bias(out, math.prod(_shape(info["in"], d)), gen)
+        ch = _shape(info["channels"], d)
+        k = self._param_shape(entry)[-1]
+        return _init.conv_weight(ch, k, gen) if kind == "conv_weight" else _init.conv_bias(ch, k, gen)
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int | None = None, generator: torch.Generator | None = None,
+                         _register: bool = False) -> None:
+        """(Re)draw every parameter from its initializer, deterministically for a seed."""
+        if generator is None:
+            generator = torch.Generator()
+            generator.manual_seed(0 if seed is None else int(seed))
+        for entry in self.PARAMS:
+            name, kind, info = entry
+            if self._copies:
+                value = np.stack([self._draw(entry, generator) for _ in range(self._copies)])
+            else:
+                value = self._draw(entry, generator)
+            cplx = np.iscomplexobj(value)
+            dt = self._dtype if not cplx else (torch.complex64 if self._dtype == torch.float32 else torch.complex128)
+            t = torch.from_numpy(np.ascontiguousarray(value)).to(dtype=dt, device=self._device)
+            if _register:
+                if info.get("frozen"):
+                    self.register_buffer(name, t)
+                else:
+                    setattr(self, name, nn.Parameter(t))
+            else:
+                getattr(self, name).copy_(t)
+
+    def _numpy_params(self, direction: int) -> dict[str, np.ndarray]:
+        out = {}
+        for name, _, _ in self.PARAMS:
+            t = getattr(self, name).detach().cpu()
+            t = t.to(torch.complex128 if t.is_complex() else torch.float64)
+            a = t.numpy()
+            out[name] = a[direction] if self._copies else a
+        return out
+
+    # --- inputs ----------------------------------------------------------------
+    def _check(self, what: str, t, want: tuple, dims_text: str):
+        cls = type(self).__name__
+        if not isinstance(t, torch.Tensor):
+            raise ShapeError(f"{cls}: {what} must be a torch.Tensor of shape {dims_text}, got {type(t).__name__}")
+        if t.dtype not in _FLOATS:
+            raise ShapeError(f"{cls}: {what} must be float16, bfloat16, float32 or float64 of shape {dims_text}, "
+                             f"got {t.dtype}")
+        if tuple(t.shape) != want:
+            raise ShapeError(f"{cls}: {what} must have shape {dims_text}, got {tuple(t.shape)}")
+        if t.device != self._device:
+            raise ShapeError(f"{cls}: {what} must be on {self._device}, got {t.device}")
+
+    def _inputs(self, u, kw: dict, d: dict, single: bool):
+        cls = type(self).__name__
+        names = [n for n, _ in self.INPUTS]
+        extra = [k for k in kw if k not in names[1:]]
+        if extra:
+            raise TypeError(f"{cls}: unexpected keyword '{extra[0]}'; extra inputs are: "
+                            + (", ".join(names[1:]) or "none"))
+        out = {}
+        lead = "batch" if single else "batch, length"
+        first = u
+        if not isinstance(first, torch.Tensor) or first.dim() < (1 if single else 2):
+            name, dims = self.INPUTS[0]
+            raise ShapeError(f"{cls}: {name} must be a torch.Tensor of shape {_describe(name, dims, d, lead)}, got "
+                             + (str(tuple(first.shape)) if isinstance(first, torch.Tensor) else type(first).__name__))
+        b = first.shape[0]
+        L = None if single else first.shape[1]
+        if not single and L < 1:
+            raise ShapeError(f"{cls}: the sequence is empty (length 0)")
+        for i, (name, dims) in enumerate(self.INPUTS):
+            t = u if i == 0 else kw.get(name)
+            if t is None:
+                raise TypeError(f"{cls}: missing input '{name}' of shape {_describe(name, dims, d, lead)}")
+            want = (b,) + (() if single else (L,)) + _shape(dims, d)
+            self._check(name, t, want, _describe(name, dims, d, lead if i == 0 else
+                                                 ("batch" if single else f"batch={b}, length={L}")))
+            out[name] = t.detach().cpu().to(torch.float64).numpy()
+        return out, first.dtype, b, L
+
+    def _state_in(self, state, b: int, d: dict):
+        sname, sdims, scplx = self.STATE
+        cls = type(self).__name__
+        want_x = (b,) + _shape(sdims, d)
+        parts = state if self.CONVS else (state,)
+        if self.CONVS and (not isinstance(state, (tuple, list)) or len(state) != 1 + len(self.CONVS)):
+            raise ShapeError(f"{cls}: the state is a tuple (x, conv tails...) of {1 + len(self.CONVS)} tensors; "
+                             f"use init_state() or return_state=True to get one")
+        x = parts[0]
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != want_x:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ShapeError(f"{cls}: the state {sname} must have shape (batch, "
+                             + ", ".join(f"{n}={d[n]}" for n in sdims) + f"), got {got}")
+        if x.is_complex() and not scplx:
+            raise ShapeError(f"{cls}: the state {sname} is real, got a complex tensor")
+        out = [x.detach().cpu().to(torch.complex128 if scplx else torch.float64).numpy()]
+        for (wname, ch, k), tail in zip(self.CONVS, parts[1:]):
+            kk = k if isinstance(k, int) else d[k]
+            want = (b, kk - 1) + _shape(ch, d)
+            if not isinstance(tail, torch.Tensor) or tuple(tail.shape) != want:
+                raise ShapeError(f"{cls}: the conv tail of {wname} must have shape {want}")
+            out.append(tail.detach().cpu().to(torch.float64).numpy())
+        return tuple(out)
+
+    def _state_out(self, state):
+        ts = tuple(torch.from_numpy(np.ascontiguousarray(s)).to(self._device) for s in state)
+        return ts if self.CONVS else ts[0]
+
+    # --- the public API ----------------------------------------------------------
+    def init_state(self, batch: int):
+        """The zero state for `batch` sequences (with zero conv tails if the spec has conv)."""
+        sname, sdims, scplx = self.STATE
+        d = self.dims
+        x = torch.zeros((batch,) + _shape(sdims, d), dtype=torch.complex128 if scplx else torch.float64,
+                        device=self._device)
+        if not self.CONVS:
+            return x
+        tails = [torch.zeros((batch, (k if isinstance(k, int) else d[k]) - 1) + _shape(ch, d),
+                             dtype=torch.float64, device=self._device) for _, ch, k in self.CONVS]
+        return (x, *tails)
+
+    def _orders(self, L: int, d: dict):
+        """One permutation of time per direction (None: identity)."""
+        order = self.SCAN["order"]
+        if order == "causal":
+            return [None]
+        if order == "reverse":
+            return [np.arange(L)[::-1]]
+        if order == "bidirectional":
+            return [None, np.arange(L)[::-1]]
+        rows, cols = d[self.SCAN["rows"]], d[self.SCAN["cols"]]
+        if rows * cols != L:
+            raise ShapeError(f"{type(self).__name__}: cross2d needs length = {self.SCAN['rows']} * "
+                             f"{self.SCAN['cols']} = {rows} * {cols} = {rows * cols}, got {L}")
+        grid = np.arange(L).reshape(rows, cols)
+        row_major = grid.reshape(-1)
+        col_major = grid.T.reshape(-1)
+        return [row_major, row_major[::-1], col_major, col_major[::-1]]
+
+    def forward(self, u, *, initial_state=None, return_state: bool = False, **kw):
+        """y = layer(u); with return_state=True, (y, final state)."""
+        d = dict(self.dims)
+        sc = self.SCAN
+        if sc["order"] == "cross2d":
+            for key in (sc["rows"], sc["cols"]):
+                if key in kw:
+                    d[key] = int(kw.pop(key))
+        inputs, dtype, b, L = self._inputs(u, kw, d, single=False)
+        multi = len(self.directions) > 1
+        if multi and (initial_state is not None or return_state):
+            raise ValueError(f"{type(self).__name__}: initial_state and return_state need a causal or reverse "
+                             f"scan; this one is {sc['order']}")
+        state = self._state_in(initial_state, b, d) if initial_state is not None else None
+        ys = []
+        final = None
+        for i, perm in enumerate(self._orders(L, d)):
+            p = self._numpy_params(i if self._copies else 0)
+            ins = {k: (v if perm is None else v[:, perm]) for k, v in inputs.items()}
+            y, final = self._direction(p, d, ins, state)
+            if perm is not None:
+                back = np.empty_like(y)
+                back[:, perm] = y
+                y = back
+            ys.append(y)
+        y = self._merge(ys)
+        out_dtype = dtype if not np.iscomplexobj(y) else (
+            torch.complex128 if dtype == torch.float64 else torch.complex64)
+        yt = torch.from_numpy(np.ascontiguousarray(y)).to(dtype=out_dtype, device=self._device)
+        if return_state:
+            return yt, self._state_out(final)
+        return yt
+
+    def _merge(self, ys):
+        if len(ys) == 1:
+            return ys[0]
+        merge = self.SCAN["merge"]
+        if merge == "add":
+            return sum(ys[1:], ys[0])
+        if merge == "mean":
+            return sum(ys[1:], ys[0]) / len(ys)
+        return np.stack(ys, axis=-1)
+
+    def step(self, u_t, state, **kw):
+        """One token: u_t (batch, *input dims) -> (y_t, new state)."""
+        if self.SCAN["order"] != "causal":
+            raise ValueError(f"{type(self).__name__}: step() needs a causal scan; this one is {self.SCAN['order']}")
+        d = self.dims
+        inputs, dtype, b, _ = self._inputs(u_t, kw, d, single=True)
+        st = self._state_in(state, b, d)
+        p = self._numpy_params(0)
+        y, final = self._direction(p, d, {k: v[:, None] for k, v in inputs.items()}, st)
+        out_dtype = dtype if not np.iscomplexobj(y) else (
+            torch.complex128 if dtype == torch.float64 else torch.complex64)
+        return (torch.from_numpy(np.ascontiguousarray(y[:, 0])).to(dtype=out_dtype, device=self._device),
+                self._state_out(final))
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.dims.items()) + f", backend={self.BACKEND}"
