@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ... import __version__
 from ...ir import functions as F
+from ...ir import tables
 from ...ir.graph import Graph
 from ...ir.printer import dim_text
 
@@ -62,8 +63,9 @@ class _Printer:
         g = self.g
         dims = tuple(g.fact(n, "dims"))
         v = self.var(n)
-        if not dims or dims == target:
+        if dims == target:
             return v
+        # Static values broadcast from the right; per-token ones lead with (batch, time).
         if g.fact(n, "time") != "token" and dims == target[len(target) - len(dims):]:
             return v
         return f"rt.align({v}, {dims!r}, {target!r})"
@@ -135,38 +137,12 @@ def _dims_locals(g: Graph) -> str:
     return ", ".join(names) + (" = " if len(names) > 1 else ", = ") + ", ".join(f"d[{d!r}]" for d in names)
 
 
-def _params_table(g: Graph, pr: _Printer) -> list[str]:
-    rows = []
-    for p in g.meta["params"]:
-        o = g.op(p)
-        info = dict(dims=tuple(d for d, _ in o.get("dims")), complex=bool(o.get("complex")),
-                    frozen=bool(o.get("frozen")))
-        rows.append(f"({o.get('name')!r}, 'param', {info!r}),")
-    for n in g.topo():
-        o = g.op(n)
-        if o.kind == "linear":
-            (e,) = g.operands(n)
-            info = dict(out=tuple(d for d, _ in o.get("out_dims")), **{"in": tuple(g.fact(e, "dims"))})
-            rows.append(f"({o.get('weight')!r}, 'linear_weight', {info!r}),")
-            if o.get("bias"):
-                rows.append(f"({o.get('bias')!r}, 'linear_bias', {info!r}),")
-        elif o.kind == "conv":
-            info = dict(channels=tuple(g.fact(n, "dims")), K=o.get("width")[0])
-            rows.append(f"({o.get('weight')!r}, 'conv_weight', {info!r}),")
-            if o.get("bias"):
-                rows.append(f"({o.get('bias')!r}, 'conv_bias', {info!r}),")
-    return rows
+def _params_table(g: Graph) -> list[str]:
+    return [f"({name!r}, {kind!r}, {info!r})," for name, kind, info in tables.parameters(g)]
 
 
 def _param_names(g: Graph) -> list[str]:
-    out = [g.op(p).get("name") for p in g.meta["params"]]
-    for n in g.topo():
-        o = g.op(n)
-        if o.kind in ("linear", "conv"):
-            out.append(o.get("weight"))
-            if o.get("bias"):
-                out.append(o.get("bias"))
-    return out
+    return [name for name, _, _ in tables.parameters(g)]
 
 
 def render_class(g: Graph) -> str:
@@ -200,7 +176,7 @@ def render_class(g: Graph) -> str:
     w(f"    STATE = ({sname!r}, {sdims!r}, {bool(meta['state_complex'])!r})")
     w(f"    OUTPUT = ({g.op(out_node).get('name')!r}, {tuple(g.fact(out_node, 'dims'))!r})")
     w("    PARAMS = (")
-    for row in _params_table(g, pr):
+    for row in _params_table(g):
         w("        " + row)
     w("    )")
     convs = tuple((g.op(n).get("weight"), tuple(g.fact(n, "dims")), g.op(n).get("width")[0]) for n in pr.convs)

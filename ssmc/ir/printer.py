@@ -18,17 +18,19 @@ def _attr(v) -> str:
     return repr(v)
 
 
-def dim_text(tree) -> str:
+def dim_text(tree, top: bool = True) -> str:
+    """A dims expression tree as source text: ceil(H / 16)."""
     k = tree[0]
     if k == "num":
         return str(tree[1])
     if k == "dim":
         return tree[1]
     if k == "neg":
-        return f"-{dim_text(tree[1])}"
+        return f"-{dim_text(tree[1], False)}"
     sym = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
     if k in sym:
-        return f"({dim_text(tree[1])} {sym[k]} {dim_text(tree[2])})"
+        text = f"{dim_text(tree[1], False)} {sym[k]} {dim_text(tree[2], False)}"
+        return text if top else f"({text})"
     return f"{k}(" + ", ".join(dim_text(t) for t in tree[1:]) + ")"
 
 

@@ -95,14 +95,13 @@ class _Emit:
         terms = []
         if c0 != 0:
             terms.append(one if c0 == 1 else self.add("mul", self.const(c0), one))
-        if c1 != 0:
-            terms.append(Z if c1 == 1 else self.add("mul", self.const(c1), Z))
+        if c1 == 0:
+            return terms[0] if terms else self.const(0.0)
+        # c0 I - |c1| Z reads better (and prints better) than c0 I + (-|c1|) Z.
+        scaled = Z if abs(c1) == 1 else self.add("mul", self.const(abs(c1)), Z)
         if not terms:
-            return self.const(0.0)
-        out = terms[0]
-        for t_ in terms[1:]:
-            out = self.add("add", out, t_)
-        return out
+            return scaled if c1 > 0 else self.add("neg", scaled)
+        return self.add("add" if c1 > 0 else "sub", terms[0], scaled)
 
     def function_of(self, f: sp.Expr, Z: int) -> int | None:
         """f(Z) as IR; None when f == 1."""
@@ -131,6 +130,9 @@ def discretize(g: Graph) -> Graph:
     n = meta["state_dims"][-1]
     operands = g.operands(sysn)
     A = operands[0]
+    # The continuous-time pieces stay in the graph (the discrete ones read them); keep
+    # their ids where `explain` can find them, updated if a later pass merges nodes.
+    meta["roots"] = {"A": operands[0], "E": operands[1], "step": operands[2] if len(operands) > 2 else None}
     em = _Emit(g, o.span, matrix, n)
     if structure == "block_diagonal":
         A = em.add("blockdiag", A, blocks=o.get("blocks"))

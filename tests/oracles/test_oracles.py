@@ -128,7 +128,7 @@ ssm S4DReal "S4D-Real: real diagonal LTI SSM, bilinear" {
   dims    H = 4, N = 8
   input   u[H]
   state   x[H, N]
-  param   log_dt[H]  = log_uniform(0.01, 0.5)
+  param   log_dt[H]  = log(log_uniform(0.01, 0.5))
   param   A_re[H, N] = s4d_real(N)
   param   B[H, N]    = normal(0, 1)
   param   C[H, N]    = normal(0, 1)
@@ -148,7 +148,7 @@ ssm LSSL "LSSL: dense HiPPO-LegS state matrix, bilinear (Gu et al. 2021)" {
   state   x[H, N]
   param   A[N, N] frozen = hippo_legs(N)
   param   Bv[N] frozen   = hippo_legs_B(N)
-  param   log_dt[H]      = log_uniform(0.01, 0.3)
+  param   log_dt[H]      = log(log_uniform(0.01, 0.3))
   param   C[H, N]        = normal(0, 1)
   param   D[H]           = normal(0, 1)
   Am = A : dense
@@ -164,7 +164,7 @@ ssm S4DRev "S4D-Lin scanned from the last token to the first" {
   dims    H = 4, N = 8
   input   u[H]
   state   x[H, N] complex
-  param   log_dt[H]        = log_uniform(0.01, 0.3)
+  param   log_dt[H]        = log(log_uniform(0.01, 0.3))
   param   log_A_real[H, N] = log(0.5)
   param   A_imag[H, N]     = pi * arange(N)
   param   C[H, N] complex  = normal(0, 1)
@@ -507,7 +507,13 @@ def test_deterministic_initializers():
     d = CASES["s4d_zoh"].dims[0]
     A = -np.exp(P["log_A_real"]) + 1j * P["A_imag"]
     assert rel(A, np.broadcast_to(papers.s4d_lin(d["N"]), A.shape)) <= 1e-6   # float32 storage
-    assert np.all((np.exp(P["log_dt"]) >= 0.001 * (1 - 1e-6)) & (np.exp(P["log_dt"]) <= 0.1 * (1 + 1e-6)))
+    # the language page: log_uniform(lo, hi) is the value itself (exp of a uniform
+    # draw in log space), so section 12's `log_dt = log_uniform(0.001, 0.1)` holds
+    # values in [0.001, 0.1] (and the step exp(log_dt) is about 1)
+    assert np.all((P["log_dt"] >= 0.001 * (1 - 1e-6)) & (P["log_dt"] <= 0.1 * (1 + 1e-6)))
+    # our own specs write log(log_uniform(...)), the papers' dt range
+    _, P = layer_and_params("s4d_reverse", 0)
+    assert np.all((np.exp(P["log_dt"]) >= 0.01 * (1 - 1e-6)) & (np.exp(P["log_dt"]) <= 0.3 * (1 + 1e-6)))
 
     _, P = layer_and_params("mamba", 0)
     d = CASES["mamba"].dims[0]

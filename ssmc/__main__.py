@@ -1,0 +1,4 @@
+"""`python -m ssmc` is the `ssmc` command."""
+from .cli import main
+
+main()

@@ -1,0 +1,132 @@
+"""The `ssmc` command line: check, explain, compile, run.
+
+Errors in a spec print as file:line:col with a caret and exit with status 1, never
+with a traceback.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import SpecError, SsmcError
+
+BACKENDS = ("numpy", "auto")
+
+
+def _fail(e: Exception) -> None:
+    click.echo(str(e), err=True)
+    sys.exit(1)
+
+
+def _analyse(spec: str, dump_ir: str | None = None):
+    from .compiler import analyse
+    from .frontend.parser import read_source
+    return analyse(read_source(spec), Path(dump_ir) if dump_ir else None)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ssmc")
+def main() -> None:
+    """ssmc: compile declarative .ssm specs of state space models into PyTorch modules."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--dump-ir", type=click.Path(file_okay=False), default=None,
+              help="Write the IR after every pass to DIR/<block>/NN-<pass>.ssmir.")
+def check(spec: str, dump_ir: str | None) -> None:
+    """Parse and analyse SPEC; print dims, parameters, LTI or selective, and the algorithm."""
+    from .explain import summary
+    try:
+        compiled = _analyse(spec, dump_ir)
+    except SsmcError as e:
+        _fail(e)
+    click.echo("\n\n".join(summary(g) for g in compiled.graphs))
+    click.echo(f"\nok: {len(compiled.graphs)} block{'s' if len(compiled.graphs) != 1 else ''} in {spec}")
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+def explain(spec: str) -> None:
+    """Print the derived discrete-time equations and why the algorithm was chosen."""
+    from .explain import explain as explain_graph
+    try:
+        compiled = _analyse(spec)
+    except SsmcError as e:
+        _fail(e)
+    click.echo("\n\n".join(explain_graph(g) for g in compiled.graphs))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--backend", "-b", type=click.Choice(BACKENDS), default="numpy", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write the module here (default: standard output).")
+@click.option("--strict", is_flag=True, help="Make an unavailable backend an error instead of a fallback.")
+def compile(spec: str, backend: str, output: str | None, strict: bool) -> None:  # noqa: A001
+    """Generate a Python module (importing only torch, numpy and ssmc.runtime) from SPEC."""
+    from .api import compile_source, resolve_backend
+    from .frontend.parser import read_source
+    try:
+        backend = resolve_backend(backend, strict=strict)
+        text = compile_source(read_source(spec), backend)
+    except SsmcError as e:
+        _fail(e)
+    if output:
+        Path(output).write_text(text)
+        click.echo(f"wrote {output} ({backend} backend)", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--backend", "-b", type=click.Choice(BACKENDS), default="numpy", show_default=True)
+@click.option("--batch", default=2, show_default=True, help="Batch size of the random input.")
+@click.option("--length", default=256, show_default=True, help="Sequence length of the random input.")
+@click.option("--seed", default=0, show_default=True)
+def run(spec: str, backend: str, batch: int, length: int, seed: int) -> None:
+    """Compile SPEC and run every block once on random input on the CPU."""
+    import torch
+
+    from .api import load
+    from .explain import summary
+    try:
+        compiled = _analyse(spec)
+        t0 = time.perf_counter()
+        mod = load(spec, backend=backend)
+        t_compile = time.perf_counter() - t0
+    except SsmcError as e:
+        _fail(e)
+    click.echo(f"compiled {spec} with the {backend} backend in {t_compile:.2f} s\n")
+    gen = torch.Generator().manual_seed(seed)
+    for g in compiled.graphs:
+        click.echo(summary(g))
+        cls = getattr(mod, g.meta["name"])
+        layer = cls(seed=seed)
+        d = layer.dims
+        L = length
+        sc = cls.SCAN
+        if sc["order"] == "cross2d":
+            L = d[sc["rows"]] * d[sc["cols"]]
+        inputs = {}
+        for i, (name, dims) in enumerate(cls.INPUTS):
+            shape = (batch, L) + tuple(d[x] for x in dims)
+            # A per-token scalar input is most often a time step: keep it positive.
+            t = torch.rand(shape, generator=gen) + 0.5 if not dims and i else torch.randn(shape, generator=gen)
+            inputs[name] = t
+        first, *rest = cls.INPUTS
+        t0 = time.perf_counter()
+        y = layer(inputs[first[0]], **{n: inputs[n] for n, _ in rest})
+        dt = time.perf_counter() - t0
+        shape = ", ".join(str(s) for s in inputs[first[0]].shape)
+        click.echo(f"  ran on input {first[0]} of shape ({shape}): output {cls.OUTPUT[0]} of shape "
+                   f"{tuple(y.shape)}, {y.dtype}, in {dt * 1000:.1f} ms; finite: {bool(torch.isfinite(y).all())}\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
