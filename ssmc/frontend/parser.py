@@ -23,6 +23,12 @@ _READABLE = {
 }
 
 
+# Keyword terminals of the grammar, and those that begin a statement.
+_STATEMENT_KEYWORDS = frozenset({"DIMS", "INPUT", "STATE", "PARAM", "DYNAMICS", "DISCRETIZE", "RECURRENCE",
+                                 "SCAN", "OUTPUT"})
+_KEYWORDS = _STATEMENT_KEYWORDS | {"SSM", "COMPLEX", "FROZEN"}
+
+
 @functools.lru_cache(maxsize=1)
 def _lark() -> Lark:
     return Lark.open_from_package("ssmc.grammar", "ssm.lark", parser="lalr",
@@ -141,11 +147,12 @@ class _ToAst(Transformer):
 
     def number(self, meta, children):
         text = str(children[0])
-        value = int(text) if text.isdigit() else float(text)
+        value = int(text) if text.isdigit() else _finite(float(text), text, meta)
         return ast.Num(_span(meta), value)
 
     def imag(self, meta, children):
-        return ast.Imag(_span(meta), complex(0, float(str(children[0])[:-1])))
+        text = str(children[0])
+        return ast.Imag(_span(meta), complex(0, _finite(float(text[:-1]), text, meta)))
 
     def name(self, meta, children):
         return ast.Name(_span(meta), str(children[0]))
@@ -156,6 +163,14 @@ class _ToAst(Transformer):
         pos = tuple(a for a in args if not isinstance(a, ast.Kwarg))
         kws = tuple(a for a in args if isinstance(a, ast.Kwarg))
         return ast.Call(_span(meta), str(fn), pos, kws, fn_span=_span(fn))
+
+
+def _finite(value: float, text: str, meta) -> float:
+    """A float literal, refusing one too large for a float (it would become inf)."""
+    if value != value or value in (float("inf"), float("-inf")):
+        raise SpecError(f"the number {text} is too large (it overflows a 64-bit float)", _span(meta),
+                        hint="write a number below 1.8e308")
+    return value
 
 
 def _unquote(tok: Token) -> str:
@@ -177,8 +192,11 @@ def decode(data: bytes, filename: str) -> Source:
         off = data.index(b"\x00")
         line = data[:off].count(b"\n") + 1
         col = off - (data.rfind(b"\n", 0, off) + 1) + 1
+        start = data.rfind(b"\n", 0, off) + 1
+        end = data.find(b"\n", off)
+        shown = data[start: end if end >= 0 else len(data)].decode("utf-8", errors="replace")
         raise SpecError("this is a binary file, not a .ssm spec (it contains a NUL byte)",
-                        Span(line, col), Source("", filename),
+                        Span(line, col), Source("\n" * (line - 1) + shown.replace("\x00", "\u2400"), filename),
                         hint="a spec is UTF-8 text with `ssm NAME { ... }` blocks")
     try:
         text = data.decode("utf-8")
@@ -207,18 +225,23 @@ def read_source(path) -> Source:
     return decode(data, str(path))
 
 
+_EXPR_RULES = ("binop", "neg", "pos", "call", "number", "imag", "name", "kwarg")
+
+
 def _check_depth(tree: Tree, source: Source) -> None:
-    stack = [(tree, 1)]
+    # Each entry carries the outermost expression above it, which the error points at.
+    stack = [(tree, 1, None)]
     while stack:
-        node, depth = stack.pop()
+        node, depth, top = stack.pop()
+        if top is None and node.data in _EXPR_RULES:
+            top = node
         if depth > MAX_DEPTH:
-            meta = node.meta
+            meta = (top or node).meta
             raise SpecError(f"expression nested too deeply (more than {MAX_DEPTH} levels)",
-                            Span(meta.line, meta.column), source,
-                            hint="split it into named values")
+                            _span(meta), source, hint="split it into named values")
         for c in node.children:
             if isinstance(c, Tree):
-                stack.append((c, depth + 1))
+                stack.append((c, depth + 1, top))
 
 
 def parse(source: Source | str, filename: str = "<string>") -> ast.File:
@@ -248,6 +271,9 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> SpecError:
     line, col = e.line, e.column
     if isinstance(e, UnexpectedCharacters):
         ch = source.line_text(line)[col - 1: col] if line > 0 else "?"
+        if ch == '"':
+            return SpecError("unterminated string: a description ends with '\"' on the same line",
+                             Span(line, col), source, hint='close it: "one-line description"')
         return SpecError(f"unexpected character {ch!r}", Span(line, col), source,
                          hint="expected " + _expected(e.allowed or []) if e.allowed else None)
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
@@ -258,6 +284,23 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> SpecError:
     tok = e.token
     shown = "end of line" if tok.type == "_NL" else repr(str(tok))
     expected = _expected(e.expected) if getattr(e, "expected", None) else ""
+    wanted = set(getattr(e, "expected", None) or ())
+    history = getattr(e, "token_history", None) or []
+    prev = history[-1] if history else None
+    if tok.type in _KEYWORDS and "NAME" in wanted:
+        # `ssm = 1`: a statement keyword where a name belongs.
+        return SpecError(f"'{tok}' is a reserved word and cannot be used as a name", _span(tok), source,
+                         hint=f"rename it, e.g. '{tok}_'")
+    if prev is not None and prev.type in _KEYWORDS and tok.type == "EQUAL" and "NAME" in wanted:
+        # `input = 1`: a keyword read as the start of a statement, then '='.
+        return SpecError(f"'{prev}' is a reserved word and cannot name a value", _span(prev), source,
+                         hint=f"rename it, e.g. '{prev}_'")
+    if wanted & {"_NL", "SEMICOLON"} and (tok.type in _STATEMENT_KEYWORDS or (
+            tok.type == "NAME" and source.line_text(tok.line)[tok.end_column - 1:].lstrip()[:1] in ("=", "'"))):
+        # `scan causal output y = ...`: a second statement on the same line.
+        return SpecError(f"unexpected {shown}: the statement before it has not ended",
+                         Span(tok.line, tok.column, tok.line, tok.end_column), source,
+                         hint=f"put {shown} on its own line, or write ';' before it")
     if tok.type == "_NL":
         line = tok.line
         col = len(source.line_text(line)) + 1
