@@ -295,7 +295,12 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> SpecError:
         # `input = 1`: a keyword read as the start of a statement, then '='.
         return SpecError(f"'{prev}' is a reserved word and cannot name a value", _span(prev), source,
                          hint=f"rename it, e.g. '{prev}_'")
-    if wanted & {"_NL", "SEMICOLON"} and (tok.type in _STATEMENT_KEYWORDS or (
+    if "SSM" in wanted and tok.type in _STATEMENT_KEYWORDS | {"NAME"}:
+        # `dims H = 4` before any `ssm NAME {`.
+        return SpecError(f"unexpected {shown} outside an `ssm` block", _span(tok), source,
+                         hint="statements go inside a block: ssm NAME { ... }")
+    if wanted & {"_NL", "SEMICOLON"} and prev is not None and prev.line == tok.line and (
+            tok.type in _STATEMENT_KEYWORDS or (
             tok.type == "NAME" and source.line_text(tok.line)[tok.end_column - 1:].lstrip()[:1] in ("=", "'"))):
         # `scan causal output y = ...`: a second statement on the same line.
         return SpecError(f"unexpected {shown}: the statement before it has not ended",

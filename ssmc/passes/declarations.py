@@ -11,6 +11,7 @@ Example: `dims H = 4, R = ceil(H / 16)` -> meta["dims"] = [("H", 4, 4), ("R", ("
 """
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -28,6 +29,10 @@ def _err(g, msg, span, hint=None):
     return SpecError(msg, span, g.meta["source"], hint)
 
 
+def _a(what: str) -> str:
+    return ("an " if what[:1] in "aeiou" else "a ") + what
+
+
 def check_name(g: Graph, name: str, span: Span, what: str) -> None:
     if not IDENT.match(name):
         raise _err(g, f"'{name}' is not a valid {what} name", span, hint="names match [A-Za-z_][A-Za-z0-9_]*")
@@ -35,7 +40,7 @@ def check_name(g: Graph, name: str, span: Span, what: str) -> None:
         raise _err(g, f"'{name}': names starting with '_' are reserved for generated code", span,
                    hint=f"rename it, e.g. '{name.lstrip('_') or 'v'}'")
     if name in F.RESERVED:
-        raise _err(g, f"'{name}' is a reserved word and cannot name a {what}", span,
+        raise _err(g, f"'{name}' is a reserved word and cannot name {_a(what)}", span,
                    hint=f"rename it, e.g. '{name}_'" if not name.endswith("_") else "rename it")
 
 
@@ -43,6 +48,8 @@ def check_name(g: Graph, name: str, span: Span, what: str) -> None:
 def dim_tree(g: Graph, e: ast.Expr, known: dict[str, int]):
     """A dims expression as a small data tree (never code): numbers, dims, + - * / **, ceil/floor/min/max."""
     if isinstance(e, ast.Num):
+        if isinstance(e.value, float) and not math.isfinite(e.value):
+            raise _err(g, f"a dim must be a finite number, not {e.value}", e.span, hint="a dim is a size >= 1")
         if isinstance(e.value, float) and not e.value.is_integer():
             return ("num", Fraction(e.value).limit_denominator(10 ** 6))
         return ("num", int(e.value))
@@ -66,7 +73,18 @@ def dim_tree(g: Graph, e: ast.Expr, known: dict[str, int]):
 
 
 def eval_dim(tree, env: dict[str, int]) -> Fraction:
-    """Evaluate a dim tree exactly; raises ZeroDivisionError / ValueError."""
+    """Evaluate a dim tree exactly; raises ZeroDivisionError / ValueError / OverflowError."""
+    v = _eval_dim(tree, env)
+    if abs(v.numerator) > _MAX_EXACT or v.denominator > _MAX_EXACT:
+        # Keeps `((2 ** 64) ** 64) ** 64` from taking the machine down.
+        raise OverflowError("the value is too large")
+    return v
+
+
+_MAX_EXACT = 2 ** 256
+
+
+def _eval_dim(tree, env: dict[str, int]) -> Fraction:
     kind = tree[0]
     if kind == "num":
         return Fraction(tree[1])
@@ -74,7 +92,7 @@ def eval_dim(tree, env: dict[str, int]) -> Fraction:
         return Fraction(env[tree[1]])
     if kind == "neg":
         return -eval_dim(tree[1], env)
-    args = [eval_dim(t, env) for t in tree[1:]]
+    args = [eval_dim(t, env) for t in tree[1:]]  # each one bounded
     if kind == "add":
         return args[0] + args[1]
     if kind == "sub":
@@ -113,16 +131,19 @@ def _dims(g: Graph) -> None:
         try:
             v = eval_dim(tree, env)
         except ZeroDivisionError:
-            raise _err(g, f"dim '{d.name}' divides by zero", d.value.span) from None
+            raise _err(g, f"dim '{d.name}' divides by zero", d.value.span,
+                       hint="the divisor evaluates to 0; divide by a dim or number >= 1") from None
         except (ValueError, OverflowError) as e:
-            raise _err(g, f"dim '{d.name}': {e}", d.value.span) from None
+            raise _err(g, f"dim '{d.name}': {e}", d.value.span,
+                       hint="a dim is a size >= 1; exponents are small integers") from None
         if v.denominator != 1:
             raise _err(g, f"dim '{d.name}' = {v} is not an integer", d.value.span,
                        hint="round it with ceil(...) or floor(...)")
         if v <= 0:
             raise _err(g, f"dim '{d.name}' = {v} must be positive", d.value.span, hint="a dim is a size >= 1")
         if v > MAX_DIM:
-            raise _err(g, f"dim '{d.name}' = {v} is too large", d.value.span)
+            raise _err(g, f"dim '{d.name}' is too large (more than 2**40)", d.value.span,
+                       hint="a dim is a size, at most 2**40")
         env[d.name] = int(v)
         table.append((d.name, tree, int(v)))
         spans[d.name] = d.span

@@ -84,6 +84,30 @@ def _nonlinear_in(expr: sp.Expr, s: sp.Symbol) -> bool:
     return s in d.free_symbols
 
 
+def _offset_term(g: Graph, e: int, conv: "_ToSympy", u: sp.Symbol) -> int:
+    """The first addend of E (through + - and unary -) that is not zero at u = 0; else E itself."""
+    terms, stack = [], [e]
+    while stack:
+        n = stack.pop()
+        if g.op(n).kind in ("add", "sub", "neg"):
+            stack.extend(reversed(g.operands(n)))
+        else:
+            terms.append(n)
+    whole = g.op(e).span
+    for n in terms:
+        if sp.simplify(conv(n).subs(u, 0)) != 0:
+            # A name resolved to its declaration has lost the place it was used; point at E then.
+            return n if _inside(g.op(n).span, whole) else e
+    return e
+
+
+def _inside(span, whole) -> bool:
+    if span is None or whole is None or whole.end_line is None or whole.end_column is None:
+        return False
+    start, end = (span.line, span.column), (span.end_line or span.line, span.end_column or span.column)
+    return (whole.line, whole.column) <= start and end <= (whole.end_line, whole.end_column)
+
+
 def _time(g, symbols, expr) -> str:
     nodes = [symbols[s] for s in expr.free_symbols if s in symbols]
     return "token" if any(g.fact(n, "time") == "token" for n in nodes) else "static"
@@ -116,7 +140,8 @@ def check_linearity(g: Graph) -> Graph:
                                 f"use '{u_name}' directly (a linear(...) of it is fine)")
         if sp.simplify(expr.subs(u, 0)) != 0:
             raise _err(g, f"the input term has a part that does not depend on the input '{u_name}'",
-                       g.op(e).span, hint=f"every term must be multiplied by '{u_name}' (no constant offset)")
+                       g.op(_offset_term(g, e, conv, u)).span,
+                       hint=f"every term must be multiplied by '{u_name}' (no constant offset)")
         coef_time = _time(g, conv.symbols, sp.diff(expr, u))
     # The readout: linear in the state?
     xs = sp.Symbol("x")

@@ -26,6 +26,29 @@ def _check_dim(g: Graph, name: str, span, where: str) -> None:
                    hint=F.did_you_mean(name, dims, "dims") or "declare it in `dims`")
 
 
+def _check_value_cycles(g: Graph, decl_span) -> None:
+    """Reject `a = b + 1; b = a` by name, before linking, so the message names the whole loop."""
+    values = g.meta["values"]
+    order = {name: i for i, (_, name, _) in enumerate(g.meta["decls"])}
+    deps = nx.DiGraph()
+    for name in sorted(values, key=lambda v: order.get(v, 0)):
+        root = values[name]
+        deps.add_node(name)
+        for n in sorted(g.ancestors(root) | {root}):
+            o = g.op(n)
+            if o.kind == "ref" and o.get("name") in values:
+                deps.add_edge(name, o.get("name"))
+    try:
+        cycle = nx.find_cycle(deps, source=list(deps.nodes))
+    except nx.NetworkXNoCycle:
+        return
+    names = [u for u, _ in cycle]
+    first = min(range(len(names)), key=lambda i: order.get(names[i], 0))
+    names = names[first:] + names[:first]
+    raise _err(g, "cyclic definition: " + " -> ".join(names + [names[0]]), decl_span.get(names[0]),
+               hint="values may not depend on themselves; only the state is recurrent")
+
+
 def resolve_names(g: Graph) -> Graph:
     """Link names to their definitions, validate dim names, reject cycles."""
     g = g.copy()
@@ -66,6 +89,7 @@ def resolve_names(g: Graph) -> Graph:
         init_nodes |= g.ancestors(root) | {root}
 
     decl_span = {name: span for kind, name, span in meta["decls"]}
+    _check_value_cycles(g, decl_span)
 
     def follow(name: str, chain: tuple[str, ...] = ()) -> int:
         # `A = B` makes A's root a ref to B: follow such chains to a real node.

@@ -79,7 +79,8 @@ def check_structure(g: Graph) -> Graph:
     if matrix_pair(edims) or any(d not in sdims for d in edims):
         extra = [d for d in edims if d not in sdims]
         raise _err(g, f"the input term has dims {fmt(edims)}, but the state '{sname}' has {fmt(sdims)}", espan,
-                   hint=(f"reduce the extra dims, e.g. sum(..., {', '.join(extra)})" if extra else None))
+                   hint=(f"reduce the extra dims, e.g. sum(..., {', '.join(extra)})" if extra else
+                         f"it must broadcast to the state's dims {fmt(sdims)}; reduce the matrix with sum(...)"))
     if g.fact(e, "complex") and not scomplex:
         raise _err(g, f"the input term is complex but the state '{sname}' is real", espan,
                    hint=f"declare the state complex or take re(...)")
@@ -89,7 +90,7 @@ def check_structure(g: Graph) -> Graph:
         sspan = g.op(step).span
         if matrix_pair(sd) or any(d not in sdims for d in sd):
             raise _err(g, f"the step has dims {fmt(sd)}, but it must broadcast to the state's dims {fmt(sdims)}",
-                       sspan)
+                       sspan, hint=f"give the step some of the state's dims, e.g. [{sdims[0]}], or none")
         if structure in ("dense", "dplr", "block_diagonal") and last in sd:
             raise _err(g, f"the step of a {structure} system cannot vary along {last}", sspan,
                        hint=f"a matrix exponential needs one step per {last} x {last} block")

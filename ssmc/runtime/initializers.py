@@ -237,33 +237,28 @@ def hippo_fout_B(N: int) -> np.ndarray:
 # --------------------------------------------------------------------------
 
 def hippo_legs_diag(N: int) -> np.ndarray:
-    """Eigenvalues of the normal part of HiPPO-LegS, (N,) complex128.
+    """N diagonal modes from the normal part of HiPPO-LegS, (N,) complex128.
 
-    The initialization of DSS, S4D-LegS and S5 ([DSS], [S4D] sec. 4, [S5]).
-    ``S = hippo_legs(N) + P P^T`` with ``P[n] = sqrt(n + 1/2)`` equals
-    ``-I/2 + K`` with K real skew-symmetric ([S4] sec. 3.3), so the real parts
-    are exactly -1/2. The imaginary parts are the eigenvalues of the Hermitian
-    matrix ``-i K``, found with ``numpy.linalg.eigh``, like ``nplr()`` in [code].
-
-    All N eigenvalues are returned (S5 style). DSS and S4D take the N/2 with
-    positive imaginary part of an N x N matrix instead; those are the first
-    N // 2 here. The eigenvalues of K come in pairs ``+-i mu``. Those pairs
-    are made exact by averaging, so the output is conjugate-symmetric and
-    holds an exact 0 imaginary part when N is odd. They are sorted by
-    imaginary part, descending, and then by real part. The real parts are
-    all equal, so this gives a fixed order.
+    The initialization of DSS, S4D-LegS and S5 ([DSS], [S4D] sec. 4, [S5]): the
+    normal part ``S = hippo_legs(2N) + P P^T`` (``P[n] = sqrt(n + 1/2)``) of the
+    2N x 2N LegS matrix equals ``-I/2 + K`` with K real skew-symmetric ([S4] sec.
+    3.3), so its 2N eigenvalues are ``-1/2 +- i mu`` in conjugate pairs. A real
+    2N-dimensional system is the N modes with positive imaginary part plus their
+    conjugates, which a ``2 * re(...)`` readout accounts for; those N are returned,
+    imaginary part descending. The imaginary parts come from ``eigh(-i K)``, like
+    ``nplr()`` in [code]; the real parts are exactly -1/2.
     """
     N = _check_N("hippo_legs_diag", N)
-    P = np.sqrt(np.arange(N) + 0.5)
-    S = hippo_legs(N) + np.outer(P, P)
+    M = 2 * N
+    P = np.sqrt(np.arange(M) + 0.5)
+    S = hippo_legs(M) + np.outer(P, P)
     # Taking the skew part drops the rounding of A + P P^T, so K is exactly skew.
     K = 0.5 * (S - S.T)
     mu = np.linalg.eigh(-1j * K)[0]
-    # eigh returns mu ascending; mu[::-1] is -mu in exact arithmetic.
+    # eigh returns mu ascending; mu[::-1] is -mu in exact arithmetic: symmetrize,
+    # then keep the positive half, largest first.
     mu = 0.5 * (mu - mu[::-1])
-    # Sort by imaginary part, largest first. The real parts are all -1/2,
-    # so the second key never changes the order.
-    mu = mu[::-1]
+    mu = mu[::-1][:N]
     return (-0.5 + 1j * mu).astype(np.complex128)
 
 

@@ -532,8 +532,10 @@ def test_s5_lambda_is_normal_hippo_spectrum():
     Pd = CASES["s5"].dims[0]["P"]
     lam = P["Lambda"]
     assert np.allclose(lam.real, -0.5, atol=1e-6), lam
-    ev = np.linalg.eigvals(papers.hippo_legs_normal(Pd))
-    # every Lambda is an eigenvalue of the P x P normal HiPPO-LegS matrix (S5's convention)
+    ev = np.linalg.eigvals(papers.hippo_legs_normal(2 * Pd))
+    # every Lambda is an eigenvalue of the 2P x 2P normal HiPPO-LegS matrix with positive
+    # imaginary part (the DSS / S4D-LegS half spectrum)
+    assert np.all(lam.imag > 0)
     dist = np.min(np.abs(lam[:, None] - ev[None, :]), axis=1)
     assert np.all(dist <= 1e-5 * max(1.0, float(np.max(np.abs(ev))))), (lam, ev)
 

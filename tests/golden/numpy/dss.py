@@ -39,17 +39,18 @@ class DSS(rt.ReferenceModule):
     def _init_log_dt(self, d, gen):
         H, N = d['H'], d['N']
         _6 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
-        return _6
+        _7 = np.log(_6)  # [H]
+        return _7
 
     def _init_C(self, d, gen):
         H, N = d['H'], d['N']
-        _10 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=True)  # [H, N]
-        return _10
+        _11 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=True)  # [H, N]
+        return _11
 
     def _init_D(self, d, gen):
         H, N = d['H'], d['N']
-        _12 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
-        return _12
+        _13 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
+        return _13
 
     def _direction(self, p, d, inputs, state):
         # One causal pass over the sequence (already reordered for this direction).
@@ -63,27 +64,27 @@ class DSS(rt.ReferenceModule):
         _x = state[0] if state is not None else np.zeros((_B, H, N, ), dtype=np.complex128)
         tails = list(state[1:]) if state is not None else [None] * 0
         # static values
-        _14 = np.exp(log_dt)  # [H]
-        _23 = rt.align(_14, ('H',), ('H', 'N')) * Lambda  # [H, N]
-        _24 = np.exp(_23)  # [H, N]
-        _26 = rt.phi1(_23)  # [H, N]
+        _15 = np.exp(log_dt)  # [H]
+        _24 = rt.align(_15, ('H',), ('H', 'N')) * Lambda  # [H, N]
+        _25 = np.exp(_24)  # [H, N]
+        _27 = rt.phi1(_24)  # [H, N]
         # per-token values
-        _20 = D * u  # [B, L, H]
-        _25 = _14 * u  # [B, L, H]
-        _27 = _26 * rt.align(_25, ('H',), ('H', 'N'))  # [B, L, H, N]
+        _21 = D * u  # [B, L, H]
+        _26 = _15 * u  # [B, L, H]
+        _28 = _27 * rt.align(_26, ('H',), ('H', 'N'))  # [B, L, H, N]
         # the recurrence (zoh, diagonal), one token at a time
         # x_t = Abar_t * x_{t-1} + Ebar_t
-        _Abar = _24  # [H, N]
-        _Ebar = _27  # [B, L, H, N]
+        _Abar = _25  # [H, N]
+        _Ebar = _28  # [B, L, H, N]
         _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))
         for _t in range(_L):
             _x = _Abar * _x + _Ebar[:, _t]
             _xs[:, _t] = _x
         x = _xs  # [B, L, H, N]
         # the readout, from the state after each token's update
-        _16 = C * x  # [B, L, H, N]
-        _17 = np.sum(_16, axis=(-1,))  # [B, L, H]
-        _18 = np.real(_17)  # [B, L, H]
-        _19 = 2 * _18  # [B, L, H]
-        _21 = _19 + _20  # [B, L, H]
-        return _21, (_x, *tails)
+        _17 = C * x  # [B, L, H, N]
+        _18 = np.sum(_17, axis=(-1,))  # [B, L, H]
+        _19 = np.real(_18)  # [B, L, H]
+        _20 = 2 * _19  # [B, L, H]
+        _22 = _20 + _21  # [B, L, H]
+        return _22, (_x, *tails)

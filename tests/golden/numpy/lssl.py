@@ -45,17 +45,18 @@ class LSSL(rt.ReferenceModule):
     def _init_log_dt(self, d, gen):
         H, N = d['H'], d['N']
         _8 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
-        return _8
+        _9 = np.log(_8)  # [H]
+        return _9
 
     def _init_C(self, d, gen):
         H, N = d['H'], d['N']
-        _12 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=False)  # [H, N]
-        return _12
+        _13 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=False)  # [H, N]
+        return _13
 
     def _init_D(self, d, gen):
         H, N = d['H'], d['N']
-        _14 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
-        return _14
+        _15 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
+        return _15
 
     def _direction(self, p, d, inputs, state):
         # One causal pass over the sequence (already reordered for this direction).
@@ -70,30 +71,30 @@ class LSSL(rt.ReferenceModule):
         _x = state[0] if state is not None else np.zeros((_B, H, N, ), dtype=np.float64)
         tails = list(state[1:]) if state is not None else [None] * 0
         # static values
-        _17 = np.exp(log_dt)  # [H]
-        _23 = rt.align(_17, ('H',), ('H', 'N', 'N')) * A  # [H, N, N]
-        _24 = np.eye(N)  # [N, N]
-        _26 = 0.5 * _23  # [H, N, N]
-        _27 = _24 + _26  # [H, N, N]
-        _28 = _24 - _26  # [H, N, N]
-        _29 = rt.solve(_28, _27)  # [H, N, N]
-        _31 = rt.solve(_28, _24)  # [H, N, N]
+        _18 = np.exp(log_dt)  # [H]
+        _24 = rt.align(_18, ('H',), ('H', 'N', 'N')) * A  # [H, N, N]
+        _25 = np.eye(N)  # [N, N]
+        _27 = 0.5 * _24  # [H, N, N]
+        _28 = _25 + _27  # [H, N, N]
+        _29 = _25 - _27  # [H, N, N]
+        _30 = rt.solve(_29, _28)  # [H, N, N]
+        _32 = rt.solve(_29, _25)  # [H, N, N]
         # per-token values
-        _16 = rt.align(Bv, ('N',), ('N', 'H')) * rt.align(u, ('H',), ('N', 'H'))  # [B, L, N, H]
-        _20 = D * u  # [B, L, H]
-        _30 = rt.align(_17, ('H',), ('H', 'N')) * rt.align(_16, ('N', 'H'), ('H', 'N'))  # [B, L, H, N]
-        _32 = rt.matvec(_31, _30)  # [B, L, H, N]
+        _17 = rt.align(Bv, ('N',), ('N', 'H')) * rt.align(u, ('H',), ('N', 'H'))  # [B, L, N, H]
+        _21 = D * u  # [B, L, H]
+        _31 = rt.align(_18, ('H',), ('H', 'N')) * rt.align(_17, ('N', 'H'), ('H', 'N'))  # [B, L, H, N]
+        _33 = rt.matvec(_32, _31)  # [B, L, H, N]
         # the recurrence (bilinear, dense), one token at a time
         # x_t = Abar_t @ x_{t-1} + Ebar_t
-        _Abar = _29  # [H, N, N]
-        _Ebar = _32  # [B, L, H, N]
+        _Abar = _30  # [H, N, N]
+        _Ebar = _33  # [B, L, H, N]
         _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))
         for _t in range(_L):
             _x = rt.matvec(_Abar, _x) + _Ebar[:, _t]
             _xs[:, _t] = _x
         x = _xs  # [B, L, H, N]
         # the readout, from the state after each token's update
-        _18 = C * x  # [B, L, H, N]
-        _19 = np.sum(_18, axis=(-1,))  # [B, L, H]
-        _21 = _19 + _20  # [B, L, H]
-        return _21, (_x, *tails)
+        _19 = C * x  # [B, L, H, N]
+        _20 = np.sum(_19, axis=(-1,))  # [B, L, H]
+        _22 = _20 + _21  # [B, L, H]
+        return _22, (_x, *tails)

@@ -45,18 +45,18 @@ class S4(rt.ReferenceModule):
         _5 = np.arange(N, dtype=np.float64)  # [N]
         _6 = 0.5 + _5  # [N]
         _7 = np.sqrt(_6)  # [N]
-        _34 = np.sqrt(N)  # []
-        _35 = _7 / _34  # [N]
-        return rt.align(_35, ('N',), ('H', 'N', 'R'))
+        _35 = np.sqrt(N)  # []
+        _36 = _7 / _35  # [N]
+        return rt.align(_36, ('N',), ('H', 'N', 'R'))
 
     def _init_Q(self, d, gen):
         H, N, R = d['H'], d['N'], d['R']
         _8 = np.arange(N, dtype=np.float64)  # [N]
         _9 = 0.5 + _8  # [N]
         _10 = np.sqrt(_9)  # [N]
-        _34 = np.sqrt(N)  # []
-        _37 = _10 / _34  # [N]
-        return rt.align(_37, ('N',), ('H', 'N', 'R'))
+        _35 = np.sqrt(N)  # []
+        _38 = _10 / _35  # [N]
+        return rt.align(_38, ('N',), ('H', 'N', 'R'))
 
     def _init_B(self, d, gen):
         H, N, R = d['H'], d['N'], d['R']
@@ -65,17 +65,18 @@ class S4(rt.ReferenceModule):
     def _init_log_dt(self, d, gen):
         H, N, R = d['H'], d['N'], d['R']
         _15 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
-        return _15
+        _16 = np.log(_15)  # [H]
+        return _16
 
     def _init_C(self, d, gen):
         H, N, R = d['H'], d['N'], d['R']
-        _19 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=True)  # [H, N]
-        return _19
+        _20 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=True)  # [H, N]
+        return _20
 
     def _init_D(self, d, gen):
         H, N, R = d['H'], d['N'], d['R']
-        _21 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
-        return _21
+        _22 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
+        return _22
 
     def _direction(self, p, d, inputs, state):
         # One causal pass over the sequence (already reordered for this direction).
@@ -92,33 +93,33 @@ class S4(rt.ReferenceModule):
         _x = state[0] if state is not None else np.zeros((_B, H, N, ), dtype=np.complex128)
         tails = list(state[1:]) if state is not None else [None] * 0
         # static values
-        _24 = np.exp(log_dt)  # [H]
+        _25 = np.exp(log_dt)  # [H]
         A = rt.dplr(Lambda, P, Q)  # [H, N, N]
-        _40 = rt.align(_24, ('H',), ('H', 'N', 'N')) * A  # [H, N, N]
-        _41 = np.eye(N)  # [N, N]
-        _42 = 0.5 * _40  # [H, N, N]
-        _43 = _41 + _42  # [H, N, N]
-        _44 = _41 - _42  # [H, N, N]
-        _45 = rt.solve(_44, _43)  # [H, N, N]
-        _47 = rt.solve(_44, _41)  # [H, N, N]
+        _41 = rt.align(_25, ('H',), ('H', 'N', 'N')) * A  # [H, N, N]
+        _42 = np.eye(N)  # [N, N]
+        _43 = 0.5 * _41  # [H, N, N]
+        _44 = _42 + _43  # [H, N, N]
+        _45 = _42 - _43  # [H, N, N]
+        _46 = rt.solve(_45, _44)  # [H, N, N]
+        _48 = rt.solve(_45, _42)  # [H, N, N]
         # per-token values
-        _23 = B * rt.align(u, ('H',), ('H', 'N'))  # [B, L, H, N]
-        _30 = D * u  # [B, L, H]
-        _46 = rt.align(_24, ('H',), ('H', 'N')) * _23  # [B, L, H, N]
-        _48 = rt.matvec(_47, _46)  # [B, L, H, N]
+        _24 = B * rt.align(u, ('H',), ('H', 'N'))  # [B, L, H, N]
+        _31 = D * u  # [B, L, H]
+        _47 = rt.align(_25, ('H',), ('H', 'N')) * _24  # [B, L, H, N]
+        _49 = rt.matvec(_48, _47)  # [B, L, H, N]
         # the recurrence (bilinear, dplr), one token at a time
         # x_t = Abar_t @ x_{t-1} + Ebar_t
-        _Abar = _45  # [H, N, N]
-        _Ebar = _48  # [B, L, H, N]
+        _Abar = _46  # [H, N, N]
+        _Ebar = _49  # [B, L, H, N]
         _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))
         for _t in range(_L):
             _x = rt.matvec(_Abar, _x) + _Ebar[:, _t]
             _xs[:, _t] = _x
         x = _xs  # [B, L, H, N]
         # the readout, from the state after each token's update
-        _26 = C * x  # [B, L, H, N]
-        _27 = np.sum(_26, axis=(-1,))  # [B, L, H]
-        _28 = np.real(_27)  # [B, L, H]
-        _29 = 2 * _28  # [B, L, H]
-        _31 = _29 + _30  # [B, L, H]
-        return _31, (_x, *tails)
+        _27 = C * x  # [B, L, H, N]
+        _28 = np.sum(_27, axis=(-1,))  # [B, L, H]
+        _29 = np.real(_28)  # [B, L, H]
+        _30 = 2 * _29  # [B, L, H]
+        _32 = _30 + _31  # [B, L, H]
+        return _32, (_x, *tails)

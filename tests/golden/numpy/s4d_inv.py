@@ -35,31 +35,32 @@ class S4DInv(rt.ReferenceModule):
     def _init_log_dt(self, d, gen):
         H, N = d['H'], d['N']
         _4 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
-        return _4
+        _5 = np.log(_4)  # [H]
+        return _5
 
     def _init_log_A_real(self, d, gen):
         H, N = d['H'], d['N']
-        _6 = rt.init.s4d_inv(N)  # [N]
-        _7 = np.real(_6)  # [N]
-        _8 = -_7  # [N]
-        _9 = np.log(_8)  # [N]
-        return _9
+        _7 = rt.init.s4d_inv(N)  # [N]
+        _8 = np.real(_7)  # [N]
+        _9 = -_8  # [N]
+        _10 = np.log(_9)  # [N]
+        return _10
 
     def _init_A_imag(self, d, gen):
         H, N = d['H'], d['N']
-        _11 = rt.init.s4d_inv(N)  # [N]
-        _12 = np.imag(_11)  # [N]
-        return _12
+        _12 = rt.init.s4d_inv(N)  # [N]
+        _13 = np.imag(_12)  # [N]
+        return _13
 
     def _init_C(self, d, gen):
         H, N = d['H'], d['N']
-        _16 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=True)  # [H, N]
-        return _16
+        _17 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=True)  # [H, N]
+        return _17
 
     def _init_D(self, d, gen):
         H, N = d['H'], d['N']
-        _18 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
-        return _18
+        _19 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
+        return _19
 
     def _direction(self, p, d, inputs, state):
         # One causal pass over the sequence (already reordered for this direction).
@@ -74,31 +75,31 @@ class S4DInv(rt.ReferenceModule):
         _x = state[0] if state is not None else np.zeros((_B, H, N, ), dtype=np.complex128)
         tails = list(state[1:]) if state is not None else [None] * 0
         # static values
-        _20 = np.exp(log_A_real)  # [H, N]
-        _21 = -_20  # [H, N]
-        _23 = 1j * A_imag  # [H, N]
-        A = _21 + _23  # [H, N]
-        _25 = np.exp(log_dt)  # [H]
-        _34 = rt.align(_25, ('H',), ('H', 'N')) * A  # [H, N]
-        _35 = np.exp(_34)  # [H, N]
-        _37 = rt.phi1(_34)  # [H, N]
+        _21 = np.exp(log_A_real)  # [H, N]
+        _22 = -_21  # [H, N]
+        _24 = 1j * A_imag  # [H, N]
+        A = _22 + _24  # [H, N]
+        _26 = np.exp(log_dt)  # [H]
+        _35 = rt.align(_26, ('H',), ('H', 'N')) * A  # [H, N]
+        _36 = np.exp(_35)  # [H, N]
+        _38 = rt.phi1(_35)  # [H, N]
         # per-token values
-        _31 = D * u  # [B, L, H]
-        _36 = _25 * u  # [B, L, H]
-        _38 = _37 * rt.align(_36, ('H',), ('H', 'N'))  # [B, L, H, N]
+        _32 = D * u  # [B, L, H]
+        _37 = _26 * u  # [B, L, H]
+        _39 = _38 * rt.align(_37, ('H',), ('H', 'N'))  # [B, L, H, N]
         # the recurrence (zoh, diagonal), one token at a time
         # x_t = Abar_t * x_{t-1} + Ebar_t
-        _Abar = _35  # [H, N]
-        _Ebar = _38  # [B, L, H, N]
+        _Abar = _36  # [H, N]
+        _Ebar = _39  # [B, L, H, N]
         _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))
         for _t in range(_L):
             _x = _Abar * _x + _Ebar[:, _t]
             _xs[:, _t] = _x
         x = _xs  # [B, L, H, N]
         # the readout, from the state after each token's update
-        _27 = C * x  # [B, L, H, N]
-        _28 = np.sum(_27, axis=(-1,))  # [B, L, H]
-        _29 = np.real(_28)  # [B, L, H]
-        _30 = 2 * _29  # [B, L, H]
-        _32 = _30 + _31  # [B, L, H]
-        return _32, (_x, *tails)
+        _28 = C * x  # [B, L, H, N]
+        _29 = np.sum(_28, axis=(-1,))  # [B, L, H]
+        _30 = np.real(_29)  # [B, L, H]
+        _31 = 2 * _30  # [B, L, H]
+        _33 = _31 + _32  # [B, L, H]
+        return _33, (_x, *tails)

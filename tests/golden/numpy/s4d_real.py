@@ -34,24 +34,25 @@ class S4DReal(rt.ReferenceModule):
     def _init_log_dt(self, d, gen):
         H, N = d['H'], d['N']
         _4 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
-        return _4
+        _5 = np.log(_4)  # [H]
+        return _5
 
     def _init_log_A_real(self, d, gen):
         H, N = d['H'], d['N']
-        _6 = rt.init.s4d_real(N)  # [N]
-        _7 = -_6  # [N]
-        _8 = np.log(_7)  # [N]
-        return _8
+        _7 = rt.init.s4d_real(N)  # [N]
+        _8 = -_7  # [N]
+        _9 = np.log(_8)  # [N]
+        return _9
 
     def _init_C(self, d, gen):
         H, N = d['H'], d['N']
-        _12 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=False)  # [H, N]
-        return _12
+        _13 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=False)  # [H, N]
+        return _13
 
     def _init_D(self, d, gen):
         H, N = d['H'], d['N']
-        _14 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
-        return _14
+        _15 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
+        return _15
 
     def _direction(self, p, d, inputs, state):
         # One causal pass over the sequence (already reordered for this direction).
@@ -65,30 +66,30 @@ class S4DReal(rt.ReferenceModule):
         _x = state[0] if state is not None else np.zeros((_B, H, N, ), dtype=np.float64)
         tails = list(state[1:]) if state is not None else [None] * 0
         # static values
-        _16 = np.exp(log_A_real)  # [H, N]
-        A = -_16  # [H, N]
-        _18 = np.exp(log_dt)  # [H]
-        _24 = rt.align(_18, ('H',), ('H', 'N')) * A  # [H, N]
-        _27 = 0.5 * _24  # [H, N]
-        _28 = 1.0 + _27  # [H, N]
-        _29 = 1.0 - _27  # [H, N]
-        _30 = _28 / _29  # [H, N]
-        _32 = 1.0 / _29  # [H, N]
+        _17 = np.exp(log_A_real)  # [H, N]
+        A = -_17  # [H, N]
+        _19 = np.exp(log_dt)  # [H]
+        _25 = rt.align(_19, ('H',), ('H', 'N')) * A  # [H, N]
+        _28 = 0.5 * _25  # [H, N]
+        _29 = 1.0 + _28  # [H, N]
+        _30 = 1.0 - _28  # [H, N]
+        _31 = _29 / _30  # [H, N]
+        _33 = 1.0 / _30  # [H, N]
         # per-token values
-        _21 = D * u  # [B, L, H]
-        _31 = _18 * u  # [B, L, H]
-        _33 = _32 * rt.align(_31, ('H',), ('H', 'N'))  # [B, L, H, N]
+        _22 = D * u  # [B, L, H]
+        _32 = _19 * u  # [B, L, H]
+        _34 = _33 * rt.align(_32, ('H',), ('H', 'N'))  # [B, L, H, N]
         # the recurrence (bilinear, diagonal), one token at a time
         # x_t = Abar_t * x_{t-1} + Ebar_t
-        _Abar = _30  # [H, N]
-        _Ebar = _33  # [B, L, H, N]
+        _Abar = _31  # [H, N]
+        _Ebar = _34  # [B, L, H, N]
         _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))
         for _t in range(_L):
             _x = _Abar * _x + _Ebar[:, _t]
             _xs[:, _t] = _x
         x = _xs  # [B, L, H, N]
         # the readout, from the state after each token's update
-        _19 = C * x  # [B, L, H, N]
-        _20 = np.sum(_19, axis=(-1,))  # [B, L, H]
-        _22 = _20 + _21  # [B, L, H]
-        return _22, (_x, *tails)
+        _20 = C * x  # [B, L, H, N]
+        _21 = np.sum(_20, axis=(-1,))  # [B, L, H]
+        _23 = _21 + _22  # [B, L, H]
+        return _23, (_x, *tails)

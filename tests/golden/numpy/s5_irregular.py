@@ -55,7 +55,8 @@ class S5Irregular(rt.ReferenceModule):
     def _init_log_dt(self, d, gen):
         H, P = d['H'], d['P']
         _16 = rt.init.log_uniform((P, ), 0.001, 0.1, generator=gen, complex=False)  # [P]
-        return _16
+        _17 = np.log(_16)  # [P]
+        return _17
 
     def _direction(self, p, d, inputs, state):
         # One causal pass over the sequence (already reordered for this direction).
@@ -71,29 +72,29 @@ class S5Irregular(rt.ReferenceModule):
         _x = state[0] if state is not None else np.zeros((_B, P, ), dtype=np.complex128)
         tails = list(state[1:]) if state is not None else [None] * 0
         # static values
-        _20 = np.exp(log_dt)  # [P]
+        _21 = np.exp(log_dt)  # [P]
         # per-token values
-        _18 = B * rt.align(u, ('H',), ('P', 'H'))  # [B, L, P, H]
-        _19 = np.sum(_18, axis=(-1,))  # [B, L, P]
-        _21 = _20 * rt.align(tau, (), ('P',))  # [B, L, P]
-        _25 = D * u  # [B, L, H]
-        _28 = _21 * Lambda  # [B, L, P]
-        _29 = np.exp(_28)  # [B, L, P]
-        _30 = _21 * _19  # [B, L, P]
-        _31 = rt.phi1(_28)  # [B, L, P]
-        _32 = _31 * _30  # [B, L, P]
+        _19 = B * rt.align(u, ('H',), ('P', 'H'))  # [B, L, P, H]
+        _20 = np.sum(_19, axis=(-1,))  # [B, L, P]
+        _22 = _21 * rt.align(tau, (), ('P',))  # [B, L, P]
+        _26 = D * u  # [B, L, H]
+        _29 = _22 * Lambda  # [B, L, P]
+        _30 = np.exp(_29)  # [B, L, P]
+        _31 = _22 * _20  # [B, L, P]
+        _32 = rt.phi1(_29)  # [B, L, P]
+        _33 = _32 * _31  # [B, L, P]
         # the recurrence (zoh, diagonal), one token at a time
         # x_t = Abar_t * x_{t-1} + Ebar_t
-        _Abar = _29  # [B, L, P]
-        _Ebar = _32  # [B, L, P]
+        _Abar = _30  # [B, L, P]
+        _Ebar = _33  # [B, L, P]
         _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))
         for _t in range(_L):
             _x = _Abar[:, _t] * _x + _Ebar[:, _t]
             _xs[:, _t] = _x
         x = _xs  # [B, L, P]
         # the readout, from the state after each token's update
-        _22 = C * rt.align(x, ('P',), ('H', 'P'))  # [B, L, H, P]
-        _23 = np.sum(_22, axis=(-1,))  # [B, L, H]
-        _24 = np.real(_23)  # [B, L, H]
-        _26 = _24 + _25  # [B, L, H]
-        return _26, (_x, *tails)
+        _23 = C * rt.align(x, ('P',), ('H', 'P'))  # [B, L, H, P]
+        _24 = np.sum(_23, axis=(-1,))  # [B, L, H]
+        _25 = np.real(_24)  # [B, L, H]
+        _27 = _25 + _26  # [B, L, H]
+        return _27, (_x, *tails)
