@@ -170,7 +170,10 @@ class ReferenceModule(nn.Module):
             else:
                 getattr(self, name).copy_(t)
 
-    def _numpy_params(self, direction: int) -> dict[str, np.ndarray]:
+    # --- array policy: how tensors become the arrays `_direction` computes on -------
+    # The NumPy reference computes on float64 / complex128 numpy arrays, detached;
+    # the torch backend overrides these hooks to stay in torch (and in autograd).
+    def _params(self, direction: int, compute) -> dict:
         out = {}
         for name, _, _ in self.PARAMS:
             t = getattr(self, name).detach().cpu()
@@ -178,6 +181,30 @@ class ReferenceModule(nn.Module):
             a = t.numpy()
             out[name] = a[direction] if self._copies else a
         return out
+
+    def _compute_dtype(self, dtype: torch.dtype):
+        return torch.float64
+
+    def _to_array(self, t, compute, complex_: bool = False):
+        return t.detach().cpu().to(torch.complex128 if complex_ else torch.float64).numpy()
+
+    def _from_array(self, a) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self._device)
+
+    def _take(self, a, perm):
+        return a[:, perm]
+
+    def _put_back(self, a, perm):
+        back = np.empty_like(a)
+        back[:, perm] = a
+        return back
+
+    def _stack(self, arrays):
+        return np.stack(arrays, axis=-1)
+
+    @staticmethod
+    def _is_complex(a) -> bool:
+        return bool(np.iscomplexobj(a))
 
     # --- inputs ----------------------------------------------------------------
     def _check(self, what: str, t, want: tuple, dims_text: str):
@@ -217,10 +244,12 @@ class ReferenceModule(nn.Module):
             want = (b,) + (() if single else (L,)) + _shape(dims, d)
             self._check(name, t, want, _describe(name, dims, d, lead if i == 0 else
                                                  ("batch" if single else f"batch={b}, length={L}")))
-            out[name] = t.detach().cpu().to(torch.float64).numpy()
+        compute = self._compute_dtype(first.dtype)
+        for i, (name, _) in enumerate(self.INPUTS):
+            out[name] = self._to_array(u if i == 0 else kw[name], compute)
         return out, first.dtype, b, L
 
-    def _state_in(self, state, b: int, d: dict):
+    def _state_in(self, state, b: int, d: dict, compute=None):
         sname, sdims, scplx = self.STATE
         cls = type(self).__name__
         want_x = (b,) + _shape(sdims, d)
@@ -235,17 +264,17 @@ class ReferenceModule(nn.Module):
                              + ", ".join(f"{n}={d[n]}" for n in sdims) + f"), got {got}")
         if x.is_complex() and not scplx:
             raise ShapeError(f"{cls}: the state {sname} is real, got a complex tensor")
-        out = [x.detach().cpu().to(torch.complex128 if scplx else torch.float64).numpy()]
+        out = [self._to_array(x, compute, complex_=scplx)]
         for (wname, ch, k), tail in zip(self.CONVS, parts[1:]):
             kk = k if isinstance(k, int) else d[k]
             want = (b, kk - 1) + _shape(ch, d)
             if not isinstance(tail, torch.Tensor) or tuple(tail.shape) != want:
                 raise ShapeError(f"{cls}: the conv tail of {wname} must have shape {want}")
-            out.append(tail.detach().cpu().to(torch.float64).numpy())
+            out.append(self._to_array(tail, compute))
         return tuple(out)
 
     def _state_out(self, state):
-        ts = tuple(torch.from_numpy(np.ascontiguousarray(s)).to(self._device) for s in state)
+        ts = tuple(self._from_array(s) for s in state)
         return ts if self.CONVS else ts[0]
 
     # --- the public API ----------------------------------------------------------
@@ -292,25 +321,25 @@ class ReferenceModule(nn.Module):
         if multi and (initial_state is not None or return_state):
             raise ValueError(f"{type(self).__name__}: initial_state and return_state need a causal or reverse "
                              f"scan; this one is {sc['order']}")
-        state = self._state_in(initial_state, b, d) if initial_state is not None else None
+        compute = self._compute_dtype(dtype)
+        state = self._state_in(initial_state, b, d, compute) if initial_state is not None else None
         ys = []
         final = None
         for i, perm in enumerate(self._orders(L, d)):
-            p = self._numpy_params(i if self._copies else 0)
-            ins = {k: (v if perm is None else v[:, perm]) for k, v in inputs.items()}
+            p = self._params(i if self._copies else 0, compute)
+            ins = {k: (v if perm is None else self._take(v, perm)) for k, v in inputs.items()}
             y, final = self._direction(p, d, ins, state)
-            if perm is not None:
-                back = np.empty_like(y)
-                back[:, perm] = y
-                y = back
-            ys.append(y)
-        y = self._merge(ys)
-        out_dtype = dtype if not np.iscomplexobj(y) else (
-            torch.complex128 if dtype == torch.float64 else torch.complex64)
-        yt = torch.from_numpy(np.ascontiguousarray(y)).to(dtype=out_dtype, device=self._device)
+            ys.append(y if perm is None else self._put_back(y, perm))
+        yt = self._result(self._merge(ys), dtype)
         if return_state:
             return yt, self._state_out(final)
         return yt
+
+    def _result(self, y, dtype: torch.dtype) -> torch.Tensor:
+        """The output tensor in the input's dtype (its complex counterpart if complex)."""
+        if self._is_complex(y):
+            dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        return self._from_array(y).to(dtype)
 
     def _merge(self, ys):
         if len(ys) == 1:
@@ -320,7 +349,7 @@ class ReferenceModule(nn.Module):
             return sum(ys[1:], ys[0])
         if merge == "mean":
             return sum(ys[1:], ys[0]) / len(ys)
-        return np.stack(ys, axis=-1)
+        return self._stack(ys)
 
     def step(self, u_t, state, **kw):
         """One token: u_t (batch, *input dims) -> (y_t, new state)."""
@@ -328,13 +357,11 @@ class ReferenceModule(nn.Module):
             raise ValueError(f"{type(self).__name__}: step() needs a causal scan; this one is {self.SCAN['order']}")
         d = self.dims
         inputs, dtype, b, _ = self._inputs(u_t, kw, d, single=True)
-        st = self._state_in(state, b, d)
-        p = self._numpy_params(0)
+        compute = self._compute_dtype(dtype)
+        st = self._state_in(state, b, d, compute)
+        p = self._params(0, compute)
         y, final = self._direction(p, d, {k: v[:, None] for k, v in inputs.items()}, st)
-        out_dtype = dtype if not np.iscomplexobj(y) else (
-            torch.complex128 if dtype == torch.float64 else torch.complex64)
-        return (torch.from_numpy(np.ascontiguousarray(y[:, 0])).to(dtype=out_dtype, device=self._device),
-                self._state_out(final))
+        return self._result(y[:, 0], dtype), self._state_out(final)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.dims.items()) + f", backend={self.BACKEND}"
