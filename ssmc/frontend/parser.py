@@ -225,7 +225,7 @@ def read_source(path) -> Source:
     return decode(data, str(path))
 
 
-_EXPR_RULES = ("binop", "neg", "pos", "call", "number", "imag", "name", "kwarg")
+_EXPR_RULES = ("binop", "neg", "pos", "call", "number", "imag", "name")
 
 
 def _check_depth(tree: Tree, source: Source) -> None:

@@ -1,0 +1,241 @@
+"""What every Python-emitting backend shares: a table-driven expression printer, the
+class header (tables of dims, inputs, state, params, scan), the initializer methods,
+and the split of the graph into static values, per-token values and the readout.
+
+A backend subclasses `Printer` and fills its tables (`UNARY`, `CALLS`); what differs
+beyond that (the recurrence) it writes itself.
+"""
+from __future__ import annotations
+
+from .. import __version__
+from ..ir import tables
+from ..ir.graph import Graph
+from ..ir.printer import dim_text
+
+BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
+# Nodes that are names, not computations.
+LEAVES = ("const", "dim", "param", "input", "state", "output", "recurrence")
+
+
+def tag(g: Graph, n: int) -> str:
+    dims = list(g.fact(n, "dims"))
+    if g.fact(n, "time") == "token":
+        dims = ["B", "L"] + dims
+    return "# [" + ", ".join(dims) + "]"
+
+
+class Printer:
+    """Prints one node at a time as `name = expression`, tracking variable names.
+
+    Subclasses give `UNARY` (kind -> function name) and `CALLS` (kind -> format with
+    {0}, {1}, ... for operands and {attr} for attributes); `expr` handles the rest.
+    """
+
+    UNARY: dict[str, str] = {}
+    SUM = "np.{kind}({x}, axis={axes!r})"
+    ARANGE = "np.arange({dim}, dtype=np.float64)"
+    EYE = "np.eye({dim})"
+    RT = "rt"
+
+    def __init__(self, g: Graph):
+        self.g = g
+        self.num = {n: i for i, n in enumerate(g.topo())}
+        self.names: dict[int, str] = {}
+        decl_order = {name: i for i, (_, name, _) in enumerate(g.meta["decls"])}
+        for name, n in sorted(g.meta["values"].items(), key=lambda kv: decl_order.get(kv[0], 0)):
+            self.names.setdefault(n, name)
+        self.convs = [n for n in g.topo() if g.op(n).kind == "conv"]
+        # Variables renamed in some region of the generated code (e.g. a chunk's slice).
+        self.renamed: dict[int, str] = {}
+
+    def var(self, n: int) -> str:
+        if n in self.renamed:
+            return self.renamed[n]
+        o = self.g.op(n)
+        if o.kind == "const":
+            return repr(o.get("value"))
+        if o.kind in ("dim", "param", "input", "state"):
+            return o.get("name")
+        if o.kind == "output":
+            return self.var(self.g.operands(n)[0])
+        return self.names.get(n) or f"_{self.num[n]}"
+
+    def arg(self, n: int, target: tuple) -> str:
+        """Operand n as an array whose named axes are exactly `target` (or broadcast to it)."""
+        g = self.g
+        dims = tuple(g.fact(n, "dims"))
+        v = self.var(n)
+        if dims == target:
+            return v
+        # Static values broadcast from the right; per-token ones lead with (batch, time).
+        if g.fact(n, "time") != "token" and dims == target[len(target) - len(dims):]:
+            return v
+        return f"{self.RT}.align({v}, {dims!r}, {target!r})"
+
+    def expr(self, n: int) -> str:
+        g = self.g
+        o = g.op(n)
+        k = o.kind
+        ins = g.operands(n)
+        out = tuple(g.fact(n, "dims"))
+        rt = self.RT
+        if k in self.UNARY:
+            return f"{self.UNARY[k]}({self.var(ins[0])})"
+        if k == "neg":
+            return f"-{self.var(ins[0])}"
+        if k in BINARY:
+            return f"{self.arg(ins[0], out)} {BINARY[k]} {self.arg(ins[1], out)}"
+        if k in ("sum", "mean"):
+            src = tuple(g.fact(ins[0], "dims"))
+            axes = tuple(src.index(d) - len(src) for d, _ in o.get("dims"))
+            return self.SUM.format(kind=k, x=self.var(ins[0]), axes=axes)
+        if k == "arange":
+            return self.ARANGE.format(dim=o.get("dim")[0])
+        if k == "linear":
+            src = tuple(g.fact(ins[0], "dims"))
+            outs = "(" + "".join(f"{d}, " for d in out) + ")"
+            bias = o.get("bias") or "None"
+            return f"{rt}.linear({self.var(ins[0])}, {o.get('weight')}, {bias}, {len(src)}, {outs})"
+        if k == "dplr":
+            nd = out[-1]
+            lead = out[:-2]
+            lam, p, q = ins
+            r = g.fact(p, "dims")[-1]
+            rq = g.fact(q, "dims")[-1]
+            return (f"{rt}.dplr({self.arg(lam, lead + (nd,))}, {self.arg(p, lead + (nd, r))}, "
+                    f"{self.arg(q, lead + (nd, rq))})")
+        if k == "eye":
+            return self.EYE.format(dim=o.get("dim"))
+        if k == "solve":
+            return f"{rt}.solve({self.arg(ins[0], out)}, {self.arg(ins[1], out)})"
+        if k == "matvec":
+            return f"{rt}.matvec({self.arg(ins[0], out[:-1] + (out[-1], out[-1]))}, {self.arg(ins[1], out)})"
+        if k == "blockdiag":
+            return f"{rt}.block_diagonal({self.var(ins[0])}, {o.get('blocks')})"
+        if k == "family":
+            return f"rt.init.{o.get('fn')}({o.get('dim')[0]})"
+        if k == "random":
+            p = g.op(g.meta["param_nodes"][o.get("param")])
+            shape = "(" + "".join(f"{d}, " for d, _ in p.get("dims")) + ")"
+            args = ", ".join(self.var(i) for i in ins)
+            cplx = bool(p.get("complex"))
+            extra = "" if o.get("dist") == "lru_ring" else f", complex={cplx}"
+            return f"rt.init.{o.get('dist')}({shape}, {args}, generator=gen{extra})"
+        raise AssertionError(f"{type(self).__name__} cannot print {k}")
+
+    def line(self, n: int) -> str:
+        g = self.g
+        o = g.op(n)
+        if o.kind == "conv":
+            i = self.convs.index(n)
+            (e,) = g.operands(n)
+            bias = o.get("bias") or "None"
+            return (f"{self.var(n)}, tails[{i}] = {self.RT}.causal_conv({self.var(e)}, {o.get('weight')}, {bias}, "
+                    f"tails[{i}])  {tag(g, n)}")
+        return f"{self.var(n)} = {self.expr(n)}  {tag(g, n)}"
+
+
+class NumpyPrinter(Printer):
+    """Initializers always run in float64 NumPy, whatever the backend."""
+
+    UNARY = {
+        "exp": "np.exp", "log": "np.log", "expm1": "np.expm1", "log1p": "np.log1p", "sqrt": "np.sqrt",
+        "abs": "np.abs", "tanh": "np.tanh", "sigmoid": "rt.sigmoid", "relu": "rt.relu", "softplus": "rt.softplus",
+        "inv_softplus": "rt.inv_softplus", "silu": "rt.silu", "re": "np.real", "im": "np.imag", "conj": "np.conj",
+        "phi1": "rt.phi1", "expm": "rt.expm", "phi1m": "rt.phi1m",
+    }
+
+
+def dims_locals(g: Graph) -> str:
+    names = [d for d, _, _ in g.meta["dims"]]
+    return ", ".join(names) + (" = " if len(names) > 1 else ", = ") + ", ".join(f"d[{d!r}]" for d in names)
+
+
+def param_names(g: Graph) -> list[str]:
+    return [name for name, _, _ in tables.parameters(g)]
+
+
+def module_header(compiled, backend: str, what: str, extra_imports: tuple[str, ...] = ()) -> str:
+    head = [
+        f"# Generated by ssmc {__version__} from {compiled.source.filename!r} -- backend: {backend} ({what}).",
+        f"# Regenerate with `ssmc compile SPEC --backend {backend} -o FILE`; edits here are lost.",
+        "import numpy as np",
+        "import torch  # noqa: F401  (the classes are torch.nn.Modules)",
+        "",
+        "from ssmc import runtime as rt",
+        *extra_imports,
+        "",
+        f"__all__ = {[g.meta['name'] for g in compiled.graphs]!r}",
+    ]
+    return "\n".join(head)
+
+
+def class_header(g: Graph, base: str) -> list[str]:
+    """The class line and its tables (data, never code from the spec)."""
+    meta = g.meta
+    name = meta["name"]
+    out_node = meta["output"]
+    state = g.op(meta["state"])
+    scan = {k: v for k, v in meta["scan"].items() if k != "span"}
+    L = [f"class {name}({base}):"]
+    w = L.append
+    w(f"    __doc__ = {meta['description']!r}" if meta["description"] else f"    __doc__ = {name!r}")
+    w(f"    NAME = {name!r}")
+    w(f"    DESCRIPTION = {meta['description']!r}")
+    w(f"    SOURCE = {meta['source'].filename!r}")
+    w("    # Each dim: its default, as an expression over earlier dims (data, never code).")
+    w("    DIMS = (")
+    for d, tree, _ in meta["dims"]:
+        w(f"        ({d!r}, {tree!r}),  # {d} = {dim_text(tree)}")
+    w("    )")
+    inputs = tuple((g.op(i).get("name"), tuple(g.fact(i, "dims"))) for i in meta["inputs"])
+    w(f"    INPUTS = {inputs!r}")
+    w(f"    STATE = ({state.get('name')!r}, {tuple(meta['state_dims'])!r}, {bool(meta['state_complex'])!r})")
+    w(f"    OUTPUT = ({g.op(out_node).get('name')!r}, {tuple(g.fact(out_node, 'dims'))!r})")
+    w("    PARAMS = (")
+    for pname, kind, info in tables.parameters(g):
+        w(f"        ({pname!r}, {kind!r}, {info!r}),")
+    w("    )")
+    convs = tuple((g.op(n).get("weight"), tuple(g.fact(n, "dims")), g.op(n).get("width")[0])
+                  for n in g.topo() if g.op(n).kind == "conv")
+    w(f"    CONVS = {convs!r}")
+    w(f"    SCAN = {scan!r}")
+    w(f"    ALGORITHM = {meta['algorithm']['name']!r}")
+    return L
+
+
+def init_methods(g: Graph) -> list[str]:
+    """`_init_<param>(d, gen)`: each param's initializer, in float64 NumPy."""
+    pr = NumpyPrinter(g)
+    L = []
+    w = L.append
+    for p in g.meta["params"]:
+        o = g.op(p)
+        (root,) = g.operands(p)
+        sub = [n for n in g.topo() if n in g.ancestors(root) | {root}]
+        w("")
+        w(f"    def _init_{o.get('name')}(self, d, gen):")
+        w(f"        {dims_locals(g)}")
+        for n in sub:
+            if g.op(n).kind not in LEAVES:
+                w(f"        {pr.line(n)}")
+        target = tuple(d for d, _ in o.get("dims"))
+        w(f"        return {pr.arg(root, target) if g.fact(root, 'dims') else pr.var(root)}")
+    return L
+
+
+def split_body(g: Graph) -> tuple[list[int], list[int], list[int]]:
+    """The direction's computations: (static, per-token before the scan, after the scan)."""
+    meta = g.meta
+    live = set()
+    for k in (meta["system"], meta["output"]):
+        live |= g.ancestors(k)
+    init_nodes = set()
+    for p in meta["params"]:
+        init_nodes |= g.ancestors(p)
+    body = [n for n in g.topo() if n in live and n not in init_nodes and g.op(n).kind not in LEAVES]
+    after = [n for n in body if meta["state"] in g.ancestors(n)]
+    before = [n for n in body if n not in after]
+    static = [n for n in before if g.fact(n, "time") != "token"]
+    token = [n for n in before if g.fact(n, "time") == "token"]
+    return static, token, after
