@@ -12,9 +12,10 @@ from ..errors import BackendUnavailable
 
 REGISTRY = {
     "numpy": "ssmc.backends.ref_numpy",
+    "torch": "ssmc.backends.torch_backend",
 }
 # Preference order of backend="auto"; the first available one wins.
-AUTO_ORDER = ("numpy",)
+AUTO_ORDER = ("torch", "numpy")
 
 
 def get_backend(name: str):

@@ -1,8 +1,10 @@
 """What generated modules import: `from ssmc import runtime as rt`."""
 from . import initializers as init
+from . import torch_ops
 from .module import ReferenceModule
+from .torch_module import TorchModule
 from .numeric import (align, block_diagonal, causal_conv, dplr, expm, inv_softplus, linear, matvec, phi1,
                       phi1m, relu, sigmoid, silu, softplus, solve)
 
-__all__ = ["init", "ReferenceModule", "align", "block_diagonal", "causal_conv", "dplr", "expm", "inv_softplus",
+__all__ = ["init", "torch_ops", "ReferenceModule", "TorchModule", "align", "block_diagonal", "causal_conv", "dplr", "expm", "inv_softplus",
            "linear", "matvec", "phi1", "phi1m", "relu", "sigmoid", "silu", "softplus", "solve"]

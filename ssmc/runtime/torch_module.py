@@ -1,0 +1,101 @@
+"""The torch.nn.Module that generated torch-backend classes extend.
+
+It shares dims, parameters, validation and scan orders with the reference module and
+overrides the array policy: values stay torch tensors (in autograd) on the module's
+device; float16 / bfloat16 / float32 inputs compute in float32 (complex64 for complex
+values), float64 inputs in float64; the output has the input's dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .module import ReferenceModule
+
+# Target number of elements of one chunk's state-sized tensors ([B, T, *state]).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def complex_of(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+class TorchModule(ReferenceModule):
+    """Base of generated PyTorch modules: differentiable, CPU or GPU."""
+
+    BACKEND = "torch"
+
+    def __init__(self, *args, chunk_size: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        #: tokens per chunk of the scan; None chooses from the shapes at each call.
+        self.chunk_size = chunk_size
+
+    def _chunk(self, batch: int, length: int, state_numel: int) -> int:
+        """Tokens per chunk: bounded memory for the chunk's state-sized tensors."""
+        if self.chunk_size:
+            return int(self.chunk_size)
+        t = _CHUNK_ELEMENTS // max(1, batch * state_numel)
+        return int(min(max(t, 16), max(length, 1), 2048))
+
+    @property
+    def _ref_device(self) -> torch.device:
+        for t in list(self.parameters()) + list(self.buffers()):
+            return t.device
+        return self._device
+
+    def _params(self, direction: int, compute) -> dict:
+        out = {}
+        for name, _, _ in self.PARAMS:
+            t = getattr(self, name)
+            t = t.to(complex_of(compute) if t.is_complex() else compute)
+            out[name] = t[direction] if self._copies else t
+        return out
+
+    def _compute_dtype(self, dtype: torch.dtype):
+        return torch.float64 if dtype == torch.float64 else torch.float32
+
+    def _to_array(self, t, compute, complex_: bool = False):
+        if complex_ or t.is_complex():
+            return t.to(complex_of(compute))
+        return t.to(compute)
+
+    def _from_array(self, a) -> torch.Tensor:
+        return a
+
+    def _take(self, a, perm):
+        return a.index_select(1, torch.as_tensor(np.ascontiguousarray(perm), device=a.device))
+
+    def _put_back(self, a, perm):
+        inverse = np.empty_like(perm)
+        inverse[perm] = np.arange(len(perm))
+        return a.index_select(1, torch.as_tensor(inverse, device=a.device))
+
+    def _stack(self, arrays):
+        return torch.stack(arrays, dim=-1)
+
+    @staticmethod
+    def _is_complex(a) -> bool:
+        return a.is_complex()
+
+    def _check(self, what, t, want, dims_text):
+        # Follow the module: its parameters' device is where inputs must be.
+        self._device = self._ref_device
+        return super()._check(what, t, want, dims_text)
+
+    def init_state(self, batch: int, dtype: torch.dtype = torch.float32):
+        """The zero state (float32 / complex64 by default) for `batch` sequences."""
+        sname, sdims, scplx = self.STATE
+        d = self.dims
+        device = self._ref_device
+        x = torch.zeros((batch,) + tuple(d[n] for n in sdims),
+                        dtype=complex_of(dtype) if scplx else dtype, device=device)
+        if not self.CONVS:
+            return x
+        tails = [torch.zeros((batch, (k if isinstance(k, int) else d[k]) - 1) + tuple(d[n] for n in ch),
+                             dtype=dtype, device=device) for _, ch, k in self.CONVS]
+        return (x, *tails)
+
+    def state_numel(self) -> int:
+        return math.prod(self.dims[n] for n in self.STATE[1])

@@ -1,0 +1,212 @@
+"""Torch versions of the helpers generated torch-backend code calls (`ops.<name>`).
+
+Everything is differentiable through torch autograd; the scans are custom autograd
+Functions whose backward is itself a reverse scan, so no per-step graph is kept.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def align(a: torch.Tensor, src: tuple, dst: tuple) -> torch.Tensor:
+    """Permute and expand the trailing named axes of `a` from dims `src` to dims `dst`."""
+    if not torch.is_tensor(a):
+        return a
+    lead = a.dim() - len(src)
+    used = [False] * len(src)
+    perm = []
+    for d in dst:
+        j = next((j for j, s in enumerate(src) if s == d and not used[j]), None)
+        if j is not None:
+            used[j] = True
+        perm.append(j)
+    order = [j for j in perm if j is not None]
+    if order != sorted(order):
+        a = a.permute(*range(lead), *(lead + j for j in order))
+    index = (slice(None),) * lead + tuple(slice(None) if j is not None else None for j in perm)
+    return a[index]
+
+
+def softplus(x):
+    # logaddexp is exact everywhere (F.softplus switches to x above a threshold).
+    return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def inv_softplus(y):
+    return torch.log(torch.expm1(y))
+
+
+def silu(x):
+    return F.silu(x)
+
+
+def sigmoid(x):
+    return torch.sigmoid(x)
+
+
+def relu(x):
+    return torch.relu(x)
+
+
+def real(x):
+    return x.real if x.is_complex() else x
+
+
+def imag(x):
+    return x.imag if x.is_complex() else torch.zeros_like(x)
+
+
+def conj(x):
+    return torch.conj(x) if x.is_complex() else x
+
+
+def expm1(z):
+    if not z.is_complex():
+        return torch.expm1(z)
+    # expm1(a + ib) = expm1(a) cos b - 2 sin^2(b/2) + i e^a sin b, accurate for small |z|.
+    a, b = z.real, z.imag
+    re = torch.expm1(a) * torch.cos(b) - 2 * torch.sin(b / 2) ** 2
+    return torch.complex(re, torch.exp(a) * torch.sin(b))
+
+
+def phi1(z):
+    """(exp(z) - 1) / z elementwise, with its limit 1 at z = 0."""
+    zero = z == 0
+    safe = torch.where(zero, torch.ones_like(z), z)
+    return torch.where(zero, torch.ones_like(z), expm1(safe) / safe)
+
+
+def expm(m):
+    return torch.linalg.matrix_exp(m)
+
+
+def phi1m(m):
+    """phi1(M) = M^-1 (exp(M) - I), also for singular M, as a block of a 2n x 2n exponential."""
+    n = m.shape[-1]
+    eye = torch.eye(n, dtype=m.dtype, device=m.device).expand(m.shape)
+    top = torch.cat([m, eye], dim=-1)
+    bottom = torch.zeros_like(top)
+    return torch.linalg.matrix_exp(torch.cat([top, bottom], dim=-2))[..., :n, n:]
+
+
+def _common(*ts):
+    dtype = ts[0].dtype
+    for t in ts[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return [t.to(dtype) for t in ts]
+
+
+def solve(q, p):
+    q, p = torch.broadcast_tensors(*_common(q, p))
+    return torch.linalg.solve(q, p)
+
+
+def matvec(m, v):
+    m, v = _common(m, v)
+    return (m @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def dplr(lam, p, q):
+    n = lam.shape[-1]
+    eye = torch.eye(n, dtype=lam.dtype, device=lam.device)
+    return lam.unsqueeze(-1) * eye - torch.einsum("...nr,...mr->...nm", p, q.conj())
+
+
+def block_diagonal(a, blocks: int):
+    n = a.shape[-1]
+    if n % blocks:
+        raise ValueError(f"block_diagonal: size {n} is not divisible by blocks = {blocks}")
+    idx = torch.arange(n, device=a.device) // (n // blocks)
+    return a * (idx[:, None] == idx[None, :])
+
+
+def linear(e, weight, bias, n_in: int, out_shape: tuple):
+    lead = e.shape[: e.dim() - n_in]
+    y = F.linear(e.reshape(*lead, -1), weight, bias)
+    return y.reshape(*lead, *out_shape)
+
+
+def causal_conv(e, weight, bias, tail):
+    """Depthwise causal convolution along time of e [B, L, *C] with weight [*C, K]; returns (y, new tail)."""
+    k = weight.shape[-1]
+    b, L = e.shape[0], e.shape[1]
+    ch = e.shape[2:]
+    flat = e.reshape(b, L, -1)
+    if tail is None:
+        tail = flat.new_zeros(b, k - 1, flat.shape[-1])
+    else:
+        tail = tail.reshape(b, k - 1, -1).to(flat.dtype)
+    full = torch.cat([tail, flat], dim=1)
+    w = weight.reshape(-1, 1, k).to(flat.dtype)
+    y = F.conv1d(full.transpose(1, 2), w, None if bias is None else bias.reshape(-1).to(flat.dtype),
+                 groups=w.shape[0]).transpose(1, 2)
+    return y.reshape(b, L, *ch), full[:, full.shape[1] - (k - 1):].reshape(b, k - 1, *ch)
+
+
+def chunks(length: int, size: int):
+    """Slices of time of at most `size` tokens covering 0 .. length."""
+    return [slice(s, min(s + size, length)) for s in range(0, length, size)]
+
+
+class _DiagScan(torch.autograd.Function):
+    """x_t = a_t * x_{t-1} + b_t over axis 1, elementwise; returns all x_t.
+
+    Backward is the reverse scan g_{t-1} += conj(a_t) g_t, with grad_a_t = g_t conj(x_{t-1})
+    and grad_b_t = g_t (PyTorch's conjugate Wirtinger convention for complex values).
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, x0):
+        shape = torch.broadcast_shapes(a.shape, b.shape, x0.unsqueeze(1).shape)
+        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), x0.dtype)
+        ae = a.to(dtype).expand(shape)
+        be = b.to(dtype).expand(shape)
+        xs = torch.empty(shape, dtype=dtype, device=b.device)
+        x = x0.to(dtype).expand((shape[0],) + shape[2:])
+        for t in range(shape[1]):
+            x = torch.addcmul(be[:, t], ae[:, t], x, out=xs[:, t])
+        ctx.save_for_backward(a, b, x0, xs)
+        return xs
+
+    @staticmethod
+    def backward(ctx, gxs):
+        a, b, x0, xs = ctx.saved_tensors
+        shape = xs.shape
+        ae = a.to(xs.dtype).expand(shape)
+        ac = ae.conj() if xs.is_complex() else ae
+        gb = torch.empty_like(xs)
+        g = torch.zeros_like(xs[:, 0])
+        for t in range(shape[1] - 1, -1, -1):
+            g = g + gxs[:, t]
+            gb[:, t] = g
+            g = g * ac[:, t]
+        prev = torch.cat([x0.to(xs.dtype).expand((shape[0],) + shape[2:]).unsqueeze(1), xs[:, :-1]], dim=1)
+        ga = gb * (prev.conj() if xs.is_complex() else prev)
+        grads = []
+        for inp, gr in ((a, ga), (b, gb)):
+            if not ctx.needs_input_grad[len(grads)]:
+                grads.append(None)
+                continue
+            gr = gr.sum_to_size(inp.shape)
+            grads.append(gr if inp.is_complex() else gr.real if gr.is_complex() else gr)
+        gx0 = g.sum_to_size(x0.shape) if ctx.needs_input_grad[2] else None
+        if gx0 is not None and not x0.is_complex() and gx0.is_complex():
+            gx0 = gx0.real
+        return grads[0], grads[1], gx0
+
+
+def diag_scan(a, b, x0):
+    """All states of x_t = a_t * x_{t-1} + b_t; a, b [B, T, *S] (broadcastable), x0 [B, *S]."""
+    return _DiagScan.apply(a, b, x0)
+
+
+def matrix_scan(a, b, x0):
+    """All states of x_t = a_t @ x_{t-1} + b_t; a [(B, T,) *S, N] x [.., N], b [B, T, *S]."""
+    per_token = a.dim() == b.dim() + 1
+    xs = []
+    x = x0
+    for t in range(b.shape[1]):
+        x = matvec(a[:, t] if per_token else a, x) + b[:, t]
+        xs.append(x)
+    return torch.stack(xs, dim=1)
