@@ -148,7 +148,7 @@ class NumpyPrinter(Printer):
 
 def dims_locals(g: Graph) -> str:
     names = [d for d, _, _ in g.meta["dims"]]
-    return ", ".join(names) + (" = " if len(names) > 1 else ", = ") + ", ".join(f"d[{d!r}]" for d in names)
+    return ", ".join(names) + " = " + ", ".join(f"d[{d!r}]" for d in names)
 
 
 def param_names(g: Graph) -> list[str]:

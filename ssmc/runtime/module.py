@@ -161,7 +161,8 @@ class ReferenceModule(nn.Module):
                 value = self._draw(entry, generator)
             cplx = np.iscomplexobj(value)
             dt = self._dtype if not cplx else (torch.complex64 if self._dtype == torch.float32 else torch.complex128)
-            t = torch.from_numpy(np.ascontiguousarray(value)).to(dtype=dt, device=self._device)
+            # np.array keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
+            t = torch.from_numpy(np.array(value, order="C")).to(dtype=dt, device=self._device)
             if _register:
                 if info.get("frozen"):
                     self.register_buffer(name, t)
