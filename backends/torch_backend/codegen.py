@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ...ir import functions as F
 from ...ir.graph import Graph
-from ..codegen_common import Printer, class_header, dims_locals, init_methods, module_header, param_names, \
+from ..codegen_common import BINARY, Printer, class_header, dims_locals, init_methods, module_header, param_names, \
     split_body, tag
 
 
@@ -30,6 +30,75 @@ class TorchPrinter(Printer):
     ARANGE = "torch.arange({dim}, dtype=_dt, device=_dev)"
     EYE = "torch.eye({dim}, dtype=_dt, device=_dev)"
     RT = "ops"
+
+    def __init__(self, g: Graph):
+        super().__init__(g)
+        # The axis order each variable really has. Elementwise results take the state's
+        # dim order (then any others), so state-sized tensors never need a transposed
+        # copy before the scan; everything else keeps its dims' order.
+        self.layout: dict[int, tuple] = {}
+        self.order = {d: i for i, d in enumerate(g.meta["state_dims"])}
+
+    def canonical(self, dims: tuple) -> tuple:
+        known = sorted((d for d in dims if d in self.order), key=self.order.get)
+        if len(set(dims)) != len(dims):
+            return dims
+        return tuple(known) + tuple(d for d in dims if d not in self.order)
+
+    def lay(self, n: int) -> tuple:
+        return self.layout.get(n, tuple(self.g.fact(n, "dims")))
+
+    def arg(self, n: int, target: tuple) -> str:
+        dims = self.lay(n)
+        v = self.var(n)
+        if dims == target:
+            return v
+        if self.g.fact(n, "time") != "token" and dims == target[len(target) - len(dims):]:
+            return v
+        return f"{self.RT}.align({v}, {dims!r}, {target!r})"
+
+    def expr(self, n: int) -> str:
+        g = self.g
+        k = g.op(n).kind
+        ins = g.operands(n)
+        dims = tuple(g.fact(n, "dims"))
+        if k in ("add", "sub", "mul", "div", "pow"):
+            out = self.canonical(dims)
+            self.layout[n] = out
+            return f"{self.arg(ins[0], out)} {BINARY[k]} {self.arg(ins[1], out)}"
+        if k in self.UNARY or k == "neg":
+            self.layout[n] = self.lay(ins[0])
+            return super().expr(n)
+        if k in ("sum", "mean"):
+            src = self.lay(ins[0])
+            axes = tuple(src.index(d) - len(src) for d, _ in g.op(n).get("dims"))
+            self.layout[n] = tuple(d for d in src if d not in [x for x, _ in g.op(n).get("dims")])
+            return self.SUM.format(kind=k, x=self.var(ins[0]), axes=axes)
+        # Everything else reads its operands in their dims' order.
+        return self._in_dims_order(n, lambda: super(TorchPrinter, self).expr(n))
+
+    def line(self, n: int) -> str:
+        if self.g.op(n).kind == "conv":
+            return self._in_dims_order(n, lambda: super(TorchPrinter, self).line(n))
+        text = self.expr(n)
+        dims = list(self.lay(n))
+        if self.g.fact(n, "time") == "token":
+            dims = ["B", "L"] + dims
+        return f"{self.var(n)} = {text}  # [" + ", ".join(dims) + "]"
+
+    def _in_dims_order(self, n: int, emit):
+        g = self.g
+        added = []
+        for i in g.operands(n):
+            dims = tuple(g.fact(i, "dims"))
+            if self.lay(i) != dims and i not in self.renamed:
+                self.renamed[i] = f"ops.align({self.var(i)}, {self.lay(i)!r}, {dims!r})"
+                added.append(i)
+        try:
+            return emit()
+        finally:
+            for i in added:
+                del self.renamed[i]
 
 
 def render_class(g: Graph) -> str:
@@ -47,12 +116,7 @@ def render_class(g: Graph) -> str:
     w = L.append
     L.extend(init_methods(g))
     static, token, after = split_body(g)
-    # Per-token values feeding a conv need the whole sequence: compute them first.
-    whole = set()
-    for c in pr.convs:
-        whole |= {c} | {n for n in g.ancestors(c) if g.fact(n, "time") == "token"}
-    before_loop = [n for n in token if n in whole]
-    in_loop = [n for n in token if n not in whole] + after
+    pre, loop, exits, post = split_loop(g, pr, token + after)
     inputs = tuple((g.op(i).get("name"), tuple(g.fact(i, "dims"))) for i in meta["inputs"])
     w("")
     w("    def _direction(self, p, d, inputs, state):")
@@ -73,43 +137,90 @@ def render_class(g: Graph) -> str:
         w("        # static values")
         for n in static:
             w(f"        {pr.line(n)}")
-    if before_loop:
-        w("        # per-token values over the whole sequence (they feed a causal conv)")
-        for n in before_loop:
+    if pre:
+        w("        # per-token values over the whole sequence")
+        for n in pre:
             w(f"        {pr.line(n)}")
     rule = sys_op.get("rule")
     w(f"        # the recurrence ({(rule + ', ') if rule else ''}{structure}) and everything of the state's size,")
     w("        # a chunk of tokens at a time")
-    w("        _ys = []")
+    for n in exits:
+        w(f"        _e{pr.num[n]} = []")
     w(f"        for _s in ops.chunks(_L, self._chunk(_B, _L, self.state_numel())):")
-    # Per-token values made outside the loop and read inside it: this chunk's slice.
-    outside_token = set(before_loop) | set(meta["inputs"])
-    needed = sorted({i for n in in_loop + [abar, ebar] for i in g.operands(n) if i in outside_token}
-                    | ({abar} & outside_token) | ({ebar} & outside_token), key=pr.num.get)
+    # Per-token values made before the loop and read inside it: this chunk's slice.
+    inside = set(loop)
+    needed = sorted({i for n in loop for i in g.operands(n)
+                     if i not in inside and g.fact(i, "time") == "token" and g.op(i).kind != "state"}
+                    | ({ebar} - inside) | (({abar} - inside) if g.fact(abar, "time") == "token" else set()),
+                    key=pr.num.get)
     for n in needed:
         name = f"_c_{pr.var(n)}"
         w(f"            {name} = {pr.var(n)}[:, _s]")
         pr.renamed[n] = name
-    loop_before = [n for n in in_loop if n not in after]
-    for n in loop_before:
-        w(f"            {pr.line(n).replace('# [B, L', '# [B, T')}")
     if matrix:
         atarget = sdims[:-1] + (sdims[-1], sdims[-1])
     else:
         atarget = sdims
+    state_node = meta["state"]
+    for n in [n for n in loop if state_node not in g.ancestors(n)]:
+        w(f"            {_chunk_line(pr, n)}")
     a_tok = g.fact(abar, "time") == "token"
     w(f"            _Abar = {pr.arg(abar, atarget)}  # [" + ", ".join((("B", "T") if a_tok else ()) + atarget) + "]")
     w(f"            _Ebar = {pr.arg(ebar, sdims)}  # [" + ", ".join(("B", "T") + sdims) + "]")
-    if matrix:
-        w(f"            {sname} = ops.matrix_scan(_Abar, _Ebar, _x)  # [" + ", ".join(("B", "T") + sdims) + "]")
-    else:
-        w(f"            {sname} = ops.diag_scan(_Abar, _Ebar, _x)  # [" + ", ".join(("B", "T") + sdims) + "]")
+    scan = "matrix_scan" if matrix else "diag_scan"
+    w(f"            {sname} = ops.{scan}(_Abar, _Ebar, _x)  # [" + ", ".join(("B", "T") + sdims) + "]")
     w(f"            _x = {sname}[:, -1]")
-    for n in after:
-        w(f"            {pr.line(n).replace('# [B, L', '# [B, T')}")
-    w(f"            _ys.append({pr.var(out_node)})")
-    w(f"        return torch.cat(_ys, dim=1), (_x, *tails)")
+    for n in [n for n in loop if state_node in g.ancestors(n)]:
+        w(f"            {_chunk_line(pr, n)}")
+    for n in exits:
+        w(f"            _e{pr.num[n]}.append({pr.var(n)})")
+    pr.renamed.clear()
+    for n in exits:
+        w(f"        {pr.var(n)} = torch.cat(_e{pr.num[n]}, dim=1)  {tag(g, n)}")
+    if post:
+        w("        # per-token values after the scan, over the whole sequence")
+        for n in post:
+            w(f"        {pr.line(n)}")
+    w(f"        return {pr.var(out_node)}, (_x, *tails)")
     return "\n".join(L) + "\n"
+
+
+def _chunk_line(pr: TorchPrinter, n: int) -> str:
+    return pr.line(n).replace("# [B, L", "# [B, T")
+
+
+def split_loop(g: Graph, pr: TorchPrinter, token: list[int]):
+    """Split per-token computations around the chunk loop: (before, in the loop, the loop's
+    results used after it, after).
+
+    Values with at least as many dims as the state ("state-sized") live only inside the
+    loop, one chunk at a time, as does anything computed from them, until a value
+    leaves the loop: one that a `linear`/`conv` (better over the whole sequence: one
+    large matmul instead of many small ones) or the output reads.
+    """
+    meta = g.meta
+    nstate = len(meta["state_dims"])
+    whole = set()
+    for c in pr.convs:
+        whole |= {c} | g.ancestors(c)
+    sysn = meta["system"]
+    loop: list[int] = []
+    inside: set[int] = set()
+    for n in token:
+        k = g.op(n).kind
+        if k in ("linear", "conv") or n in whole:
+            continue
+        big = len(g.fact(n, "dims")) >= nstate
+        from_loop = any(i in inside or g.op(i).kind == "state" for i in g.operands(n))
+        if big or from_loop:
+            loop.append(n)
+            inside.add(n)
+    exits = [n for n in loop
+             if n == g.operands(meta["output"])[0]
+             or any(u not in inside and u != sysn and g.op(u).kind != "output" for u, _ in g.users(n))]
+    pre = [n for n in token if n not in inside and not (g.ancestors(n) & (inside | {meta["state"]}))]
+    post = [n for n in token if n not in inside and n not in pre]
+    return pre, loop, exits, post
 
 
 def render(compiled) -> str:

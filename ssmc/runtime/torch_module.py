@@ -15,7 +15,7 @@ import torch
 from .module import ReferenceModule
 
 # Target number of elements of one chunk's state-sized tensors ([B, T, *state]).
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 20
 
 
 def complex_of(dtype: torch.dtype) -> torch.dtype:
