@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import types
+import warnings
 from pathlib import Path
 
 from .compiler import Compiled, analyse
-from .errors import Source
+from .errors import BackendUnavailable, Source
 from .frontend.parser import decode, read_source
 
 
@@ -14,11 +15,42 @@ def _backend(name: str):
     return get_backend(name)
 
 
+_NOTICED: set[str] = set()
+
+
+class BackendNotice(UserWarning):
+    """Which backend `backend="auto"` (or a fallback) picked, and why; said once per process."""
+
+
+def _notice(message: str) -> None:
+    if message not in _NOTICED:
+        _NOTICED.add(message)
+        warnings.warn(message, BackendNotice, stacklevel=4)
+
+
 def resolve_backend(name: str, strict: bool = False) -> str:
+    """The backend that will run: `name` if available; for "auto" the best available one.
+
+    An unavailable backend falls back to the best available one with a notice, or is an
+    error with `strict=True`: nobody runs a slow path without knowing.
+    """
+    from .backends import AUTO_ORDER
     if name == "auto":
-        return "numpy"
-    _backend(name)
-    return name
+        for cand in AUTO_ORDER:
+            ok, why = _backend(cand).available()
+            if ok:
+                _notice(f"ssmc: backend='auto' picked '{cand}': {why}")
+                return cand
+        raise BackendUnavailable("no backend is available")
+    ok, why = _backend(name).available()
+    if ok:
+        return name
+    if strict:
+        raise BackendUnavailable(f"backend '{name}' is unavailable: {why}")
+    fallback = resolve_backend("auto")
+    _notice(f"ssmc: backend '{name}' is unavailable ({why}); using '{fallback}' instead "
+            f"(pass strict=True, or --strict, to make this an error)")
+    return fallback
 
 
 def compile_source(source: Source, backend: str = "numpy") -> str:
@@ -38,17 +70,23 @@ def _module_from(text: str, source: Source, backend: str) -> types.ModuleType:
     return mod
 
 
-def load(path, backend: str = "numpy") -> types.ModuleType:
-    """Compile a `.ssm` file; return a module with one nn.Module class per `ssm` block."""
+def load(path, backend: str = "auto", strict: bool = False) -> types.ModuleType:
+    """Compile a `.ssm` file; return a module with one nn.Module class per `ssm` block.
+
+    backend: "torch" (differentiable, CPU or GPU), "numpy" (the float64 reference), or
+    "auto" (the best available; says which once). strict=True makes an unavailable
+    backend an error instead of a fallback.
+    """
     source = read_source(path)
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, strict)
     return _module_from(compile_source(source, backend), source, backend)
 
 
-def loads(text: str | bytes, backend: str = "numpy", filename: str = "<string>") -> types.ModuleType:
+def loads(text: str | bytes, backend: str = "auto", filename: str = "<string>",
+          strict: bool = False) -> types.ModuleType:
     """Like `load`, from spec text."""
     source = decode(text, filename) if isinstance(text, bytes) else Source(text, filename)
-    backend = resolve_backend(backend)
+    backend = resolve_backend(backend, strict)
     return _module_from(compile_source(source, backend), source, backend)
 
 

@@ -14,7 +14,7 @@ import click
 from . import __version__
 from .errors import SpecError, SsmcError
 
-BACKENDS = ("numpy", "auto")
+BACKENDS = ("auto", "torch", "numpy")
 
 
 def _fail(e: Exception) -> None:
@@ -63,7 +63,7 @@ def explain(spec: str) -> None:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--backend", "-b", type=click.Choice(BACKENDS), default="numpy", show_default=True)
+@click.option("--backend", "-b", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Write the module here (default: standard output).")
 @click.option("--strict", is_flag=True, help="Make an unavailable backend an error instead of a fallback.")
@@ -85,7 +85,7 @@ def compile(spec: str, backend: str, output: str | None, strict: bool) -> None: 
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--backend", "-b", type=click.Choice(BACKENDS), default="numpy", show_default=True)
+@click.option("--backend", "-b", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--batch", default=2, show_default=True, help="Batch size of the random input.")
 @click.option("--length", default=256, show_default=True, help="Sequence length of the random input.")
 @click.option("--seed", default=0, show_default=True)
@@ -93,10 +93,11 @@ def run(spec: str, backend: str, batch: int, length: int, seed: int) -> None:
     """Compile SPEC and run every block once on random input on the CPU."""
     import torch
 
-    from .api import load
+    from .api import load, resolve_backend
     from .explain import summary
     try:
         compiled = _analyse(spec)
+        backend = resolve_backend(backend)
         t0 = time.perf_counter()
         mod = load(spec, backend=backend)
         t_compile = time.perf_counter() - t0

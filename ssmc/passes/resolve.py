@@ -38,10 +38,14 @@ def _check_value_cycles(g: Graph, decl_span) -> None:
             o = g.op(n)
             if o.kind == "ref" and o.get("name") in values:
                 deps.add_edge(name, o.get("name"))
-    try:
-        cycle = nx.find_cycle(deps, source=list(deps.nodes))
-    except nx.NetworkXNoCycle:
+    # Strongly connected components are linear time; find_cycle only inside a cyclic one.
+    loops = [c for c in nx.strongly_connected_components(deps)
+             if len(c) > 1 or any(deps.has_edge(v, v) for v in c)]
+    if not loops:
         return
+    loop = min(loops, key=lambda c: min(order.get(v, 0) for v in c))
+    start = min(loop, key=lambda v: order.get(v, 0))
+    cycle = nx.find_cycle(deps.subgraph(loop), source=start)
     names = [u for u, _ in cycle]
     first = min(range(len(names)), key=lambda i: order.get(names[i], 0))
     names = names[first:] + names[:first]
@@ -139,10 +143,12 @@ def resolve_names(g: Graph) -> Graph:
         if n not in g.nx:
             raise AssertionError(f"lost value {name}")
 
-    try:
-        cycle = nx.find_cycle(g.nx)
-    except nx.NetworkXNoCycle:
-        cycle = None
+    cycle = None
+    if not nx.is_directed_acyclic_graph(g.nx):  # linear; find_cycle alone is slow on long chains
+        try:
+            cycle = nx.find_cycle(g.nx)
+        except nx.NetworkXNoCycle:
+            cycle = None
     if cycle:
         nodes = [u for u, _, *_ in cycle]
         names = {v: k for k, v in meta["values"].items()}
