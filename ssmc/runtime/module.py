@@ -279,16 +279,16 @@ class ReferenceModule(nn.Module):
         return ts if self.CONVS else ts[0]
 
     # --- the public API ----------------------------------------------------------
-    def init_state(self, batch: int):
+    def init_state(self, batch: int, dtype: torch.dtype = torch.float64):
         """The zero state for `batch` sequences (with zero conv tails if the spec has conv)."""
         sname, sdims, scplx = self.STATE
         d = self.dims
-        x = torch.zeros((batch,) + _shape(sdims, d), dtype=torch.complex128 if scplx else torch.float64,
-                        device=self._device)
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        x = torch.zeros((batch,) + _shape(sdims, d), dtype=cdtype if scplx else dtype, device=self._device)
         if not self.CONVS:
             return x
         tails = [torch.zeros((batch, (k if isinstance(k, int) else d[k]) - 1) + _shape(ch, d),
-                             dtype=torch.float64, device=self._device) for _, ch, k in self.CONVS]
+                             dtype=dtype, device=self._device) for _, ch, k in self.CONVS]
         return (x, *tails)
 
     def _orders(self, L: int, d: dict):
@@ -309,8 +309,16 @@ class ReferenceModule(nn.Module):
         col_major = grid.T.reshape(-1)
         return [row_major, row_major[::-1], col_major, col_major[::-1]]
 
-    def forward(self, u, *, initial_state=None, return_state: bool = False, **kw):
-        """y = layer(u); with return_state=True, (y, final state)."""
+    def forward(self, u, *, initial_state=None, return_state: bool = False, cu_seqlens=None, **kw):
+        """y = layer(u); with return_state=True, (y, final state).
+
+        cu_seqlens: for a packed batch u of shape (1, total, ...), the cumulative sequence
+        lengths [0, l1, l1 + l2, ..., total]; each sequence is scanned on its own (no state
+        crosses a boundary; a reverse scan starts at each sequence's own last token), and
+        initial_state / the returned state have one row per sequence.
+        """
+        if cu_seqlens is not None:
+            return self._forward_packed(u, cu_seqlens, initial_state, return_state, kw)
         d = dict(self.dims)
         sc = self.SCAN
         if sc["order"] == "cross2d":
@@ -335,6 +343,53 @@ class ReferenceModule(nn.Module):
         if return_state:
             return yt, self._state_out(final)
         return yt
+
+    def _forward_packed(self, u, cu_seqlens, initial_state, return_state, kw):
+        cls = type(self).__name__
+        if not isinstance(u, torch.Tensor) or u.dim() < 2 or u.shape[0] != 1:
+            raise ShapeError(f"{cls}: with cu_seqlens, {self.INPUTS[0][0]} must be a packed batch of shape "
+                             f"(1, total length, ...), got "
+                             + (str(tuple(u.shape)) if isinstance(u, torch.Tensor) else type(u).__name__))
+        bounds = [int(v) for v in torch.as_tensor(cu_seqlens).reshape(-1).tolist()]
+        total = u.shape[1]
+        if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != total or any(
+                b <= a for a, b in zip(bounds, bounds[1:])):
+            raise ShapeError(f"{cls}: cu_seqlens must rise strictly from 0 to the total length {total}, "
+                             f"got {bounds}")
+        spans = list(zip(bounds, bounds[1:]))
+        n = len(spans)
+        parts = None
+        if initial_state is not None:
+            parts = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,)
+            if any(not isinstance(p, torch.Tensor) or p.shape[0] != n for p in parts):
+                raise ShapeError(f"{cls}: with cu_seqlens, initial_state needs one row per sequence ({n})")
+        # Sequences of equal length run together as one batch.
+        groups: dict[int, list[int]] = {}
+        for i, (a, b) in enumerate(spans):
+            groups.setdefault(b - a, []).append(i)
+        ys: list = [None] * n
+        finals: list = [None] * n
+        for length, members in groups.items():
+            def gather(t):
+                return torch.cat([t[:, spans[i][0]:spans[i][1]] for i in members], dim=0)
+            state = None
+            if parts is not None:
+                rows = torch.as_tensor(members, device=parts[0].device)
+                picked = tuple(p.index_select(0, rows) for p in parts)
+                state = picked if self.CONVS else picked[0]
+            out = self.forward(gather(u), initial_state=state, return_state=return_state,
+                               **{k: gather(v) if isinstance(v, torch.Tensor) and v.dim() >= 2 else v
+                                  for k, v in kw.items()})
+            y, final = out if return_state else (out, None)
+            for j, i in enumerate(members):
+                ys[i] = y[j: j + 1]
+                if return_state:
+                    finals[i] = tuple(f[j: j + 1] for f in (final if self.CONVS else (final,)))
+        y = torch.cat(ys, dim=1)
+        if not return_state:
+            return y
+        stacked = tuple(torch.cat([f[k] for f in finals], dim=0) for k in range(len(finals[0])))
+        return y, (stacked if self.CONVS else stacked[0])
 
     def _result(self, y, dtype: torch.dtype) -> torch.Tensor:
         """The output tensor in the input's dtype (its complex counterpart if complex)."""

@@ -65,7 +65,7 @@ class TorchModule(ReferenceModule):
         return a
 
     def _take(self, a, perm):
-        return a.index_select(1, torch.as_tensor(np.ascontiguousarray(perm), device=a.device))
+        return a.index_select(1, torch.as_tensor(np.array(perm), device=a.device))
 
     def _put_back(self, a, perm):
         inverse = np.empty_like(perm)

@@ -152,3 +152,46 @@ def test_wrong_input_shape_names_expected_shape():
         layer(torch.randn(2, 5, 999))
     with pytest.raises(ssmc.ShapeError, match="float16, bfloat16, float32 or float64"):
         layer(torch.zeros(2, 5, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("backend", ["torch", "numpy"])
+@pytest.mark.parametrize("stem", ["mamba_block", "s4d", "vim_bidirectional", "mamba"])
+def test_cu_seqlens_equals_each_sequence_alone(stem, backend):
+    path = next(p for p in EXAMPLES if p.stem == stem)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mod = ssmc.load(path, backend=backend)
+    cls = getattr(mod, mod.__all__[0])
+    layer = cls(seed=3, dtype=torch.float64, **small_dims(cls))
+    lengths = [3, 5, 3, 1]
+    seqs = [inputs(cls, layer, 1, n, torch.float64, seed=i) for i, n in enumerate(lengths)]
+    first = cls.INPUTS[0][0]
+    packed = torch.cat([s[first] for s in seqs], dim=1)
+    cu = torch.tensor([0, 3, 8, 11, 12])
+    causal = cls.SCAN["order"] == "causal"
+    if causal:
+        st = layer.init_state(len(lengths), dtype=torch.float64)
+        st = tuple(torch.randn_like(s) for s in (st if isinstance(st, tuple) else (st,)))
+        x0 = st if len(st) > 1 else st[0]
+        y, last = layer(packed, cu_seqlens=cu, initial_state=x0, return_state=True)
+    else:
+        y = layer(packed, cu_seqlens=cu)
+    for i, s in enumerate(seqs):
+        if causal:
+            row = tuple(p[i: i + 1] for p in st)
+            yi, li = layer(s[first], initial_state=row if len(row) > 1 else row[0], return_state=True)
+            for a, b in zip(last if isinstance(last, tuple) else (last,), li if isinstance(li, tuple) else (li,)):
+                assert rel(a[i: i + 1], b) < 1e-13
+        else:
+            yi = layer(s[first])
+        assert rel(y[:, int(cu[i]): int(cu[i + 1])], yi) < 1e-13
+
+
+def test_cu_seqlens_rejects_bad_bounds():
+    _, tm = pair(EXAMPLES[0])
+    layer = getattr(tm, tm.__all__[0])(seed=0, **small_dims(getattr(tm, tm.__all__[0])))
+    u = torch.randn(1, 6, 2)
+    with pytest.raises(ssmc.ShapeError, match="cu_seqlens must rise"):
+        layer(u, cu_seqlens=torch.tensor([0, 4, 3, 6]))
+    with pytest.raises(ssmc.ShapeError, match="packed batch"):
+        layer(torch.randn(2, 6, 2), cu_seqlens=torch.tensor([0, 6]))
