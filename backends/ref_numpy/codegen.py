@@ -34,7 +34,7 @@ def render_class(g: Graph) -> str:
     static, token, after = split_body(g)
     inputs = tuple((g.op(i).get("name"), tuple(g.fact(i, "dims"))) for i in meta["inputs"])
     w("")
-    w("    def _direction(self, p, d, inputs, state):")
+    w("    def _direction(self, p, d, inputs, state, need_final=True):")
     w("        # One causal pass over the sequence (already reordered for this direction).")
     w(f"        {dims_locals(g)}")
     for pname in param_names(g):

@@ -119,7 +119,7 @@ def render_class(g: Graph) -> str:
     pre, loop, exits, post = split_loop(g, pr, token + after)
     inputs = tuple((g.op(i).get("name"), tuple(g.fact(i, "dims"))) for i in meta["inputs"])
     w("")
-    w("    def _direction(self, p, d, inputs, state):")
+    w("    def _direction(self, p, d, inputs, state, need_final=True):")
     w("        # One causal pass over the sequence (already reordered for this direction).")
     w(f"        {dims_locals(g)}")
     for pname in param_names(g):
@@ -137,6 +137,8 @@ def render_class(g: Graph) -> str:
         w("        # static values")
         for n in static:
             w(f"        {pr.line(n)}")
+    if "lti_kernel" in meta:
+        L.extend(_fft_branch(g, pr, abar, ebar, out_node))
     if pre:
         w("        # per-token values over the whole sequence")
         for n in pre:
@@ -183,6 +185,44 @@ def render_class(g: Graph) -> str:
             w(f"        {pr.line(n)}")
     w(f"        return {pr.var(out_node)}, (_x, *tails)")
     return "\n".join(L) + "\n"
+
+
+def _fft_branch(g: Graph, pr: TorchPrinter, abar: int, ebar: int, out_node: int) -> list[str]:
+    """The LTI convolution form: y = K * u + readout(0, u), the kernel from unit inputs and states."""
+    meta = g.meta
+    form = meta["lti_kernel"]
+    sdims = tuple(meta["state_dims"])
+    y = g.operands(out_node)[0]
+    u = meta["inputs"][0]
+    uname = g.op(u).get("name")
+    sname = g.op(meta["state"]).get("name")
+
+    def token_nodes(root):
+        sub = g.ancestors(root) | {root}
+        return [n for n in g.topo() if n in sub and g.fact(n, "time") == "token"
+                and g.op(n).kind not in ("input", "state", "output")]
+
+    L = []
+    w = L.append
+    w("        if self._use_fft(state, need_final, _L):")
+    w("            # LTI: y = K * u + readout(x = 0, u), the kernel K computed once (ops.lti_kernel)")
+    w(f"            def _ebar({uname}):")
+    for n in token_nodes(ebar):
+        w(f"                {pr.line(n)}")
+    w(f"                return {pr.arg(ebar, sdims)}")
+    w(f"            def _readout({sname}, {uname}):")
+    for n in token_nodes(y):
+        w(f"                {pr.line(n)}")
+    w(f"                return {pr.var(y)}")
+    w(f"            _Abar = {pr.arg(abar, sdims)}  # [" + ", ".join(sdims) + "]")
+    args = f"d, {form['S']!r}, {form['U']!r}, {form['Y']!r}, {form['P']!r}"
+    cplx = bool(meta["state_complex"])
+    w(f"            _K = self._kernel(_L, _dt, lambda: ops.lti_kernel(_Abar, _ebar, _readout, {args}, _L, {cplx}, "
+      f"_dt, _dev))")
+    zeros = "torch.zeros((1, 1) + _x.shape[1:], dtype=_x.dtype, device=_dev)"
+    w(f"            return ops.fft_conv(_K, {uname}, d, {form['U']!r}, {form['Y']!r}, {form['P']!r}) "
+      f"+ _readout({zeros}, {uname}), None")
+    return L
 
 
 def _chunk_line(pr: TorchPrinter, n: int) -> str:

@@ -147,7 +147,7 @@ class _ToAst(Transformer):
 
     def number(self, meta, children):
         text = str(children[0])
-        value = int(text) if text.isdigit() else _finite(float(text), text, meta)
+        value = _integer(text, meta) if text.isdigit() else _finite(float(text), text, meta)
         return ast.Num(_span(meta), value)
 
     def imag(self, meta, children):
@@ -170,6 +170,18 @@ def _finite(value: float, text: str, meta) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise SpecError(f"the number {text} is too large (it overflows a 64-bit float)", _span(meta),
                         hint="write a number below 1.8e308")
+    return value
+
+
+def _integer(text: str, meta) -> int:
+    """An integer literal, refusing one beyond the float range (4300+ digits do not even convert)."""
+    try:
+        value = int(text)
+        float(value)
+    except (ValueError, OverflowError):
+        shown = text if len(text) <= 20 else f"{text[:8]}...({len(text)} digits)"
+        raise SpecError(f"the number {shown} is too large (it overflows a 64-bit float)", _span(meta),
+                        hint="write a number below 1.8e308") from None
     return value
 
 
@@ -248,6 +260,10 @@ def parse(source: Source | str, filename: str = "<string>") -> ast.File:
     """Parse spec text into an `ast.File`; raises SpecError with the position."""
     if isinstance(source, str):
         source = Source(source, filename)
+    if "\x00" in source.filename:
+        raise SpecError("the file name contains a NUL character", None,
+                        Source(source.text, source.filename.replace("\x00", "\\0")),
+                        hint="name the spec with printable characters")
     if not source.text.strip() or all(
             not ln.strip() or ln.lstrip().startswith("#") for ln in source.text.splitlines()):
         raise SpecError("empty spec: the file holds no `ssm NAME { ... }` block", Span(1, 1), source,

@@ -199,17 +199,20 @@ def build(block: ast.Block, source: Source) -> Graph:
             term = low.expr(s.input_term, "value", s.state) if s.input_term is not None else None
             g.meta["transition"] = dict(kind=s.kind, state=s.state, state_span=s.state_span, matrix=s.matrix,
                                         matrix_span=s.matrix_span, applied=s.applied_to,
-                                        applied_span=s.applied_span, term=term, span=s.span)
+                                        applied_span=s.applied_span, term=term, span=s.span,
+                                        term_span=s.input_term.span if s.input_term is not None else None)
         elif isinstance(s, ast.Discretize):
             if g.meta["discretize"] is not None:
                 raise low.err("a second `discretize`: a block has exactly one", s.span)
-            step = None
+            step = step_span = None
             for k in s.kwargs:
                 if k.name != "step":
                     raise low.err(f"unknown discretize option '{k.name}'", k.span,
                                   hint="write: discretize zoh, step = dt")
                 step = low.expr(k.value, "value", "step")
-            g.meta["discretize"] = dict(rule=s.rule, rule_span=s.rule_span, step=step, span=s.span)
+                step_span = k.value.span
+            g.meta["discretize"] = dict(rule=s.rule, rule_span=s.rule_span, step=step, span=s.span,
+                                        step_span=step_span)
         elif isinstance(s, ast.Scan):
             if g.meta["scan"] is not None:
                 raise low.err("a second `scan`: a block has exactly one", s.span)

@@ -1,19 +1,62 @@
 """choose_algorithm: which algorithm the fast backends should use, and why.
 
-  LTI, readout linear in the state     -> "fft_conv"   (kernel K_k = C Abar^k Ebar-coef, then FFT)
-  selective, scalar A                   -> "ssd"        (Mamba-2's chunked matmul form)
-  selective, diagonal A                 -> "chunked_scan"
-  selective, dense / dplr / block A     -> "chunked_matrix_scan"
-  anything else                         -> "sequential"
+  LTI, diagonal or scalar A, readout linear  -> "fft_conv": y = K * u + skip, with the kernel
+        K_k[P, Y', U'] = sum_S' W[P, Y', S'] Abar[P, S']^k c[P, S', U'] computed once, applied by FFT
+  selective, scalar A                         -> "ssd"        (Mamba-2's chunked matmul form)
+  selective (or LTI outside the kernel form)  -> "chunked_scan" / "chunked_matrix_scan"
+
+For the kernel form the pass also records which dims of the input pass straight through
+to the state and the output ("channels" P: no reduction and no mixing over them), so
+the kernel is per channel (S4D: one length-L filter per H) rather than a full
+input-by-output matrix; the other input, state and output dims are mixed (S5: U' = H).
 
 The NumPy reference always runs the sequential recurrence (it is the oracle); the
-choice is advisory for the other backends. Short sequences may still scan.
+choice is advisory for the other backends, which may still scan short sequences.
 
-Guarantees afterwards: meta["algorithm"] = {"name", "reason"}.
+Guarantees afterwards: meta["algorithm"] = {"name", "reason"}; for "fft_conv" also
+meta["lti_kernel"] = {"P", "S", "U", "Y"} (tuples of dim names).
 """
 from __future__ import annotations
 
 from ..ir.graph import Graph
+
+_KERNEL_OPS = ("add", "sub", "mul", "div", "neg", "sum", "mean", "re", "im", "conj", "const", "dim", "param",
+               "input", "state", "output", "exp", "log", "sqrt", "abs", "expm1", "log1p", "phi1", "arange",
+               "pow", "tanh", "sigmoid", "softplus", "inv_softplus", "silu", "relu", "family")
+
+
+def _kernel_form(g: Graph) -> tuple[dict | None, str]:
+    """The dims of the LTI kernel form, or None and why it does not apply."""
+    meta = g.meta
+    sysn = meta["system"]
+    structure = g.op(sysn).get("structure")
+    if structure not in ("diagonal", "scalar"):
+        return None, f"its kernel needs powers of a {structure} matrix, which are not generated yet"
+    abar, ebar = g.operands(sysn)
+    y = g.operands(meta["output"])[0]
+    u = meta["inputs"][0]
+    state = meta["state"]
+    token_side = set()
+    for root in (ebar, y):
+        for n in g.ancestors(root) | {root}:
+            if g.fact(n, "time") == "token":
+                token_side.add(n)
+    for n in token_side:
+        k = g.op(n).kind
+        if k == "input" and n != u:
+            return None, "an extra input enters the input term or the readout"
+        if k not in _KERNEL_OPS:
+            return None, f"the input term or the readout uses {k}()"
+    if g.fact(y, "complex"):
+        return None, "the output is complex"
+    reduced = set()
+    for n in token_side:
+        if g.op(n).kind in ("sum", "mean"):
+            reduced |= {d for d, _ in g.op(n).get("dims")}
+    sd, ud, yd = tuple(meta["state_dims"]), tuple(g.fact(u, "dims")), tuple(g.fact(y, "dims"))
+    channels = tuple(d for d in sd if d in ud and d in yd and d not in reduced)
+    del state
+    return dict(P=channels, S=sd, U=ud, Y=yd), ""
 
 
 def choose_algorithm(g: Graph) -> Graph:
@@ -22,25 +65,35 @@ def choose_algorithm(g: Graph) -> Graph:
     cls = g.meta["classification"]
     structure = g.op(g.meta["system"]).get("structure")
     per_token = [k for k in ("A", "step", "input_coef", "readout") if cls.get(k) == "token"]
+    chunked = ("a chunked scan: state-sized values exist one chunk of tokens at a time, the recurrence runs "
+               "within each chunk and carries the state across chunk boundaries")
     if cls["lti"]:
-        name = "fft_conv"
-        reason = ("the system is LTI (state matrix, step, input coefficient and readout are static), so the "
-                  "output is a convolution of the input with a kernel computed once, applied by FFT in "
-                  "O(L log L); short sequences scan instead")
+        form, why = _kernel_form(g)
+        if form is not None:
+            name = "fft_conv"
+            mixed = [d for d in form["U"] if d not in form["P"]]
+            reason = ("the system is LTI (state matrix, step, input coefficient and readout are static), so the "
+                      "output is a convolution of the input with a kernel computed once, applied by FFT in "
+                      f"O(L log L); the kernel is per channel [{', '.join(form['P'])}]"
+                      + (f" and mixes [{', '.join(mixed)}]" if mixed else "")
+                      + "; short sequences, initial states and step() scan instead")
+            g.meta["lti_kernel"] = form
+        else:
+            name = "chunked_scan" if structure in ("diagonal", "scalar") else "chunked_matrix_scan"
+            reason = f"the system is LTI, but {why}: {chunked}"
     elif not cls["readout_linear"] and not per_token:
-        name = "sequential"
-        reason = "the readout is not linear in the state, so no convolution form exists"
+        name = "chunked_scan" if structure in ("diagonal", "scalar") else "chunked_matrix_scan"
+        reason = f"the readout is not linear in the state, so no convolution form exists: {chunked}"
     elif structure == "scalar":
         name = "ssd"
         reason = (f"selective ({', '.join(per_token) or 'readout'} per-token) with a scalar-times-identity state "
                   "matrix: the SSD chunked matmul form (Mamba-2) applies")
     elif structure == "diagonal":
         name = "chunked_scan"
-        reason = (f"selective ({', '.join(per_token)} per-token) with a diagonal state matrix: a chunked "
-                  "scan with cumulative log-decays inside chunks and a recurrence across chunk boundaries")
+        reason = f"selective ({', '.join(per_token)} per-token) with a diagonal state matrix: {chunked}"
     else:
         name = "chunked_matrix_scan"
-        reason = (f"selective ({', '.join(per_token)} per-token) with a {structure} state matrix: a chunked "
-                  "scan with matrix products")
+        reason = (f"selective ({', '.join(per_token)} per-token) with a {structure} state matrix: {chunked}, "
+                  "with matrix products")
     g.meta["algorithm"] = dict(name=name, reason=reason)
     return g

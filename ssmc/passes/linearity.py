@@ -84,6 +84,12 @@ def _nonlinear_in(expr: sp.Expr, s: sp.Symbol) -> bool:
     return s in d.free_symbols
 
 
+def _offset_span(g: Graph, e: int, conv: "_ToSympy", u: sp.Symbol, espan):
+    """Where the first addend of E (through + - and unary -) that is not zero at u = 0 is written."""
+    n = _offset_term(g, e, conv, u)
+    return g.op(n).span if n != e else espan
+
+
 def _offset_term(g: Graph, e: int, conv: "_ToSympy", u: sp.Symbol) -> int:
     """The first addend of E (through + - and unary -) that is not zero at u = 0; else E itself."""
     terms, stack = [], [e]
@@ -125,10 +131,12 @@ def check_linearity(g: Graph) -> Graph:
     conv = _ToSympy(g, u_node, u)
     expr = conv(e)
     sub = sorted(g.ancestors(e) | {e})
+    # Where E is written in the transition (a bare name's node carries its declaration's span).
+    espan = (meta.get("transition") or {}).get("term_span") or g.op(e).span
     driven_by = "input"
     if u not in expr.free_symbols:
         if g.fact(e, "time") != "token":
-            raise _err(g, "the input term does not depend on any input", g.op(e).span,
+            raise _err(g, "the input term does not depend on any input", espan,
                        hint=f"write it as a coefficient times the input, e.g. B * {u_name}")
         driven_by = "features"
         coef_time = "token"
@@ -140,7 +148,7 @@ def check_linearity(g: Graph) -> Graph:
                                 f"use '{u_name}' directly (a linear(...) of it is fine)")
         if sp.simplify(expr.subs(u, 0)) != 0:
             raise _err(g, f"the input term has a part that does not depend on the input '{u_name}'",
-                       g.op(_offset_term(g, e, conv, u)).span,
+                       _offset_span(g, e, conv, u, espan),
                        hint=f"every term must be multiplied by '{u_name}' (no constant offset)")
         coef_time = _time(g, conv.symbols, sp.diff(expr, u))
     # The readout: linear in the state?
@@ -156,12 +164,14 @@ def check_linearity(g: Graph) -> Graph:
     else:
         cls["step"] = None
     cls["lti"] = all(cls[k] in ("static", None) for k in ("A", "step", "input_coef", "readout")) and readout_linear
+    spans = {"A": meta["transition"].get("matrix_span"), "step": (meta.get("discretize") or {}).get("step_span")}
     for k, n in (("A", a),) + ((("step", ops[2]),) if len(ops) > 2 else ()):
         if meta["state"] in g.ancestors(n):
-            raise _err(g, f"the {'state matrix' if k == 'A' else 'step'} may not depend on the state", g.op(n).span,
+            raise _err(g, f"the {'state matrix' if k == 'A' else 'step'} may not depend on the state",
+                       spans[k] or g.op(n).span,
                        hint="only the output may read the state")
     if meta["state"] in g.ancestors(e):
-        raise _err(g, "the input term may not depend on the state", g.op(e).span,
+        raise _err(g, "the input term may not depend on the state", espan,
                    hint="the state enters only through the transition term")
     meta["classification"] = cls
     return g

@@ -74,7 +74,11 @@ def shape_of(g: Graph, n: int) -> tuple[str, ...]:
         e = ins[0]
         pair = matrix_pair(e)
         out = list(e)
+        seen = set()
         for d, span in o.get("dims"):
+            if d in seen:
+                raise _err(g, f"{k}() names {d} twice", span, hint=f"write {k}(..., {d}) once")
+            seen.add(d)
             if d not in out:
                 raise _err(g, f"{k}() over {d}, but the value has dims {fmt(e)}", span,
                            hint=("reduce over one of " + ", ".join(e)) if e else "the value is a scalar")

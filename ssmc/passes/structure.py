@@ -75,7 +75,8 @@ def check_structure(g: Graph) -> Graph:
         raise _err(g, f"'{name}' is complex but the state '{sname}' is real", aspan,
                    hint=f"declare the state complex: state {sname}[{', '.join(sdims)}] complex")
     edims = g.fact(e, "dims")
-    espan = g.op(e).span
+    # Where the term and the step are written (a bare name's node carries its declaration's span).
+    espan = tr.get("term_span") or g.op(e).span
     if matrix_pair(edims) or any(d not in sdims for d in edims):
         extra = [d for d in edims if d not in sdims]
         raise _err(g, f"the input term has dims {fmt(edims)}, but the state '{sname}' has {fmt(sdims)}", espan,
@@ -87,7 +88,7 @@ def check_structure(g: Graph) -> Graph:
     if g.op(sysn).kind == "dynamics":
         step = ops[2]
         sd = g.fact(step, "dims")
-        sspan = g.op(step).span
+        sspan = (meta.get("discretize") or {}).get("step_span") or g.op(step).span
         if matrix_pair(sd) or any(d not in sdims for d in sd):
             raise _err(g, f"the step has dims {fmt(sd)}, but it must broadcast to the state's dims {fmt(sdims)}",
                        sspan, hint=f"give the step some of the state's dims, e.g. [{sdims[0]}], or none")

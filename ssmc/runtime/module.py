@@ -337,7 +337,8 @@ class ReferenceModule(nn.Module):
         for i, perm in enumerate(self._orders(L, d)):
             p = self._params(i if self._copies else 0, compute)
             ins = {k: (v if perm is None else self._take(v, perm)) for k, v in inputs.items()}
-            y, final = self._direction(p, d, ins, state)
+            self._dir_index = i
+            y, final = self._direction(p, d, ins, state, return_state)
             ys.append(y if perm is None else self._put_back(y, perm))
         yt = self._result(self._merge(ys), dtype)
         if return_state:
@@ -416,7 +417,8 @@ class ReferenceModule(nn.Module):
         compute = self._compute_dtype(dtype)
         st = self._state_in(state, b, d, compute)
         p = self._params(0, compute)
-        y, final = self._direction(p, d, {k: v[:, None] for k, v in inputs.items()}, st)
+        self._dir_index = 0
+        y, final = self._direction(p, d, {k: v[:, None] for k, v in inputs.items()}, st, True)
         return self._result(y[:, 0], dtype), self._state_out(final)
 
     def extra_repr(self) -> str:

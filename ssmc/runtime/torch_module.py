@@ -27,10 +27,35 @@ class TorchModule(ReferenceModule):
 
     BACKEND = "torch"
 
-    def __init__(self, *args, chunk_size: int | None = None, **kwargs):
+    #: the LTI convolution form is used from this many tokens on (below, the scan is cheaper).
+    fft_min_length = 32
+
+    def __init__(self, *args, chunk_size: int | None = None, algorithm: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         #: tokens per chunk of the scan; None chooses from the shapes at each call.
         self.chunk_size = chunk_size
+        #: "auto" follows the compiler's choice; "scan" forces the chunked scan (for experts).
+        if algorithm not in ("auto", "scan"):
+            raise ValueError(f"{type(self).__name__}(): algorithm must be 'auto' or 'scan', got {algorithm!r}")
+        self.algorithm = algorithm
+        self._kernels: dict = {}
+
+    def _use_fft(self, state, need_final: bool, length: int) -> bool:
+        """The convolution form when the compiler chose it, for a stateless call that is long enough."""
+        return (self.ALGORITHM == "fft_conv" and self.algorithm == "auto" and state is None and not need_final
+                and length >= self.fft_min_length)
+
+    def _kernel(self, length: int, dtype, make):
+        """The LTI kernel, cached while no parameter changed and no gradient is being taken."""
+        tensors = list(self.parameters()) + list(self.buffers())
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return make()
+        key = (getattr(self, "_dir_index", 0), length, dtype,
+               tuple((t.data_ptr(), t._version) for t in tensors))
+        if key not in self._kernels:
+            self._kernels.clear()
+            self._kernels[key] = make()
+        return self._kernels[key]
 
     def _chunk(self, batch: int, length: int, state_numel: int) -> int:
         """Tokens per chunk: bounded memory for the chunk's state-sized tensors."""

@@ -5,6 +5,8 @@ Functions whose backward is itself a reverse scan, so no per-step graph is kept.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -210,3 +212,82 @@ def matrix_scan(a, b, x0):
         x = matvec(a[:, t] if per_token else a, x) + b[:, t]
         xs.append(x)
     return torch.stack(xs, dim=1)
+
+
+def _flat(t, src: tuple, dst: tuple, sizes: dict, lead: int):
+    """Move named axes `src` of t to the order `dst` (grouped as given) and flatten each group."""
+    names = tuple(d for grp in dst for d in grp)
+    t = align(t, src, names)
+    t = t.expand(*t.shape[:lead], *(sizes[d] for d in names))
+    return t.reshape(*t.shape[:lead], *(math.prod(sizes[d] for d in grp) for grp in dst))
+
+
+def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tuple, P: tuple, length: int,
+               complex_state: bool, dtype, device):
+    """The convolution kernel of an LTI system with a diagonal (or scalar) state matrix.
+
+    K[k, P, Y', U'] = sum over S' of W[P, Y', S'] Abar[P, S']^k c[P, S', U'], where c is the
+    input term's coefficient (Ebar for unit inputs), W the readout's (the readout of unit
+    states; for complex states y = re(W x)), P the channel dims shared by input, state
+    and output, and the primed dims the rest. Powers are split k = q T + r with
+    T ~ sqrt(L), so the sum over S' is one batched matmul. Computed in float64.
+    Returns K as [L, P, Y', U'] (each group flattened).
+    """
+    wide = torch.float64
+    cwide = torch.complex128
+    Sx = tuple(d for d in S if d not in P)
+    Ux = tuple(d for d in U if d not in P)
+    Yx = tuple(d for d in Y if d not in P)
+    nU = math.prod(sizes[d] for d in Ux)
+    nS = math.prod(sizes[d] for d in Sx)
+    # Ebar for each unit input over U' (ones over the channels P).
+    eye_u = torch.eye(nU, dtype=wide, device=device).reshape(nU, *(sizes[d] for d in Ux))
+    u_basis = align(eye_u, Ux, U).expand(nU, *(sizes[d] for d in U)).unsqueeze(1)
+    E = ebar_fn(u_basis.to(dtype))[:, 0]
+    c = _flat(E.to(cwide if E.is_complex() else wide), S, (P, Sx), sizes, 1)       # [U', P, S']
+    c = c.permute(1, 2, 0)                                                          # [P, S', U']
+    # The readout of each unit state over S' (u = 0), less the readout of zero.
+    xdtype = (torch.complex128 if dtype == torch.float64 else torch.complex64) if complex_state else dtype
+    eye_s = torch.eye(nS, dtype=wide, device=device).reshape(nS, *(sizes[d] for d in Sx))
+    x_basis = align(eye_s, Sx, S).expand(nS, *(sizes[d] for d in S)).unsqueeze(1).to(xdtype)
+    u0 = torch.zeros((1, 1) + tuple(sizes[d] for d in U), dtype=dtype, device=device)
+    y00 = readout_fn(torch.zeros_like(x_basis[:1]), u0)
+    W = (readout_fn(x_basis, u0) - y00).to(wide)
+    if complex_state:
+        W = W - 1j * (readout_fn(1j * x_basis, u0) - y00).to(wide)
+    W = _flat(W[:, 0], Y, (P, Yx), sizes, 1).permute(1, 2, 0)                     # [P, Y', S']
+    a = _flat(abar.to(cwide if abar.is_complex() else wide), S, (P, Sx), sizes, 0)  # [P, S']
+    T = max(1, math.isqrt(length - 1) + 1)
+    nq = -(-length // T)
+    r = torch.arange(T, dtype=wide, device=device)
+    q = torch.arange(nq, dtype=wide, device=device) * T
+    near = a.unsqueeze(1) ** r[:, None]                                             # [P, T, S']
+    far = a.unsqueeze(1) ** q[:, None]                                              # [P, nq, S']
+    left = (W.unsqueeze(1) * far.unsqueeze(2)).reshape(a.shape[0], nq * W.shape[1], -1)
+    right = (near.unsqueeze(3) * c.unsqueeze(1).to(near.dtype if near.is_complex() else c.dtype))
+    right = right.permute(0, 2, 1, 3).reshape(a.shape[0], a.shape[1], -1)          # [P, S', T U']
+    common = torch.promote_types(left.dtype, right.dtype)
+    K = torch.bmm(left.to(common), right.to(common))                                # [P, nq Y', T U']
+    if K.is_complex():
+        K = K.real
+    nP, nY = W.shape[0], W.shape[1]
+    K = K.reshape(nP, nq, nY, T, nU).permute(1, 3, 0, 2, 4).reshape(nq * T, nP, nY, nU)
+    return K[:length]
+
+
+def fft_conv(K, u, sizes: dict, U: tuple, Y: tuple, P: tuple):
+    """y[b, t, P, Y'] = sum_k sum_U' K[k, P, Y', U'] u[b, t - k, P, U'] (causal), by FFT."""
+    Ux = tuple(d for d in U if d not in P)
+    Yx = tuple(d for d in Y if d not in P)
+    b, length = u.shape[0], u.shape[1]
+    uf = _flat(u, U, (P, Ux), sizes, 2)                                             # [B, L, P, U']
+    n = 2 * length
+    Uf = torch.fft.rfft(uf, n=n, dim=1)
+    Kf = torch.fft.rfft(K.to(u.dtype), n=n, dim=0)
+    if K.shape[-1] == 1 and K.shape[-2] == 1:
+        yf = Uf * Kf[..., 0].unsqueeze(0)
+    else:
+        yf = torch.einsum("bfpu,fpyu->bfpy", Uf, Kf)
+    y = torch.fft.irfft(yf, n=n, dim=1)[:, :length]                                 # [B, L, P, Y']
+    y = y.reshape(b, length, *(sizes[d] for d in P + Yx))
+    return align(y, P + Yx, Y)

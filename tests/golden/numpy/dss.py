@@ -52,7 +52,7 @@ class DSS(rt.ReferenceModule):
         _13 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _13
 
-    def _direction(self, p, d, inputs, state):
+    def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
         H, N = d['H'], d['N']
         Lambda = p['Lambda']

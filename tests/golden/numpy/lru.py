@@ -63,7 +63,7 @@ class LRU(rt.ReferenceModule):
         _25 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _25
 
-    def _direction(self, p, d, inputs, state):
+    def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
         H, N = d['H'], d['N']
         nu_log = p['nu_log']

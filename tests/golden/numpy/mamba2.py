@@ -50,7 +50,7 @@ class Mamba2(rt.ReferenceModule):
         Hd, P, N = d['Hd'], d['P'], d['N']
         return 1.0
 
-    def _direction(self, p, d, inputs, state):
+    def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
         Hd, P, N = d['Hd'], d['P'], d['N']
         A_log = p['A_log']

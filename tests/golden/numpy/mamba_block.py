@@ -59,7 +59,7 @@ class MambaBlock(rt.ReferenceModule):
         _12 = rt.inv_softplus(_11)  # [E]
         return _12
 
-    def _direction(self, p, d, inputs, state):
+    def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
         D, E, N, R, K = d['D'], d['E'], d['N'], d['R'], d['K']
         A_log = p['A_log']

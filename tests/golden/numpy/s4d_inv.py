@@ -62,7 +62,7 @@ class S4DInv(rt.ReferenceModule):
         _19 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _19
 
-    def _direction(self, p, d, inputs, state):
+    def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
         H, N = d['H'], d['N']
         log_dt = p['log_dt']

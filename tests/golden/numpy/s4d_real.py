@@ -54,7 +54,7 @@ class S4DReal(rt.ReferenceModule):
         _15 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _15
 
-    def _direction(self, p, d, inputs, state):
+    def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
         H, N = d['H'], d['N']
         log_dt = p['log_dt']

@@ -57,7 +57,7 @@ class S5(rt.ReferenceModule):
         _15 = rt.init.log_uniform((P, ), 0.001, 0.1, generator=gen, complex=False)  # [P]
         return _15
 
-    def _direction(self, p, d, inputs, state):
+    def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
         H, P = d['H'], d['P']
         Lambda = p['Lambda']

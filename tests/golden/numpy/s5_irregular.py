@@ -58,7 +58,7 @@ class S5Irregular(rt.ReferenceModule):
         _17 = np.log(_16)  # [P]
         return _17
 
-    def _direction(self, p, d, inputs, state):
+    def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
         H, P = d['H'], d['P']
         Lambda = p['Lambda']

@@ -52,7 +52,7 @@ class VimBidirectional(rt.ReferenceModule):
         _12 = rt.inv_softplus(_11)  # [H]
         return _12
 
-    def _direction(self, p, d, inputs, state):
+    def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
         H, N, R = d['H'], d['N'], d['R']
         A_log = p['A_log']

@@ -54,7 +54,7 @@ class SS2D(rt.ReferenceModule):
         _12 = rt.inv_softplus(_11)  # [H]
         return _12
 
-    def _direction(self, p, d, inputs, state):
+    def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
         H, N, Rdt, R, Cc = d['H'], d['N'], d['Rdt'], d['R'], d['Cc']
         A_log = p['A_log']
