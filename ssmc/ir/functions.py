@@ -32,7 +32,8 @@ PARAM_SHARING = ("shared", "separate")
 KEYWORDS = ("ssm", "dims", "input", "state", "param", "dynamics", "discretize", "recurrence",
             "scan", "output", "complex", "frozen")
 # Names the generated code uses itself.
-GENERATED = ("np", "torch", "rt", "math", "self", "true", "false", "d", "p", "gen", "inputs", "state", "tails")
+GENERATED = ("np", "torch", "rt", "ops", "math", "self", "true", "false", "d", "p", "gen", "inputs", "state", "tails",
+             "need_final")
 
 ALL_FUNCTIONS = ELEMENTWISE + tuple(SPECIAL) + tuple(RANDOM) + FAMILIES + CONSTANT_INITS
 

@@ -261,8 +261,8 @@ def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tu
     nq = -(-length // T)
     r = torch.arange(T, dtype=wide, device=device)
     q = torch.arange(nq, dtype=wide, device=device) * T
-    near = a.unsqueeze(1) ** r[:, None]                                             # [P, T, S']
-    far = a.unsqueeze(1) ** q[:, None]                                              # [P, nq, S']
+    near = _powers(a, r)                                                            # [P, T, S']
+    far = _powers(a, q)                                                             # [P, nq, S']
     left = (W.unsqueeze(1) * far.unsqueeze(2)).reshape(a.shape[0], nq * W.shape[1], -1)
     right = (near.unsqueeze(3) * c.unsqueeze(1).to(near.dtype if near.is_complex() else c.dtype))
     right = right.permute(0, 2, 1, 3).reshape(a.shape[0], a.shape[1], -1)          # [P, S', T U']
@@ -273,6 +273,14 @@ def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tu
     nP, nY = W.shape[0], W.shape[1]
     K = K.reshape(nP, nq, nY, T, nU).permute(1, 3, 0, 2, 4).reshape(nq * T, nP, nY, nU)
     return K[:length]
+
+
+def _powers(a, k):
+    """a[P, S]^k for exponents k [n] -> [P, n, S]; complex in polar form, so 0^0 = 1 and 0^k = 0."""
+    if not a.is_complex():
+        return a.unsqueeze(1) ** k[:, None]
+    mag = a.abs().unsqueeze(1) ** k[:, None]
+    return torch.polar(mag, a.angle().unsqueeze(1) * k[:, None])
 
 
 def fft_conv(K, u, sizes: dict, U: tuple, Y: tuple, P: tuple):
