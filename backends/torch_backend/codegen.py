@@ -38,6 +38,19 @@ class TorchPrinter(Printer):
         # copy before the scan; everything else keeps its dims' order.
         self.layout: dict[int, tuple] = {}
         self.order = {d: i for i, d in enumerate(g.meta["state_dims"])}
+        # A product read only by a sum over some of its dims is one contraction
+        # (einsum): the product's full-size temporary is never made.
+        self.fused: set[int] = set()
+        sysn = g.meta["system"]
+        for n in g.nodes():
+            if g.op(n).kind != "sum":
+                continue
+            (m,) = g.operands(n)
+            ops = g.operands(m) if g.op(m).kind == "mul" else ()
+            if (ops and len(g.users(m)) == 1 and sysn not in [u for u, _ in g.users(m)]
+                    and all(g.op(i).kind not in ("const", "dim") for i in ops)
+                    and all(len(set(g.fact(i, "dims"))) == len(g.fact(i, "dims")) for i in ops)):
+                self.fused.add(m)
 
     def canonical(self, dims: tuple) -> tuple:
         known = sorted((d for d in dims if d in self.order), key=self.order.get)
@@ -69,6 +82,15 @@ class TorchPrinter(Printer):
         if k in self.UNARY or k == "neg":
             self.layout[n] = self.lay(ins[0])
             return super().expr(n)
+        if k == "sum" and ins[0] in self.fused:
+            a, b = g.operands(ins[0])
+            la, lb = self.lay(a), self.lay(b)
+            summed = [d for d, _ in g.op(n).get("dims")]
+            out = tuple(d for d in self.canonical(tuple(g.fact(ins[0], "dims"))) if d not in summed)
+            letters = {d: chr(ord("a") + i) for i, d in enumerate(dict.fromkeys(la + lb + out))}
+            spec = "...{},...{}->...{}".format(*("".join(letters[d] for d in x) for x in (la, lb, out)))
+            self.layout[n] = out
+            return f"ops.contract({spec!r}, {self.var(a)}, {self.var(b)})"
         if k in ("sum", "mean"):
             src = self.lay(ins[0])
             axes = tuple(src.index(d) - len(src) for d, _ in g.op(n).get("dims"))
@@ -78,6 +100,8 @@ class TorchPrinter(Printer):
         return self._in_dims_order(n, lambda: super(TorchPrinter, self).expr(n))
 
     def line(self, n: int) -> str:
+        if n in self.fused:
+            return ""
         if self.g.op(n).kind == "conv":
             return self._in_dims_order(n, lambda: super(TorchPrinter, self).line(n))
         text = self.expr(n)
@@ -139,22 +163,42 @@ def render_class(g: Graph) -> str:
             w(f"        {pr.line(n)}")
     if "lti_kernel" in meta:
         L.extend(_fft_branch(g, pr, abar, ebar, out_node))
+    rule = sys_op.get("rule")
+    ssd = meta.get("ssd")
+    state_node = meta["state"]
+    if ssd:
+        # The SSD form computes the readout's sum(C * x, N) itself; the discretized Abar
+        # and Ebar, the product C * x and the per-token states are never made.
+        feeds = {ssd["z"], ssd["c"], *ssd["xside"], *ssd["bside"]}
+        wanted = set(feeds)
+        for f in feeds:
+            wanted |= g.ancestors(f)
+        skip = {ssd["product"], ssd["readout"]}
+        loop = [n for n in loop if n in wanted or (state_node in g.ancestors(n) and n not in skip)]
+        useful = set(feeds) | set(loop) | set(post) | {out_node}
+        for n in list(useful):
+            useful |= g.ancestors(n)
+        pre = [n for n in pre if n in useful]
     if pre:
         w("        # per-token values over the whole sequence")
         for n in pre:
             w(f"        {pr.line(n)}")
-    rule = sys_op.get("rule")
-    w(f"        # the recurrence ({(rule + ', ') if rule else ''}{structure}) and everything of the state's size,")
-    w("        # a chunk of tokens at a time")
+    if ssd:
+        w(f"        # the recurrence ({(rule + ', ') if rule else ''}{structure}) in the SSD form, a chunk of tokens at a time")
+    else:
+        w(f"        # the recurrence ({(rule + ', ') if rule else ''}{structure}) and everything of the state's size,")
+        w("        # a chunk of tokens at a time")
     for n in exits:
         w(f"        _e{pr.num[n]} = []")
-    w(f"        for _s in ops.chunks(_L, self._chunk(_B, _L, self.state_numel())):")
+    chunk = "self._ssd_chunk(_L)" if ssd else "self._chunk(_B, _L, self.state_numel())"
+    w(f"        for _s in ops.chunks(_L, {chunk}):")
     # Per-token values made before the loop and read inside it: this chunk's slice.
-    inside = set(loop)
-    needed = sorted({i for n in loop for i in g.operands(n)
-                     if i not in inside and g.fact(i, "time") == "token" and g.op(i).kind != "state"}
-                    | ({ebar} - inside) | (({abar} - inside) if g.fact(abar, "time") == "token" else set()),
-                    key=pr.num.get)
+    inside = set(loop) | ({ssd["readout"]} if ssd else set())
+    reads = {i for n in loop for i in g.operands(n)}
+    reads |= ({ssd["z"], ssd["c"], *ssd["xside"], *ssd["bside"]} if ssd
+              else {ebar} | ({abar} if g.fact(abar, "time") == "token" else set()))
+    needed = sorted({i for i in reads if i not in inside and g.fact(i, "time") == "token"
+                     and g.op(i).kind != "state"}, key=pr.num.get)
     for n in needed:
         name = f"_c_{pr.var(n)}"
         w(f"            {name} = {pr.var(n)}[:, _s]")
@@ -163,15 +207,28 @@ def render_class(g: Graph) -> str:
         atarget = sdims[:-1] + (sdims[-1], sdims[-1])
     else:
         atarget = sdims
-    state_node = meta["state"]
     for n in [n for n in loop if state_node not in g.ancestors(n)]:
         w(f"            {_chunk_line(pr, n)}")
-    a_tok = g.fact(abar, "time") == "token"
-    w(f"            _Abar = {pr.arg(abar, atarget)}  # [" + ", ".join((("B", "T") if a_tok else ()) + atarget) + "]")
-    w(f"            _Ebar = {pr.arg(ebar, sdims)}  # [" + ", ".join(("B", "T") + sdims) + "]")
-    scan = "matrix_scan" if matrix else "diag_scan"
-    w(f"            {sname} = ops.{scan}(_Abar, _Ebar, _x)  # [" + ", ".join(("B", "T") + sdims) + "]")
-    w(f"            _x = {sname}[:, -1]")
+    if ssd:
+        def factors(nodes):
+            return "[" + ", ".join(f"({pr.var(f)}, {pr.lay(f)!r})" for f in nodes) + "]"
+        sign = "-" if ssd["sign"] < 0 else ""
+        w(f"            _X, _xd = ops.product({factors(ssd['xside'])})")
+        w(f"            _Bf, _bd = ops.product({factors(ssd['bside'])})")
+        y = ssd["readout"]
+        yd = pr.canonical(tuple(g.fact(y, "dims")))
+        pr.layout[y] = yd
+        z, c = ssd["z"], ssd["c"]
+        w(f"            {pr.var(y)}, _x = ops.ssd_chunk({pr.var(z)}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
+          f"{pr.var(c)}, {pr.lay(c)!r}, _x, {sdims!r}, {yd!r})  # [B, T, " + ", ".join(yd) + "]")
+    else:
+        a_tok = g.fact(abar, "time") == "token"
+        w(f"            _Abar = {pr.arg(abar, atarget)}  # ["
+          + ", ".join((("B", "T") if a_tok else ()) + atarget) + "]")
+        w(f"            _Ebar = {pr.arg(ebar, sdims)}  # [" + ", ".join(("B", "T") + sdims) + "]")
+        scan = "matrix_scan" if matrix else "diag_scan"
+        w(f"            {sname} = ops.{scan}(_Abar, _Ebar, _x)  # [" + ", ".join(("B", "T") + sdims) + "]")
+        w(f"            _x = {sname}[:, -1]")
     for n in [n for n in loop if state_node in g.ancestors(n)]:
         w(f"            {_chunk_line(pr, n)}")
     for n in exits:
@@ -184,7 +241,7 @@ def render_class(g: Graph) -> str:
         for n in post:
             w(f"        {pr.line(n)}")
     w(f"        return {pr.var(out_node)}, (_x, *tails)")
-    return "\n".join(L) + "\n"
+    return "\n".join(line for line in L if line == "" or line.strip()) + "\n"
 
 
 def _fft_branch(g: Graph, pr: TorchPrinter, abar: int, ebar: int, out_node: int) -> list[str]:

@@ -14,7 +14,9 @@ The NumPy reference always runs the sequential recurrence (it is the oracle); th
 choice is advisory for the other backends, which may still scan short sequences.
 
 Guarantees afterwards: meta["algorithm"] = {"name", "reason"}; for "fft_conv" also
-meta["lti_kernel"] = {"P", "S", "U", "Y"} (tuples of dim names).
+meta["lti_kernel"] = {"P", "S", "U", "Y"} (tuples of dim names); for "ssd" also
+meta["ssd"] = {"z" (log-decay), "xside", "bside" (factors of Ebar without / with the
+state's last dim), "sign", "c", "product" (C * x), "readout" (its sum over N)}.
 """
 from __future__ import annotations
 
@@ -59,6 +61,54 @@ def _kernel_form(g: Graph) -> tuple[dict | None, str]:
     return dict(P=channels, S=sd, U=ud, Y=yd), ""
 
 
+def _mul_leaves(g: Graph, n: int, sign: int = 1) -> tuple[list[int], int]:
+    """The factors of a product tree (through mul and neg), and its sign."""
+    k = g.op(n).kind
+    if k == "mul":
+        out = []
+        for i in g.operands(n):
+            leaves, sign = _mul_leaves(g, i, sign)
+            out += leaves
+        return out, sign
+    if k == "neg":
+        return _mul_leaves(g, g.operands(n)[0], -sign)
+    return [n], sign
+
+
+def _ssd_form(g: Graph) -> tuple[dict | None, str]:
+    """Mamba-2's SSD form: Abar = exp(Z) with Z free of the state's last dim N, Ebar a
+    product of factors with N (the "B side") and without (the "X side"), and the state
+    read only through sum(C * x, N)."""
+    meta = g.meta
+    sysn = meta["system"]
+    abar, ebar = g.operands(sysn)
+    n_dim = meta["state_dims"][-1]
+    if g.op(abar).kind != "exp":
+        return None, "the state matrix's discretization is not an exponential"
+    (z,) = g.operands(abar)
+    leaves, sign = _mul_leaves(g, ebar)
+    bside = [f for f in leaves if n_dim in g.fact(f, "dims")]
+    xside = [f for f in leaves if n_dim not in g.fact(f, "dims")]
+    if any(g.op(f).kind in ("const", "dim") for f in bside) or not bside:
+        return None, f"the input term has no factor over {n_dim}"
+    covered = set(g.fact(z, "dims")).union(*(g.fact(f, "dims") for f in leaves))
+    if not set(meta["state_dims"]) <= covered or not set(g.fact(z, "dims")) <= set(meta["state_dims"]):
+        return None, "the input term is broadcast over some state dims"
+    state = meta["state"]
+    users = g.users(state)
+    if len(users) != 1 or g.op(users[0][0]).kind != "mul":
+        return None, "the readout does not read the state as sum(C * x, N)"
+    m = users[0][0]
+    musers = g.users(m)
+    if len(musers) != 1 or g.op(musers[0][0]).kind != "sum" \
+            or [d for d, _ in g.op(musers[0][0]).get("dims")] != [n_dim]:
+        return None, "the readout does not read the state as sum(C * x, N)"
+    c = [i for i in g.operands(m) if i != state]
+    if len(c) != 1 or g.op(c[0]).kind in ("const", "dim"):
+        return None, "the readout does not read the state as sum(C * x, N)"
+    return dict(z=z, xside=xside, bside=bside, sign=sign, c=c[0], product=m, readout=musers[0][0]), ""
+
+
 def choose_algorithm(g: Graph) -> Graph:
     """Record the algorithm the system admits, with the reason."""
     g = g.copy()
@@ -85,9 +135,16 @@ def choose_algorithm(g: Graph) -> Graph:
         name = "chunked_scan" if structure in ("diagonal", "scalar") else "chunked_matrix_scan"
         reason = f"the readout is not linear in the state, so no convolution form exists: {chunked}"
     elif structure == "scalar":
-        name = "ssd"
-        reason = (f"selective ({', '.join(per_token) or 'readout'} per-token) with a scalar-times-identity state "
-                  "matrix: the SSD chunked matmul form (Mamba-2) applies")
+        form, why = _ssd_form(g)
+        if form is not None:
+            name = "ssd"
+            reason = (f"selective ({', '.join(per_token) or 'readout'} per-token) with a scalar-times-identity state "
+                      "matrix: the SSD chunked matmul form (Mamba-2) applies: within a chunk, outputs by masked "
+                      "matmuls of the log-decays, C and B; across chunks, the state carried by one recurrence step")
+            g.meta["ssd"] = form
+        else:
+            name = "chunked_scan"
+            reason = f"selective with a scalar state matrix, but {why}: {chunked}"
     elif structure == "diagonal":
         name = "chunked_scan"
         reason = f"selective ({', '.join(per_token)} per-token) with a diagonal state matrix: {chunked}"

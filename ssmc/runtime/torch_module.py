@@ -64,6 +64,10 @@ class TorchModule(ReferenceModule):
         t = _CHUNK_ELEMENTS // max(1, batch * state_numel)
         return int(min(max(t, 16), max(length, 1), 2048))
 
+    def _ssd_chunk(self, length: int) -> int:
+        """Tokens per chunk of the SSD form (its masked matmuls are chunk x chunk)."""
+        return int(self.chunk_size) if self.chunk_size else 64
+
     @property
     def _ref_device(self) -> torch.device:
         for t in list(self.parameters()) + list(self.buffers()):

@@ -299,3 +299,59 @@ def fft_conv(K, u, sizes: dict, U: tuple, Y: tuple, P: tuple):
     y = torch.fft.irfft(yf, n=n, dim=1)[:, :length]                                 # [B, L, P, Y']
     y = y.reshape(b, length, *(sizes[d] for d in P + Yx))
     return align(y, P + Yx, Y)
+
+
+def contract(spec: str, a, b):
+    """einsum of two operands after promoting them to a common dtype (sum(a * b, dims))."""
+    a, b = _common(a, b)
+    return torch.einsum(spec, a, b)
+
+
+def product(factors, lead: int = 2):
+    """The product of (value, dims) factors over the union of their dims, in order of first appearance."""
+    dims = tuple(dict.fromkeys(d for _, ds in factors for d in ds))
+    out = None
+    for v, ds in factors:
+        a = align(v, tuple(ds), dims) if torch.is_tensor(v) and v.dim() >= len(ds) else v
+        out = a if out is None else out * a
+    return out, dims
+
+
+def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd):
+    """One chunk of the SSD form (Dao & Gu 2024) over named dims.
+
+    z [b, T, *zd] log-decays (Abar = exp(z)), X [b, T, *xd] and Bf [b, T, *bd] the two sides of
+    Ebar = X * Bf, Cf [b, T, *cd] the readout's coefficient, x0 [b, *sd] the entering state.
+    Returns y = sum_N(C_t * x_t) as [b, T, *yd] and the leaving state [b, *sd]:
+      y_t = sum_{s<=t} exp(Lc_t - Lc_s) (C_t . B_s) X_s + exp(Lc_t) C_t . x0,  Lc = cumsum(z).
+    Every exponent is <= 0 where decays are <= 1, so nothing overflows.
+    """
+    b = x0.shape[0]
+    T = max(t.shape[1] for t, ds in ((z, zd), (X, xd), (Bf, bd), (Cf, cd)) if t.dim() > len(ds))
+
+    def full(t, ds):
+        if t.dim() == len(ds):
+            t = t.reshape((1, 1) + t.shape)
+        return t.expand((b, T) + t.shape[2:])
+
+    z, X, Bf, Cf = full(z, zd), full(X, xd), full(Bf, bd), full(Cf, cd)
+    z, X, Bf, Cf, x0 = _common(z, X, Bf, Cf, x0)
+    names = dict.fromkeys(zd + xd + bd + cd + sd + yd)
+    pool = [c for c in "acdefghijklmnopqruvwxyzACDEFGHIJKLMNOPQRUVWXYZ"]
+    letter = {d: pool[i] for i, d in enumerate(names)}
+
+    def sub(ds):
+        return "".join(letter[d] for d in ds)
+
+    Lc = torch.cumsum(z, dim=1)                                                     # [b, T, *zd]
+    diff = Lc.unsqueeze(2) - Lc.unsqueeze(1)                                        # [b, t, s, *zd]
+    causal = torch.ones(T, T, dtype=torch.bool, device=z.device).tril()
+    causal = causal.reshape((1, T, T) + (1,) * len(zd))
+    decay = torch.exp(torch.where(causal, diff, torch.full_like(diff, -math.inf)))
+    y = torch.einsum(f"Bt{sub(cd)},Bs{sub(bd)},Bts{sub(zd)},Bs{sub(xd)}->Bt{sub(yd)}", Cf, Bf, decay, X)
+    y = y + torch.einsum(f"Bt{sub(cd)},B{sub(sd)},Bt{sub(zd)}->Bt{sub(yd)}", Cf, x0, torch.exp(Lc))
+    last = Lc[:, -1]                                                                # [b, *zd]
+    to_end = torch.exp(last.unsqueeze(1) - Lc)                                      # [b, s, *zd]
+    x_new = torch.einsum(f"B{sub(zd)},B{sub(sd)}->B{sub(sd)}", torch.exp(last), x0) + torch.einsum(
+        f"Bs{sub(zd)},Bs{sub(xd)},Bs{sub(bd)}->B{sub(sd)}", to_end, X, Bf)
+    return y, x_new
