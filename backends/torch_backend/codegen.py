@@ -51,6 +51,18 @@ class TorchPrinter(Printer):
                     and all(g.op(i).kind not in ("const", "dim") for i in ops)
                     and all(len(set(g.fact(i, "dims"))) == len(g.fact(i, "dims")) for i in ops)):
                 self.fused.add(m)
+        # A product read only by another product is folded into it, so the factors can be
+        # multiplied small ones first: dt * (B * u) as (dt * u) * B saves a state-sized pass.
+        # Only state-sized products fold (they live in the same region of the code).
+        self.folded: set[int] = set()
+        names = set(g.meta["values"].values())
+        nstate = len(g.meta["state_dims"])
+        for m in g.nodes():
+            users = g.users(m)
+            if (g.op(m).kind == "mul" and len(users) == 1 and g.op(users[0][0]).kind == "mul"
+                    and m not in names and m not in self.fused and g.fact(m, "time") == "token"
+                    and len(g.fact(m, "dims")) >= nstate and len(set(g.fact(m, "dims"))) == len(g.fact(m, "dims"))):
+                self.folded.add(m)
 
     def canonical(self, dims: tuple) -> tuple:
         known = sorted((d for d in dims if d in self.order), key=self.order.get)
@@ -75,6 +87,8 @@ class TorchPrinter(Printer):
         k = g.op(n).kind
         ins = g.operands(n)
         dims = tuple(g.fact(n, "dims"))
+        if k == "mul" and any(i in self.folded for i in ins):
+            return self._product(n)
         if k in ("add", "sub", "mul", "div", "pow"):
             out = self.canonical(dims)
             self.layout[n] = out
@@ -99,8 +113,35 @@ class TorchPrinter(Printer):
         # Everything else reads its operands in their dims' order.
         return self._in_dims_order(n, lambda: super(TorchPrinter, self).expr(n))
 
+    def _product(self, n: int) -> str:
+        """A folded product tree, multiplied pairwise smallest union first."""
+        g = self.g
+        leaves, stack = [], [n]
+        while stack:
+            m = stack.pop()
+            if m == n or m in self.folded:
+                stack.extend(reversed(g.operands(m)))
+            else:
+                leaves.append(m)
+        terms = [(self.var(m), self.lay(m), g.fact(m, "time") == "token") for m in leaves]
+        while len(terms) > 1:
+            best = min(((i, j) for i in range(len(terms)) for j in range(i + 1, len(terms))),
+                       key=lambda ij: len(set(terms[ij[0]][1]) | set(terms[ij[1]][1])))
+            (a, la, ta), (b, lb, tb) = terms[best[0]], terms[best[1]]
+            out = self.canonical(tuple(dict.fromkeys(la + lb)))
+            text = f"({self._aligned(a, la, ta, out)} * {self._aligned(b, lb, tb, out)})"
+            terms = [t for k, t in enumerate(terms) if k not in best] + [(text, out, ta or tb)]
+        text, lay, _ = terms[0]
+        self.layout[n] = lay
+        return text[1:-1] if text.startswith("(") and text.endswith(")") else text
+
+    def _aligned(self, v: str, dims: tuple, token: bool, target: tuple) -> str:
+        if dims == target or (not token and dims == target[len(target) - len(dims):]):
+            return v
+        return f"{self.RT}.align({v}, {dims!r}, {target!r})"
+
     def line(self, n: int) -> str:
-        if n in self.fused:
+        if n in self.fused or n in self.folded:
             return ""
         if self.g.op(n).kind == "conv":
             return self._in_dims_order(n, lambda: super(TorchPrinter, self).line(n))
@@ -174,7 +215,10 @@ def render_class(g: Graph) -> str:
         for f in feeds:
             wanted |= g.ancestors(f)
         skip = {ssd["product"], ssd["readout"]}
-        loop = [n for n in loop if n in wanted or (state_node in g.ancestors(n) and n not in skip)]
+        after_state = {n for n in loop if state_node in g.ancestors(n) and n not in skip}
+        for n in list(after_state):
+            wanted |= g.ancestors(n)
+        loop = [n for n in loop if (n in wanted or n in after_state) and n not in skip]
         useful = set(feeds) | set(loop) | set(post) | {out_node}
         for n in list(useful):
             useful |= g.ancestors(n)

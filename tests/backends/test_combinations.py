@@ -337,8 +337,8 @@ def build_spec(c: Combo):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(text):
-    return ssmc.loads(text, backend="numpy", filename="<generated>")
+def _compiled(text, backend="numpy"):
+    return ssmc.loads(text, backend=backend, filename="<generated>")
 
 
 # ============================================================================
@@ -688,9 +688,9 @@ def relerr(got, want):
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-300))
 
 
-def make_layer(c: Combo):
+def make_layer(c: Combo, backend: str = "numpy"):
     text, pdims = build_spec(c)
-    mod = _compiled(text)
+    mod = _compiled(text, backend)
     sizes = c.sizes()
     layer = mod.Gen(seed=0, dtype=torch.float64, **sizes)
     params = declared_shapes(fill_params(layer, c, c.id), c, pdims, sizes)
@@ -736,9 +736,10 @@ def test_generated_specs_cover_the_grid():
         assert {c.cplx for c in mine} == ({True} if s == "dplr" else {True, False})
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
 @pytest.mark.parametrize("c", ALL_COMBOS, ids=lambda c: c.id)
-def test_forward_matches_naive_evaluator(c):
-    layer, sizes, params, pdims = make_layer(c)
+def test_forward_matches_naive_evaluator(c, backend):
+    layer, sizes, params, pdims = make_layer(c, backend)
     single = c.scan[0] in ("causal", "reverse")
     for L in lengths(c):
         u, tau = make_inputs(c, sizes, L, f"{c.id}/{L}")
