@@ -22,6 +22,22 @@ def _fail(e: Exception) -> None:
     sys.exit(1)
 
 
+def _notes(fn, *args, **kwargs):
+    """Run fn, printing ssmc's backend notices as plain `note:` lines (not Python warnings)."""
+    import warnings
+
+    from .api import BackendNotice
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BackendNotice)
+        result = fn(*args, **kwargs)
+    for w in caught:
+        if issubclass(w.category, BackendNotice):
+            click.echo(f"note: {str(w.message).removeprefix('ssmc: ')}", err=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return result
+
+
 def _analyse(spec: str, dump_ir: str | None = None):
     from .compiler import analyse
     from .frontend.parser import read_source
@@ -72,7 +88,7 @@ def compile(spec: str, backend: str, output: str | None, strict: bool) -> None: 
     from .api import compile_source, resolve_backend
     from .frontend.parser import read_source
     try:
-        backend = resolve_backend(backend, strict=strict)
+        backend = _notes(resolve_backend, backend, strict=strict)
         text = compile_source(read_source(spec), backend)
     except SsmcError as e:
         _fail(e)
@@ -97,7 +113,7 @@ def run(spec: str, backend: str, batch: int, length: int, seed: int) -> None:
     from .explain import summary
     try:
         compiled = _analyse(spec)
-        backend = resolve_backend(backend)
+        backend = _notes(resolve_backend, backend)
         t0 = time.perf_counter()
         mod = load(spec, backend=backend)
         t_compile = time.perf_counter() - t0

@@ -72,3 +72,18 @@ def test_dump_ir_writes_one_file_per_pass(tmp_path):
     assert r.exit_code == 0
     files = sorted(p.name for p in (tmp_path / "LRU").iterdir())
     assert files[0] == "00-check_declarations.ssmir" and files[-1].endswith("choose_algorithm.ssmir")
+
+
+def test_compile_torch_backend_and_auto_note(tmp_path):
+    out = tmp_path / "mamba_mod.py"
+    p = subprocess.run([sys.executable, "-m", "ssmc", "compile", str(ROOT / "examples" / "mamba.ssm"), "-o", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "note: backend='auto' picked 'torch'" in p.stderr and "Warning" not in p.stderr
+    ns = {}
+    exec(compile(out.read_text(), str(out), "exec"), ns)
+    import torch
+    layer = ns["Mamba"](H=4, N=3, seed=0)
+    y = layer(torch.randn(2, 5, 4, requires_grad=True))
+    y.sum().backward()
+    assert y.shape == (2, 5, 4)

@@ -264,7 +264,7 @@ def render_class(g: Graph) -> str:
         pr.layout[y] = yd
         z, c = ssd["z"], ssd["c"]
         w(f"            {pr.var(y)}, _x = ops.ssd_chunk({pr.var(z)}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
-          f"{pr.var(c)}, {pr.lay(c)!r}, _x, {sdims!r}, {yd!r})  # [B, T, " + ", ".join(yd) + "]")
+          f"{pr.var(c)}, {pr.lay(c)!r}, _x, {sdims!r}, {yd!r}, self.ssd_block)  # [B, T, " + ", ".join(yd) + "]")
     else:
         a_tok = g.fact(abar, "time") == "token"
         w(f"            _Abar = {pr.arg(abar, atarget)}  # ["
@@ -279,7 +279,7 @@ def render_class(g: Graph) -> str:
         w(f"            _e{pr.num[n]}.append({pr.var(n)})")
     pr.renamed.clear()
     for n in exits:
-        w(f"        {pr.var(n)} = torch.cat(_e{pr.num[n]}, dim=1)  {tag(g, n)}")
+        w(f"        {pr.var(n)} = ops.cat_time(_e{pr.num[n]})  {tag(g, n)}")
     if post:
         w("        # per-token values after the scan, over the whole sequence")
         for n in post:

@@ -64,9 +64,12 @@ class TorchModule(ReferenceModule):
         t = _CHUNK_ELEMENTS // max(1, batch * state_numel)
         return int(min(max(t, 16), max(length, 1), 2048))
 
+    #: tokens per block of the SSD form: its masked matmuls are block x block.
+    ssd_block = 64
+
     def _ssd_chunk(self, length: int) -> int:
-        """Tokens per chunk of the SSD form (its masked matmuls are chunk x chunk)."""
-        return int(self.chunk_size) if self.chunk_size else 64
+        """Tokens per pass of the SSD form: many blocks at once, bounded memory."""
+        return int(self.chunk_size) if self.chunk_size else 4096
 
     @property
     def _ref_device(self) -> torch.device:

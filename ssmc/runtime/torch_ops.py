@@ -146,6 +146,11 @@ def causal_conv(e, weight, bias, tail):
     return y.reshape(b, L, *ch), full[:, full.shape[1] - (k - 1):].reshape(b, k - 1, *ch)
 
 
+def cat_time(parts: list):
+    """The chunks' outputs joined along time (no copy when there was one chunk)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 def chunks(length: int, size: int):
     """Slices of time of at most `size` tokens covering 0 .. length."""
     return [slice(s, min(s + size, length)) for s in range(0, length, size)]
@@ -317,14 +322,16 @@ def product(factors, lead: int = 2):
     return out, dims
 
 
-def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd):
-    """One chunk of the SSD form (Dao & Gu 2024) over named dims.
+def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
+    """The SSD form (Dao & Gu 2024) over named dims, for a stretch of tokens.
 
     z [b, T, *zd] log-decays (Abar = exp(z)), X [b, T, *xd] and Bf [b, T, *bd] the two sides of
     Ebar = X * Bf, Cf [b, T, *cd] the readout's coefficient, x0 [b, *sd] the entering state.
-    Returns y = sum_N(C_t * x_t) as [b, T, *yd] and the leaving state [b, *sd]:
-      y_t = sum_{s<=t} exp(Lc_t - Lc_s) (C_t . B_s) X_s + exp(Lc_t) C_t . x0,  Lc = cumsum(z).
-    Every exponent is <= 0 where decays are <= 1, so nothing overflows.
+    Returns y = sum_N(C_t * x_t) as [b, T, *yd] and the leaving state [b, *sd]. Tokens are cut
+    into blocks; within every block at once,
+      y_t = sum_{s<=t in block} exp(Lc_t - Lc_s) (C_t . B_s) X_s + exp(Lc_t) C_t . x_block,
+    Lc = cumsum(z) in the block, and the states entering the blocks x_block come from a
+    scan over blocks. Every exponent is <= 0 where decays are <= 1, so nothing overflows.
     """
     b = x0.shape[0]
     T = max(t.shape[1] for t, ds in ((z, zd), (X, xd), (Bf, bd), (Cf, cd)) if t.dim() > len(ds))
@@ -336,22 +343,36 @@ def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd):
 
     z, X, Bf, Cf = full(z, zd), full(X, xd), full(Bf, bd), full(Cf, cd)
     z, X, Bf, Cf, x0 = _common(z, X, Bf, Cf, x0)
+    l = min(block, T)
+    nb = -(-T // l)
+    pad = nb * l - T
+
+    def blocks(t):
+        # Zero padding at the end: decay 1, no input, no output; cut off afterwards.
+        if pad:
+            t = torch.cat([t, t.new_zeros((b, pad) + t.shape[2:])], dim=1)
+        return t.reshape((b, nb, l) + t.shape[2:])
+
+    z, X, Bf, Cf = blocks(z), blocks(X), blocks(Bf), blocks(Cf)
     names = dict.fromkeys(zd + xd + bd + cd + sd + yd)
-    pool = [c for c in "acdefghijklmnopqruvwxyzACDEFGHIJKLMNOPQRUVWXYZ"]
+    pool = "acdefghijklmnopqruvwxyzACDEFGHIJLMNOPQRUVWXYZ"
     letter = {d: pool[i] for i, d in enumerate(names)}
 
     def sub(ds):
         return "".join(letter[d] for d in ds)
 
-    Lc = torch.cumsum(z, dim=1)                                                     # [b, T, *zd]
-    diff = Lc.unsqueeze(2) - Lc.unsqueeze(1)                                        # [b, t, s, *zd]
-    causal = torch.ones(T, T, dtype=torch.bool, device=z.device).tril()
-    causal = causal.reshape((1, T, T) + (1,) * len(zd))
+    Lc = torch.cumsum(z, dim=2)                                                     # [b, K, l, *zd]
+    diff = Lc.unsqueeze(3) - Lc.unsqueeze(2)                                        # [b, K, t, s, *zd]
+    causal = torch.ones(l, l, dtype=torch.bool, device=z.device).tril()
+    causal = causal.reshape((1, 1, l, l) + (1,) * len(zd))
     decay = torch.exp(torch.where(causal, diff, torch.full_like(diff, -math.inf)))
-    y = torch.einsum(f"Bt{sub(cd)},Bs{sub(bd)},Bts{sub(zd)},Bs{sub(xd)}->Bt{sub(yd)}", Cf, Bf, decay, X)
-    y = y + torch.einsum(f"Bt{sub(cd)},B{sub(sd)},Bt{sub(zd)}->Bt{sub(yd)}", Cf, x0, torch.exp(Lc))
-    last = Lc[:, -1]                                                                # [b, *zd]
-    to_end = torch.exp(last.unsqueeze(1) - Lc)                                      # [b, s, *zd]
-    x_new = torch.einsum(f"B{sub(zd)},B{sub(sd)}->B{sub(sd)}", torch.exp(last), x0) + torch.einsum(
-        f"Bs{sub(zd)},Bs{sub(xd)},Bs{sub(bd)}->B{sub(sd)}", to_end, X, Bf)
-    return y, x_new
+    y = torch.einsum(f"BKt{sub(cd)},BKs{sub(bd)},BKts{sub(zd)},BKs{sub(xd)}->BKt{sub(yd)}", Cf, Bf, decay, X)
+    last = Lc[:, :, -1]                                                             # [b, K, *zd]
+    to_end = torch.exp(last.unsqueeze(2) - Lc)                                      # [b, K, s, *zd]
+    inside = torch.einsum(f"BKs{sub(zd)},BKs{sub(xd)},BKs{sub(bd)}->BK{sub(sd)}", to_end, X, Bf)
+    # The states after each block: a scan over blocks with decay exp(last).
+    after = diag_scan(align(torch.exp(last), zd, sd), inside, x0)                   # [b, K, *sd]
+    entering = torch.cat([x0.unsqueeze(1), after[:, :-1]], dim=1)
+    y = y.add_(torch.einsum(f"BKt{sub(cd)},BK{sub(sd)},BKt{sub(zd)}->BKt{sub(yd)}", Cf, entering, torch.exp(Lc)))
+    y = y.reshape((b, nb * l) + y.shape[3:])[:, :T]
+    return y, after[:, -1]
