@@ -13,9 +13,10 @@ from ..errors import BackendUnavailable
 REGISTRY = {
     "numpy": "ssmc.backends.ref_numpy",
     "torch": "ssmc.backends.torch_backend",
+    "triton": "ssmc.backends.triton_backend",
 }
 # Preference order of backend="auto"; the first available one wins.
-AUTO_ORDER = ("torch", "numpy")
+AUTO_ORDER = ("triton", "torch", "numpy")
 
 
 def get_backend(name: str):

@@ -37,8 +37,9 @@ def resolve_backend(name: str, strict: bool = False) -> str:
     from .backends import AUTO_ORDER
     if name == "auto":
         for cand in AUTO_ORDER:
-            ok, why = _backend(cand).available()
-            if ok:
+            mod = _backend(cand)
+            ok, why = mod.available()
+            if ok and getattr(mod, "preferred", lambda: True)():
                 _notice(f"ssmc: backend='auto' picked '{cand}': {why}")
                 return cand
         raise BackendUnavailable("no backend is available")
@@ -53,11 +54,26 @@ def resolve_backend(name: str, strict: bool = False) -> str:
     return fallback
 
 
-def compile_source(source: Source, backend: str = "numpy") -> str:
+def compile_source(source: Source, backend: str = "numpy", strict: bool = False) -> str:
     """Generated Python source for every block of `source`."""
-    backend = resolve_backend(backend)
+    return _compile(source, backend, strict)[0]
+
+
+def _compile(source: Source, backend: str, strict: bool) -> tuple[str, str]:
+    """(source text, the backend that generated it), falling back where a spec is beyond a backend."""
+    backend = resolve_backend(backend, strict)
     compiled = analyse(source)
-    return _backend(backend).render(compiled)
+    mod = _backend(backend)
+    supports = getattr(mod, "supports", None)
+    if supports is not None:
+        ok, why = supports(compiled)
+        if not ok:
+            if strict:
+                raise BackendUnavailable(f"backend '{backend}' cannot compile this spec: {why}")
+            _notice(f"ssmc: backend '{backend}' cannot compile this spec ({why}); using 'torch' instead "
+                    f"(pass strict=True, or --strict, to make this an error)")
+            backend, mod = "torch", _backend("torch")
+    return mod.render(compiled), backend
 
 
 def _module_from(text: str, source: Source, backend: str) -> types.ModuleType:
@@ -78,16 +94,16 @@ def load(path, backend: str = "auto", strict: bool = False) -> types.ModuleType:
     backend an error instead of a fallback.
     """
     source = read_source(path)
-    backend = resolve_backend(backend, strict)
-    return _module_from(compile_source(source, backend), source, backend)
+    text, backend = _compile(source, backend, strict)
+    return _module_from(text, source, backend)
 
 
 def loads(text: str | bytes, backend: str = "auto", filename: str = "<string>",
           strict: bool = False) -> types.ModuleType:
     """Like `load`, from spec text."""
     source = decode(text, filename) if isinstance(text, bytes) else Source(text, filename)
-    backend = resolve_backend(backend, strict)
-    return _module_from(compile_source(source, backend), source, backend)
+    text, backend = _compile(source, backend, strict)
+    return _module_from(text, source, backend)
 
 
 def check(path_or_source) -> Compiled:

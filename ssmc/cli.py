@@ -14,7 +14,7 @@ import click
 from . import __version__
 from .errors import SpecError, SsmcError
 
-BACKENDS = ("auto", "torch", "numpy")
+BACKENDS = ("auto", "torch", "triton", "numpy")
 
 
 def _fail(e: Exception) -> None:
@@ -89,7 +89,7 @@ def compile(spec: str, backend: str, output: str | None, strict: bool) -> None: 
     from .frontend.parser import read_source
     try:
         backend = _notes(resolve_backend, backend, strict=strict)
-        text = compile_source(read_source(spec), backend)
+        text = _notes(compile_source, read_source(spec), backend, strict)
     except SsmcError as e:
         _fail(e)
     if output:

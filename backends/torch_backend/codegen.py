@@ -166,7 +166,10 @@ class TorchPrinter(Printer):
                 del self.renamed[i]
 
 
-def render_class(g: Graph) -> str:
+def render_class(g: Graph, fused_loop=None) -> str:
+    """The class for one block. `fused_loop(g, pr, needed, loop, exits)` may return lines that
+    compute the loop's results some other way (a fused kernel); the chunk loop is then the
+    `else:` branch (used where the fused path cannot run, e.g. when gradients are needed)."""
     meta = g.meta
     pr = TorchPrinter(g)
     sname = g.op(meta["state"]).get("name")
@@ -235,7 +238,6 @@ def render_class(g: Graph) -> str:
     for n in exits:
         w(f"        _e{pr.num[n]} = []")
     chunk = "self._ssd_chunk(_L)" if ssd else "self._chunk(_B, _L, self.state_numel())"
-    w(f"        for _s in ops.chunks(_L, {chunk}):")
     # Per-token values made before the loop and read inside it: this chunk's slice.
     inside = set(loop) | ({ssd["readout"]} if ssd else set())
     reads = {i for n in loop for i in g.operands(n)}
@@ -243,6 +245,8 @@ def render_class(g: Graph) -> str:
               else {ebar} | ({abar} if g.fact(abar, "time") == "token" else set()))
     needed = sorted({i for i in reads if i not in inside and g.fact(i, "time") == "token"
                      and g.op(i).kind != "state"}, key=pr.num.get)
+    loop_start = len(L)
+    w(f"        for _s in ops.chunks(_L, {chunk}):")
     for n in needed:
         name = f"_c_{pr.var(n)}"
         w(f"            {name} = {pr.var(n)}[:, _s]")
@@ -278,6 +282,11 @@ def render_class(g: Graph) -> str:
     for n in exits:
         w(f"            _e{pr.num[n]}.append({pr.var(n)})")
     pr.renamed.clear()
+    # The fused alternative is generated after the loop, so it knows every layout the loop chose.
+    fused = fused_loop(g, pr, needed, loop, exits) if fused_loop and not ssd else None
+    if fused:
+        body = ["    " + line if line.strip() else line for line in L[loop_start:]]
+        L[loop_start:] = ["        if self._fused_ready():", *fused, "        else:", *body]
     for n in exits:
         w(f"        {pr.var(n)} = ops.cat_time(_e{pr.num[n]})  {tag(g, n)}")
     if post:

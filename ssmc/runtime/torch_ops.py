@@ -376,3 +376,9 @@ def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
     y = y.add_(torch.einsum(f"BKt{sub(cd)},BK{sub(sd)},BKt{sub(zd)}->BKt{sub(yd)}", Cf, entering, torch.exp(Lc)))
     y = y.reshape((b, nb * l) + y.shape[3:])[:, :T]
     return y, after[:, -1]
+
+
+def as_tensor(v, dtype, device):
+    """A static value as a contiguous tensor of the compute dtype (scalars become 0-d)."""
+    t = torch.as_tensor(v, device=device)
+    return t.to(dtype if not t.is_complex() else t.dtype).contiguous()

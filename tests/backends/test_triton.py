@@ -1,0 +1,126 @@
+"""The Triton backend through Triton's CPU interpreter (TRITON_INTERPRET=1), small shapes.
+
+Forward agrees with the NumPy reference (float32, 1e-4) for every example the backend
+covers; gradients (which run the PyTorch path) agree with the torch backend's; specs
+beyond the backend fall back with a notice or, strictly, fail; with neither a GPU nor
+the interpreter, backend="triton" is an error under strict=True and never silent.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+import ssmc
+
+from ..conftest import EXAMPLES
+
+# Triton reads TRITON_INTERPRET when it is imported: set it first (tests run on the CPU).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton")
+
+COVERED = ["mamba", "mamba_block", "vim_bidirectional", "vmamba_ss2d", "s4d_real", "s5_irregular_real"]
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _load(stem, backend, **kw):
+    path = next(p for p in EXAMPLES if p.stem == stem)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ssmc.load(path, backend=backend, **kw)
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def _small(cls):
+    dims = {d: 3 for d, _ in cls.DIMS}
+    for name, kind, info in cls.PARAMS:
+        if kind == "conv_weight" and isinstance(info["K"], str):
+            dims[info["K"]] = 2
+    return dims
+
+
+def _inputs(cls, layer, batch=2, length=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    d = layer.dims
+    if cls.SCAN["order"] == "cross2d":
+        length = d[cls.SCAN["rows"]] * d[cls.SCAN["cols"]]
+    out = {}
+    for i, (name, dims) in enumerate(cls.INPUTS):
+        t = torch.randn((batch, length) + tuple(d[x] for x in dims), generator=g)
+        out[name] = t.abs() + 0.5 if i and not dims else t
+    return out
+
+
+@pytest.mark.parametrize("stem", [s for s in COVERED if any(p.stem == s for p in EXAMPLES)])
+def test_forward_matches_reference(stem):
+    ref, tr = _load(stem, "numpy"), _load(stem, "triton", strict=True)
+    name = ref.__all__[0]
+    R, T = getattr(ref, name), getattr(tr, name)
+    assert T.BACKEND == "triton"
+    dims = _small(R)
+    r, t = R(seed=1, **dims), T(seed=1, **dims)
+    ins = _inputs(R, r)
+    first, *rest = R.INPUTS
+    kw = {n: ins[n] for n, _ in rest}
+    with torch.no_grad():
+        y = t(ins[first[0]], **kw)
+    assert rel(y, r(ins[first[0]].double(), **{k: v.double() for k, v in kw.items()})) < 1e-4
+    if R.SCAN["order"] == "causal":
+        x0 = r.init_state(2)
+        x0 = tuple(torch.randn_like(s) for s in x0) if isinstance(x0, tuple) else torch.randn_like(x0)
+        with torch.no_grad():
+            y_t, last_t = t(ins[first[0]], initial_state=x0, return_state=True, **kw)
+        y_r, last_r = r(ins[first[0]].double(), initial_state=x0, return_state=True,
+                        **{k: v.double() for k, v in kw.items()})
+        assert rel(y_t, y_r) < 1e-4
+        for a, b in zip(last_t if isinstance(last_t, tuple) else (last_t,),
+                        last_r if isinstance(last_r, tuple) else (last_r,)):
+            assert rel(a, b) < 1e-4
+
+
+def test_gradients_run_the_pytorch_path():
+    tr, tm = _load("mamba", "triton", strict=True), _load("mamba", "torch")
+    t, m = tr.Mamba(seed=0, H=3, N=2), tm.Mamba(seed=0, H=3, N=2)
+    u = torch.randn(2, 5, 3, requires_grad=True)
+    gt = torch.autograd.grad(t(u).square().sum(), [u, *t.parameters()])
+    gm = torch.autograd.grad(m(u).square().sum(), [u, *m.parameters()])
+    for a, b in zip(gt, gm):
+        assert rel(a, b) < 1e-5
+
+
+def test_a_spec_beyond_the_backend_falls_back_with_a_notice_or_fails_strictly():
+    ssmc.api._NOTICED.clear()
+    path = next(p for p in EXAMPLES if p.stem == "s4d")
+    with pytest.warns(ssmc.BackendNotice, match="complex state"):
+        mod = ssmc.load(path, backend="triton")
+    assert mod.S4D.BACKEND == "torch"
+    with pytest.raises(ssmc.BackendUnavailable, match="complex state"):
+        ssmc.load(path, backend="triton", strict=True)
+
+
+def test_no_gpu_and_no_interpreter_is_never_silent(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    path = next(p for p in EXAMPLES if p.stem == "mamba")
+    with pytest.raises(ssmc.BackendUnavailable, match="no CUDA GPU"):
+        ssmc.load(path, backend="triton", strict=True)
+    ssmc.api._NOTICED.clear()
+    with pytest.warns(ssmc.BackendNotice, match="unavailable"):
+        mod = ssmc.load(path, backend="triton")
+    assert mod.Mamba.BACKEND == "torch"
+
+
+def test_auto_never_picks_the_interpreter():
+    ssmc.api._NOTICED.clear()
+    with pytest.warns(ssmc.BackendNotice, match="picked 'torch'"):
+        _ = ssmc.load(EXAMPLES[0], backend="auto")
