@@ -10,10 +10,12 @@ expressions printed off the IR. No per-step state is written to memory.
 
 Scope today (others fall back to the PyTorch backend with a notice, or are an error
 with strict=True): diagonal and scalar state matrices (scalar systems in the scan
-form, not yet SSD), real states, the elementwise functions below, reductions over the
-state's last dim. Forward only: where gradients are needed the module runs its
+form: the SSD kernel family is not generated yet), real or complex states, the
+elementwise functions below (on complex values: arithmetic, exp, phi1, re, im, conj,
+abs), reductions over the state's last dim. Forward only: where gradients are needed the module runs its
 PyTorch path. Everything else of the module (scan orders, chaining, cu_seqlens) is
-shared with the PyTorch backend.
+shared with the PyTorch backend. Complex values are pairs of real registers (`_r`, `_i`),
+complex tensors travel as their real views (interleaved real and imaginary parts).
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ _UNARY = {
     "phi1": "tl.where(tl.abs({0}) < 1e-4, 1.0 + ({0}) * (0.5 + ({0}) / 6.0), (tl.exp({0}) - 1.0) / ({0}))",
 }
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+# What complex values (pairs of real registers) support.
+_COMPLEX_OK = ("add", "sub", "mul", "div", "neg", "exp", "phi1", "re", "im", "conj", "abs", "sum", "mean")
 
 
 class Unsupported(SsmcError):
@@ -44,13 +48,11 @@ def _plan(g: Graph, loop: list[int]):
     structure = g.op(sysn).get("structure")
     if structure not in ("diagonal", "scalar"):
         raise Unsupported(f"a {structure} state matrix")
-    if meta["state_complex"]:
-        raise Unsupported("a complex state (complex values as pairs of real registers are not generated yet)")
     sdims = tuple(meta["state_dims"])
     for n in loop:
         o = g.op(n)
-        if g.fact(n, "complex"):
-            raise Unsupported(f"a complex value ({o.kind})")
+        if any(g.fact(i, "complex") for i in g.operands(n)) and o.kind not in _COMPLEX_OK:
+            raise Unsupported(f"{o.kind}() of a complex value")
         if o.kind not in _UNARY and o.kind not in _BINARY and o.kind not in ("sum", "mean", "pow"):
             raise Unsupported(f"{o.kind}() inside the recurrence")
         if o.kind in ("sum", "mean") and [d for d, _ in o.get("dims")] != [sdims[-1]]:
@@ -65,8 +67,6 @@ def supports(compiled) -> tuple[bool, str]:
     from ..torch_backend.codegen import split_loop
     from ..codegen_common import split_body
     for g in compiled.graphs:
-        if "ssd" in g.meta:
-            return False, f"{g.meta['name']}: the SSD kernel family (scalar A) is not generated yet"
         pr = TorchPrinter(g)
         static, token, after = split_body(g)
         _, loop, exits, _ = split_loop(g, pr, token + after)
@@ -116,10 +116,76 @@ class _Kernel:
     def numel(self, dims: tuple) -> str:
         return " * ".join(f"s_{d}" for d in dims) or "1"
 
-    def expr(self, n: int) -> str:
+    def cplx(self, n: int) -> bool:
+        return bool(self.g.fact(n, "complex"))
+
+    def emit(self, n: int, name: str) -> list[str]:
+        """Assignments computing node n into `name` (or `name_r`, `name_i` if complex)."""
+        g = self.g
+        o = g.op(n)
+        k = o.kind
+        ops_ = g.operands(n)
+        if not self.cplx(n) and not any(self.cplx(i) for i in ops_):
+            self.tile[n] = name
+            return [f"{name} = {self.real_expr(n)}"]
+        a = [self.ref(i) for i in ops_]
+        parts = [x if isinstance(x, tuple) else (x, None) for x in a]
+        if not self.cplx(n):
+            # Complex in, real out.
+            (ar, ai), = parts[:1]
+            self.tile[n] = name
+            text = {"re": ar, "im": ai or "0.0", "abs": f"tl.sqrt({ar} * {ar} + {ai} * {ai})"}[k]
+            return [f"{name} = {text}"]
+        r, i = f"{name}_r", f"{name}_i"
+        self.tile[n] = (r, i)
+        if k in ("add", "sub"):
+            (ar, ai), (br, bi) = parts
+            op = "+" if k == "add" else "-"
+            im = f"{ai or '0.0'} {op} {bi or '0.0'}"
+            return [f"{r} = {ar} {op} {br}", f"{i} = {im}"]
+        if k == "mul":
+            (ar, ai), (br, bi) = parts
+            if ai is None or bi is None:
+                s_, (cr, ci) = (ar, (br, bi)) if ai is None else (br, (ar, ai))
+                return [f"{r} = {s_} * {cr}", f"{i} = {s_} * {ci}"]
+            return [f"{r} = {ar} * {br} - {ai} * {bi}", f"{i} = {ar} * {bi} + {ai} * {br}"]
+        if k == "div":
+            (ar, ai), (br, bi) = parts
+            if bi is None:
+                return [f"{r} = {ar} / {br}", f"{i} = {ai} / {br}"]
+            ai = ai or "0.0"
+            return [f"{name}_d = {br} * {br} + {bi} * {bi}",
+                    f"{r} = ({ar} * {br} + {ai} * {bi}) / {name}_d", f"{i} = ({ai} * {br} - {ar} * {bi}) / {name}_d"]
+        (ar, ai) = parts[0]
+        ai = ai or "0.0"
+        if k == "neg":
+            return [f"{r} = -{ar}", f"{i} = -{ai}"]
+        if k == "conj":
+            return [f"{r} = {ar}", f"{i} = -{ai}"]
+        if k == "exp":
+            return [f"{name}_m = tl.exp({ar})", f"{r} = {name}_m * tl.cos({ai})", f"{i} = {name}_m * tl.sin({ai})"]
+        if k == "phi1":
+            # (exp(z) - 1) / z, and its series 1 + z/2 + z^2/6 where |z| is small.
+            return [f"{name}_m = tl.exp({ar})",
+                    f"{name}_er = {name}_m * tl.cos({ai}) - 1.0", f"{name}_ei = {name}_m * tl.sin({ai})",
+                    f"{name}_d = {ar} * {ar} + {ai} * {ai}",
+                    f"{name}_small = {name}_d < 1e-8",
+                    f"{name}_q = tl.where({name}_small, 1.0, {name}_d)",
+                    f"{r} = tl.where({name}_small, 1.0 + 0.5 * {ar} + ({ar} * {ar} - {ai} * {ai}) / 6.0, "
+                    f"({name}_er * {ar} + {name}_ei * {ai}) / {name}_q)",
+                    f"{i} = tl.where({name}_small, 0.5 * {ai} + {ar} * {ai} / 3.0, "
+                    f"({name}_ei * {ar} - {name}_er * {ai}) / {name}_q)"]
+        if k in ("sum", "mean"):
+            div = "" if k == "sum" else f" / s_{self.col}"
+            return [f"{r} = tl.sum({ar}, axis=1)[:, None]{div}", f"{i} = tl.sum({ai}, axis=1)[:, None]{div}"]
+        raise Unsupported(f"{k}() of a complex value")
+
+    def real_expr(self, n: int) -> str:
         g = self.g
         o = g.op(n)
         ins = [self.ref(i) for i in g.operands(n)]
+        if o.kind in ("im",):
+            return "0.0"
         if o.kind in _UNARY:
             return _UNARY[o.kind].format(ins[0])
         if o.kind in _BINARY:
@@ -132,13 +198,28 @@ class _Kernel:
         total = f"tl.sum({ins[0]}, axis=1)[:, None]"
         return total if o.kind == "sum" else f"{total} / s_{self.col}"
 
-    def ref(self, n: int) -> str:
+    def ref(self, n: int):
         o = self.g.op(n)
         if o.kind == "const":
-            return repr(float(o.get("value")))
+            v = o.get("value")
+            return (repr(float(v.real)), repr(float(v.imag))) if isinstance(v, complex) else repr(float(v))
         if o.kind == "dim":
             return f"s_{o.get('name')}"
         return self.tile[n]
+
+    def load(self, ptr: str, offset: str, mask: str, name: str, n: int) -> list[str]:
+        if self.cplx(n):
+            self.tile[n] = (f"{name}_r", f"{name}_i")
+            return [f"{name}_r = tl.load({ptr} + 2 * ({offset}), mask={mask}, other=0.0)",
+                    f"{name}_i = tl.load({ptr} + 2 * ({offset}) + 1, mask={mask}, other=0.0)"]
+        self.tile[n] = name
+        return [f"{name} = tl.load({ptr} + {offset}, mask={mask}, other=0.0)"]
+
+    def store(self, ptr: str, offset: str, value, mask: str) -> list[str]:
+        if isinstance(value, tuple):
+            return [f"tl.store({ptr} + 2 * ({offset}), {value[0]}, mask={mask})",
+                    f"tl.store({ptr} + 2 * ({offset}) + 1, {value[1]}, mask={mask})"]
+        return [f"tl.store({ptr} + {offset}, {value}, mask={mask})"]
 
     def source(self) -> tuple[list[str], list[str]]:
         """(kernel lines at module level, launch lines inside _direction)."""
@@ -174,43 +255,73 @@ class _Kernel:
             inner = " * ".join(f"s_{e}" for e in self.rows[j + 1:])
             k(f"    i_{d} = " + (f"(rows // ({inner})) % s_{d}" if inner else f"rows % s_{d}"))
         both = self.mask(self.sdims)
-        k(f"    x = tl.load(x0 + b * {self.numel(self.sdims)} + {self.index(self.sdims)}, mask={both}, other=0.0)")
+        sx = self.numel(self.sdims)
+        xc = bool(meta["state_complex"])
+        xoff = f"b * {sx} + {self.index(self.sdims)}"
+        if xc:
+            k(f"    x_r = tl.load(x0 + 2 * ({xoff}), mask={both}, other=0.0)")
+            k(f"    x_i = tl.load(x0 + 2 * ({xoff}) + 1, mask={both}, other=0.0)")
+        else:
+            k(f"    x = tl.load(x0 + {xoff}, mask={both}, other=0.0)")
         for name, n in zip(sts, self.statics):
-            self.tile[n] = f"{name}_v"
             lay = pr.lay(n)
-            k(f"    {name}_v = tl.load({name} + {self.index(lay)}, mask={self.mask(lay)}, other=0.0)")
+            for line in self.load(name, self.index(lay), self.mask(lay), f"{name}_v", n):
+                k("    " + line)
         k("    for t in range(L):")
         for name, n in zip(ins, self.needed):
             lay = pr.lay(n)
-            self.tile[n] = f"{name}_t"
-            k(f"        {name}_t = tl.load({name} + (b * L + t) * {self.numel(lay)} + {self.index(lay)}, "
-              f"mask={self.mask(lay)}, other=0.0)")
+            for line in self.load(name, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
+                                  f"{name}_t", n):
+                k("        " + line)
         before = [n for n in self.loop if state not in g.ancestors(n)]
         after = [n for n in self.loop if state in g.ancestors(n)]
         for n in before:
-            self.tile[n] = f"v{pr.num[n]}"
-            k(f"        v{pr.num[n]} = {self.expr(n)}  # {pr.var(n)} [" + ", ".join(g.fact(n, 'dims')) + "]")
-        k(f"        x = {self.ref(abar)} * x + {self.ref(ebar)}  # the update, in registers")
-        self.tile[state] = "x"
+            k(f"        # {pr.var(n)} [" + ", ".join(g.fact(n, 'dims')) + "]")
+            for line in self.emit(n, f"v{pr.num[n]}"):
+                k("        " + line)
+        a, e = self.ref(abar), self.ref(ebar)
+        k("        # the update, in registers")
+        if xc:
+            ar, ai = a if isinstance(a, tuple) else (a, None)
+            er, ei = e if isinstance(e, tuple) else (e, "0.0")
+            if ai is None:
+                k(f"        x_r, x_i = {ar} * x_r + {er}, {ar} * x_i + {ei}")
+            else:
+                k(f"        x_r, x_i = {ar} * x_r - {ai} * x_i + {er}, {ar} * x_i + {ai} * x_r + {ei}")
+            self.tile[state] = ("x_r", "x_i")
+        else:
+            k(f"        x = {a} * x + {e}")
+            self.tile[state] = "x"
         for n in after:
-            self.tile[n] = f"v{pr.num[n]}"
-            k(f"        v{pr.num[n]} = {self.expr(n)}  # {pr.var(n)} [" + ", ".join(g.fact(n, 'dims')) + "]")
+            k(f"        # {pr.var(n)} [" + ", ".join(g.fact(n, 'dims')) + "]")
+            for line in self.emit(n, f"v{pr.num[n]}"):
+                k("        " + line)
         for name, n in zip(outs, self.exits):
             lay = pr.lay(n)
-            k(f"        tl.store({name} + (b * L + t) * {self.numel(lay)} + {self.index(lay)}, {self.tile[n]}, "
-              f"mask={self.mask(lay)})")
-        k(f"    tl.store(xf + b * {self.numel(self.sdims)} + {self.index(self.sdims)}, x, mask={both})")
+            for line in self.store(name, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.tile[n],
+                                   self.mask(lay)):
+                k("        " + line)
+        for line in self.store("xf", xoff, ("x_r", "x_i") if xc else "x", both):
+            k("    " + line)
         # The launch, inside _direction.
         H = []
         h = H.append
         h("            # the recurrence fused into one Triton kernel, the state in registers")
         for n in self.exits:
             shape = "(_B, _L, " + "".join(f"{d}, " for d in pr.lay(n)) + ")"
-            h(f"            _e{pr.num[n]} = [torch.empty({shape}, dtype=_dt, device=_dev)]")
+            dtype = "rt.torch_module.complex_of(_dt)" if self.cplx(n) else "_dt"
+            h(f"            _e{pr.num[n]} = [torch.empty({shape}, dtype={dtype}, device=_dev)]")
         h("            _xf = torch.empty_like(_x)")
         rows = " * ".join(self.rows) or "1"
-        tensors = ["_x", "_xf"] + [pr.var(n) for n in self.needed] \
-            + [f"ops.as_tensor({pr.var(n)}, _dt, _dev)" for n in self.statics] + [f"_e{pr.num[n]}[0]" for n in self.exits]
+
+        def arg(text: str, n=None, complex_=False) -> str:
+            # Complex tensors travel as real views: real and imaginary parts interleaved.
+            return f"ops.real_view({text})" if (complex_ or (n is not None and self.cplx(n))) else text
+
+        xc = bool(g.meta["state_complex"])
+        tensors = [arg("_x", complex_=xc), arg("_xf", complex_=xc)] + [arg(pr.var(n), n) for n in self.needed] \
+            + [arg(f"ops.as_tensor({pr.var(n)}, _dt, _dev)", n) for n in self.statics] \
+            + [arg(f"_e{pr.num[n]}[0]", n) for n in self.exits]
         h(f"            self._launch({self.name}, _B, {rows}, {self.col}, [{', '.join(tensors)}], "
           f"[_L, {', '.join(sizes)}])")
         h("            _x = _xf")
@@ -229,8 +340,14 @@ def render(compiled) -> str:
         kernels.append("\n".join(kern))
         return launch
 
-    classes = [render_class(g, fused_loop=fused).replace("(rt.TorchModule):", "(rt.triton_module.TritonModule):", 1)
-               for g in compiled.graphs]
+    classes = []
+    for g in compiled.graphs:
+        if "ssd" in g.meta:
+            # No SSD kernel family yet: scalar systems run the scan kernel (state in registers).
+            g = g.copy()
+            del g.meta["ssd"]
+        classes.append(render_class(g, fused_loop=fused).replace("(rt.TorchModule):",
+                                                                 "(rt.triton_module.TritonModule):", 1))
     head = module_header(compiled, "triton", "fused Triton kernels; PyTorch for gradients",
                          ("from ssmc.runtime import torch_ops as ops", "import ssmc.runtime.triton_module",
                           "import triton", "import triton.language as tl"))

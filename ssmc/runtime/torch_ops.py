@@ -381,4 +381,11 @@ def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
 def as_tensor(v, dtype, device):
     """A static value as a contiguous tensor of the compute dtype (scalars become 0-d)."""
     t = torch.as_tensor(v, device=device)
-    return t.to(dtype if not t.is_complex() else t.dtype).contiguous()
+    if t.is_complex():
+        return t.to(torch.complex128 if dtype == torch.float64 else torch.complex64).contiguous()
+    return t.to(dtype).contiguous()
+
+
+def real_view(t):
+    """A complex tensor as its real view [..., 2] (for kernels that keep pairs of real registers)."""
+    return torch.view_as_real(t.resolve_conj().contiguous())

@@ -21,7 +21,17 @@ from ..conftest import EXAMPLES
 os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
-COVERED = ["mamba", "mamba_block", "vim_bidirectional", "vmamba_ss2d", "s4d_real", "s5_irregular_real"]
+COVERED = ["mamba", "mamba2", "mamba_block", "vim_bidirectional", "vmamba_ss2d", "s4d_real", "s4d", "s4d_inv", "dss"]
+# Beyond the kernel today, and why: these run the PyTorch backend (with a notice).
+BEYOND = {"lssl": "dense state matrix", "s4": "dplr state matrix", "s5": "dims outside the state",
+          "s5_irregular": "dims outside the state", "lru": "dims outside the state"}
+
+
+@pytest.mark.parametrize("stem", sorted(BEYOND))
+def test_examples_beyond_the_kernel_say_why(stem):
+    path = next(p for p in EXAMPLES if p.stem == stem)
+    with pytest.raises(ssmc.BackendUnavailable, match=BEYOND[stem]):
+        ssmc.load(path, backend="triton", strict=True)
 
 
 @pytest.fixture(autouse=True)
@@ -99,11 +109,11 @@ def test_gradients_run_the_pytorch_path():
 
 def test_a_spec_beyond_the_backend_falls_back_with_a_notice_or_fails_strictly():
     ssmc.api._NOTICED.clear()
-    path = next(p for p in EXAMPLES if p.stem == "s4d")
-    with pytest.warns(ssmc.BackendNotice, match="complex state"):
+    path = next(p for p in EXAMPLES if p.stem == "lssl")
+    with pytest.warns(ssmc.BackendNotice, match="dense state matrix"):
         mod = ssmc.load(path, backend="triton")
-    assert mod.S4D.BACKEND == "torch"
-    with pytest.raises(ssmc.BackendUnavailable, match="complex state"):
+    assert mod.LSSL.BACKEND == "torch"
+    with pytest.raises(ssmc.BackendUnavailable, match="dense state matrix"):
         ssmc.load(path, backend="triton", strict=True)
 
 
