@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import SpecError, SsmcError
+from .errors import SsmcError
 
 BACKENDS = ("auto", "torch", "triton", "numpy")
 

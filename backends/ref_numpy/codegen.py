@@ -69,7 +69,7 @@ def render_class(g: Graph) -> str:
         (("B", "L") if g.fact(ebar, "time") == "token" else ()) + sdims) + "]")
     at = "[:, _t]" if g.fact(abar, "time") == "token" else ""
     et = "[:, _t]" if g.fact(ebar, "time") == "token" else ""
-    w(f"        _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))")
+    w("        _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))")
     w("        for _t in range(_L):")
     if matrix:
         w(f"            _x = rt.matvec(_Abar{at}, _x) + _Ebar{et}")

@@ -69,7 +69,7 @@ def _rational(expr: sp.Expr) -> tuple[tuple, tuple]:
     num, den = sp.fraction(sp.together(expr))
     pn, pd = sp.Poly(num, z), sp.Poly(den, z)
     if pn.degree() > 1 or pd.degree() > 1:
-        raise NotImplementedError(f"no lowering for {expr}")
+        raise AssertionError(f"discretize: {expr} is not a ratio of degree-1 polynomials in z")
     c = pd.coeff_monomial(1) if pd.coeff_monomial(1) != 0 else pd.coeff_monomial(z)
     return (tuple(float(pn.coeff_monomial(m) / c) for m in (1, z)),
             tuple(float(pd.coeff_monomial(m) / c) for m in (1, z)))

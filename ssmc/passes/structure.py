@@ -84,7 +84,7 @@ def check_structure(g: Graph) -> Graph:
                          f"it must broadcast to the state's dims {fmt(sdims)}; reduce the matrix with sum(...)"))
     if g.fact(e, "complex") and not scomplex:
         raise _err(g, f"the input term is complex but the state '{sname}' is real", espan,
-                   hint=f"declare the state complex or take re(...)")
+                   hint="declare the state complex or take re(...)")
     if g.op(sysn).kind == "dynamics":
         step = ops[2]
         sd = g.fact(step, "dims")

@@ -54,7 +54,7 @@ def time_of(g: Graph, n: int, init_nodes) -> tuple[str, bool]:
         cplx = any(g.fact(i, "complex") for i in ins)
     if k in REAL_ONLY and cplx:
         raise _err(g, f"{k}() needs a real argument, but this one is complex", o.span,
-                   hint=f"take re(...) or abs(...) first")
+                   hint="take re(...) or abs(...) first")
     if k == "conv" and g.fact(ins[0], "time") != "token":
         raise _err(g, "conv() runs along time, so its argument must be per-token", o.span,
                    hint="apply it to an expression of an input")

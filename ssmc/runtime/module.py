@@ -14,42 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..dims import eval_dim
 from ..errors import ShapeError
 from . import initializers as _init
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def eval_dim(tree, env) -> Fraction:
-    kind = tree[0]
-    if kind == "num":
-        return Fraction(tree[1])
-    if kind == "dim":
-        return Fraction(env[tree[1]])
-    if kind == "neg":
-        return -eval_dim(tree[1], env)
-    a = [eval_dim(t, env) for t in tree[1:]]
-    if kind == "add":
-        return a[0] + a[1]
-    if kind == "sub":
-        return a[0] - a[1]
-    if kind == "mul":
-        return a[0] * a[1]
-    if kind == "div":
-        if a[1] == 0:
-            raise ZeroDivisionError
-        return a[0] / a[1]
-    if kind == "pow":
-        return a[0] ** int(a[1])
-    if kind == "ceil":
-        return Fraction(math.ceil(a[0]))
-    if kind == "floor":
-        return Fraction(math.floor(a[0]))
-    if kind == "min":
-        return min(a)
-    if kind == "max":
-        return max(a)
-    raise ValueError(kind)
 
 
 def resolve_dims(cls, given: dict) -> dict[str, int]:
@@ -71,6 +40,8 @@ def resolve_dims(cls, given: dict) -> dict[str, int]:
                 v = eval_dim(tree, env)
             except ZeroDivisionError:
                 raise ValueError(f"{cls.__name__}(): dim {name} divides by zero with {env}") from None
+            except OverflowError:
+                raise ValueError(f"{cls.__name__}(): dim {name} is too large with {env}") from None
             if v.denominator != 1:
                 raise ValueError(f"{cls.__name__}(): dim {name} = {v} is not an integer with {env}")
         if v <= 0:
