@@ -239,3 +239,27 @@ def split_body(g: Graph) -> tuple[list[int], list[int], list[int]]:
     static = [n for n in before if g.fact(n, "time") != "token"]
     token = [n for n in before if g.fact(n, "time") == "token"]
     return static, token, after
+
+
+def direction_prologue(g: Graph, pr: Printer, zeros: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The start of `_direction`: dims, params and inputs as locals, the entering state.
+
+    `zeros` formats the zero state from `{shape}` and `{complex}` (whether the state is
+    complex); `extra` lines follow the batch and length.
+    """
+    meta = g.meta
+    sdims = tuple(meta["state_dims"])
+    inputs = tuple((g.op(i).get("name"), tuple(g.fact(i, "dims"))) for i in meta["inputs"])
+    L = ["", "    def _direction(self, p, d, inputs, state, need_final=True):",
+         "        # One causal pass over the sequence (already reordered for this direction).",
+         f"        {dims_locals(g)}"]
+    L += [f"        {name} = p[{name!r}]" for name in param_names(g)]
+    L += [f"        {name} = inputs[{name!r}]  # [" + ", ".join(("B", "L") + dims) + "]" for name, dims in inputs]
+    first = inputs[0][0]
+    L.append(f"        _B, _L = {first}.shape[0], {first}.shape[1]")
+    L += [f"        {line}" for line in extra]
+    shape = "(_B, " + "".join(f"{d}, " for d in sdims) + ")"
+    L.append("        _x = state[0] if state is not None else "
+             + zeros.format(shape=shape, complex=bool(meta["state_complex"])))
+    L.append(f"        tails = list(state[1:]) if state is not None else [None] * {len(pr.convs)}")
+    return L

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from ...ir import functions as F
 from ...ir.graph import Graph
-from ..codegen_common import (NumpyPrinter, class_header, dims_locals, init_methods, module_header, param_names,
-                              split_body)
+from ..codegen_common import NumpyPrinter, class_header, direction_prologue, init_methods, module_header, split_body
 
 
 def render_class(g: Graph) -> str:
@@ -32,21 +31,8 @@ def render_class(g: Graph) -> str:
     w = L.append
     L.extend(init_methods(g))
     static, token, after = split_body(g)
-    inputs = tuple((g.op(i).get("name"), tuple(g.fact(i, "dims"))) for i in meta["inputs"])
-    w("")
-    w("    def _direction(self, p, d, inputs, state, need_final=True):")
-    w("        # One causal pass over the sequence (already reordered for this direction).")
-    w(f"        {dims_locals(g)}")
-    for pname in param_names(g):
-        w(f"        {pname} = p[{pname!r}]")
-    for iname, idims in inputs:
-        w(f"        {iname} = inputs[{iname!r}]  # [" + ", ".join(("B", "L") + idims) + "]")
-    first = inputs[0][0]
-    w(f"        _B, _L = {first}.shape[0], {first}.shape[1]")
     dtype = "np.complex128" if meta["state_complex"] else "np.float64"
-    shape = "(_B, " + "".join(f"{d}, " for d in sdims) + ")"
-    w(f"        _x = state[0] if state is not None else np.zeros({shape}, dtype={dtype})")
-    w(f"        tails = list(state[1:]) if state is not None else [None] * {len(pr.convs)}")
+    L.extend(direction_prologue(g, pr, "np.zeros({shape}, dtype=" + dtype + ")"))
     if static:
         w("        # static values")
         for n in static:

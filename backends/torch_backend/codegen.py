@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ...ir import functions as F
 from ...ir.graph import Graph
-from ..codegen_common import BINARY, Printer, class_header, dims_locals, init_methods, module_header, param_names, \
+from ..codegen_common import BINARY, Printer, class_header, direction_prologue, init_methods, module_header, \
     split_body, tag
 
 
@@ -185,22 +185,10 @@ def render_class(g: Graph, fused_loop=None) -> str:
     L.extend(init_methods(g))
     static, token, after = split_body(g)
     pre, loop, exits, post = split_loop(g, pr, token + after)
-    inputs = tuple((g.op(i).get("name"), tuple(g.fact(i, "dims"))) for i in meta["inputs"])
-    w("")
-    w("    def _direction(self, p, d, inputs, state, need_final=True):")
-    w("        # One causal pass over the sequence (already reordered for this direction).")
-    w(f"        {dims_locals(g)}")
-    for pname in param_names(g):
-        w(f"        {pname} = p[{pname!r}]")
-    for iname, idims in inputs:
-        w(f"        {iname} = inputs[{iname!r}]  # [" + ", ".join(("B", "L") + idims) + "]")
-    first = inputs[0][0]
-    w(f"        _B, _L = {first}.shape[0], {first}.shape[1]")
-    w(f"        _dt, _dev = {first}.dtype, {first}.device")
     xdtype = "rt.torch_module.complex_of(_dt)" if meta["state_complex"] else "_dt"
-    shape = "(_B, " + "".join(f"{d}, " for d in sdims) + ")"
-    w(f"        _x = state[0] if state is not None else torch.zeros({shape}, dtype={xdtype}, device=_dev)")
-    w(f"        tails = list(state[1:]) if state is not None else [None] * {len(pr.convs)}")
+    first = g.op(meta["inputs"][0]).get("name")
+    L.extend(direction_prologue(g, pr, "torch.zeros({shape}, dtype=" + xdtype + ", device=_dev)",
+                                (f"_dt, _dev = {first}.dtype, {first}.device",)))
     if static:
         w("        # static values")
         for n in static:
