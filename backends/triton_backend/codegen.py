@@ -12,7 +12,9 @@ Scope today (others fall back to the PyTorch backend with a notice, or are an er
 with strict=True): diagonal and scalar state matrices (scalar systems in the scan
 form: the SSD kernel family is not generated yet), real or complex states, the
 elementwise functions below (on complex values: arithmetic, exp, phi1, re, im, conj,
-abs), reductions over the state's last dim. Forward only: where gradients are needed the module runs its
+abs), reductions over the state's last dim. Values over dims beyond the state's are
+computed in torch: before the launch when they do not read the state (S5's
+sum(B * u, H)); otherwise the kernel hands over every state and torch reads them out. Forward only: where gradients are needed the module runs its
 PyTorch path. Everything else of the module (scan orders, chaining, cu_seqlens) is
 shared with the PyTorch backend. Complex values are pairs of real registers (`_r`, `_i`),
 complex tensors travel as their real views (interleaved real and imaginary parts).
@@ -41,6 +43,32 @@ class Unsupported(SsmcError):
     """The spec uses something the Triton backend does not generate yet."""
 
 
+def _host_side(g: Graph, loop: list[int]) -> set[int]:
+    """Loop values the kernel cannot hold in its state-shaped tile (dims outside the state's,
+    as S5's B * u over [P, H] before sum(.., H)): torch computes them, and what they need,
+    over the whole sequence before the launch. They must not depend on the state."""
+    sdims = set(g.meta["state_dims"])
+    state = g.meta["state"]
+    inside = set(loop)
+    host: set[int] = set()
+    for n in loop:
+        if not set(g.fact(n, "dims")) <= sdims:
+            if state in g.ancestors(n):
+                # A readout that mixes beyond the state's dims (S5's sum(C * x, P) with C[H, P]):
+                # the kernel hands over every state and torch reads them out.
+                host |= {m for m in loop if state in g.ancestors(m)}
+                continue
+            host.add(n)
+            host |= {a for a in g.ancestors(n) if a in inside}
+    # What reads only host values and not the state can be computed there too.
+    for n in loop:
+        if n not in host and state not in g.ancestors(n) and g.operands(n) \
+                and all(i in host or i not in inside for i in g.operands(n)) \
+                and any(i in host for i in g.operands(n)):
+            host.add(n)
+    return host
+
+
 def _plan(g: Graph, loop: list[int]):
     """Check the loop can be one kernel; return (state dims, row dims, column dim)."""
     meta = g.meta
@@ -49,7 +77,8 @@ def _plan(g: Graph, loop: list[int]):
     if structure not in ("diagonal", "scalar"):
         raise Unsupported(f"a {structure} state matrix")
     sdims = tuple(meta["state_dims"])
-    for n in loop:
+    host = _host_side(g, loop)
+    for n in [n for n in loop if n not in host]:
         o = g.op(n)
         if any(g.fact(i, "complex") for i in g.operands(n)) and o.kind not in _COMPLEX_OK:
             raise Unsupported(f"{o.kind}() of a complex value")
@@ -57,8 +86,6 @@ def _plan(g: Graph, loop: list[int]):
             raise Unsupported(f"{o.kind}() inside the recurrence")
         if o.kind in ("sum", "mean") and [d for d, _ in o.get("dims")] != [sdims[-1]]:
             raise Unsupported(f"{o.kind}() over dims other than the state's last")
-        if not set(g.fact(n, "dims")) <= set(sdims):
-            raise Unsupported("a value inside the recurrence with dims outside the state's")
     return sdims, sdims[:-1], sdims[-1]
 
 
@@ -86,6 +113,20 @@ class _Kernel:
     def __init__(self, g: Graph, pr: TorchPrinter, needed, loop, exits):
         self.g, self.pr = g, pr
         self.sdims, self.rows, self.col = _plan(g, loop)
+        host = _host_side(g, loop)
+        state = g.meta["state"]
+        # Values computed in torch before the launch, and (readout on the host) after it.
+        self.host = [n for n in loop if n in host and state not in g.ancestors(n)]
+        self.host_after = [n for n in loop if n in host and state in g.ancestors(n)]
+        loop = [n for n in loop if n not in host]
+        self.orig_exits = exits
+        if self.host_after:
+            exits = [state]
+        sysn = g.meta["system"]
+        reads = {i for n in loop for i in g.operands(n)} | set(g.operands(sysn))
+        # The kernel reads only what its own loop and the update read.
+        needed = sorted({n for n in set(needed) | set(self.host) if n in reads and g.fact(n, "time") == "token"},
+                        key=pr.num.get)
         self.needed, self.loop, self.exits = needed, loop, exits
         self.name = f"_{g.meta['name']}_loop"
         self.tile: dict[int, str] = {}
@@ -115,6 +156,9 @@ class _Kernel:
 
     def numel(self, dims: tuple) -> str:
         return " * ".join(f"s_{d}" for d in dims) or "1"
+
+    def lay(self, n: int) -> tuple:
+        return tuple(self.sdims) if n == self.g.meta["state"] else self.pr.lay(n)
 
     def cplx(self, n: int) -> bool:
         return bool(self.g.fact(n, "complex"))
@@ -227,7 +271,7 @@ class _Kernel:
         meta = g.meta
         state = meta["state"]
         abar, ebar = g.operands(meta["system"])
-        sizes = sorted({d for n in self.needed + self.statics + self.exits + self.loop for d in pr.lay(n)}
+        sizes = sorted({d for n in self.needed + self.statics + self.exits + self.loop for d in self.lay(n)}
                        | set(self.sdims))
         ins = [f"in{k}" for k in range(len(self.needed))]
         sts = [f"st{k}" for k in range(len(self.statics))]
@@ -242,7 +286,7 @@ class _Kernel:
         for name, n in zip(sts, self.statics):
             k(f"    {name},  # {pr.var(n)}: [" + ", ".join(pr.lay(n)) + "]")
         for name, n in zip(outs, self.exits):
-            k(f"    {name},  # {pr.var(n)}: [B, L, " + ", ".join(pr.lay(n)) + "]")
+            k(f"    {name},  # {pr.var(n)}: [B, L, " + ", ".join(self.lay(n)) + "]")
         k("    L, " + ", ".join(f"s_{d}" for d in sizes) + ",")
         k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,")
         k("):")
@@ -297,7 +341,7 @@ class _Kernel:
             for line in self.emit(n, f"v{pr.num[n]}"):
                 k("        " + line)
         for name, n in zip(outs, self.exits):
-            lay = pr.lay(n)
+            lay = self.lay(n)
             for line in self.store(name, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.tile[n],
                                    self.mask(lay)):
                 k("        " + line)
@@ -306,9 +350,15 @@ class _Kernel:
         # The launch, inside _direction.
         H = []
         h = H.append
+        if self.host:
+            h("            # values over dims beyond the state's, for the whole sequence, in torch")
+            for n in self.host:
+                line = pr.line(n)
+                if line:
+                    h(f"            {line}")
         h("            # the recurrence fused into one Triton kernel, the state in registers")
         for n in self.exits:
-            shape = "(_B, _L, " + "".join(f"{d}, " for d in pr.lay(n)) + ")"
+            shape = "(_B, _L, " + "".join(f"{d}, " for d in self.lay(n)) + ")"
             dtype = "rt.torch_module.complex_of(_dt)" if self.cplx(n) else "_dt"
             h(f"            _e{pr.num[n]} = [torch.empty({shape}, dtype={dtype}, device=_dev)]")
         h("            _xf = torch.empty_like(_x)")
@@ -325,6 +375,16 @@ class _Kernel:
         h(f"            self._launch({self.name}, _B, {rows}, {self.col}, [{', '.join(tensors)}], "
           f"[_L, {', '.join(sizes)}])")
         h("            _x = _xf")
+        if self.host_after:
+            sname = g.op(state).get("name")
+            h("            # the readout, in torch, from every state the kernel handed over")
+            h(f"            {sname} = _e{pr.num[state]}[0]  # [B, L, " + ", ".join(self.sdims) + "]")
+            for n in self.host_after:
+                line = pr.line(n)
+                if line:
+                    h(f"            {line}")
+            for n in self.orig_exits:
+                h(f"            _e{pr.num[n]} = [{pr.var(n)}]")
         return K, H
 
 

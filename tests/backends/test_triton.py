@@ -21,10 +21,10 @@ from ..conftest import EXAMPLES
 os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
-COVERED = ["mamba", "mamba2", "mamba_block", "vim_bidirectional", "vmamba_ss2d", "s4d_real", "s4d", "s4d_inv", "dss"]
+COVERED = ["mamba", "mamba2", "mamba_block", "vim_bidirectional", "vmamba_ss2d", "s4d_real", "s4d", "s4d_inv", "dss",
+           "s5", "s5_irregular", "lru"]
 # Beyond the kernel today, and why: these run the PyTorch backend (with a notice).
-BEYOND = {"lssl": "dense state matrix", "s4": "dplr state matrix", "s5": "dims outside the state",
-          "s5_irregular": "dims outside the state", "lru": "dims outside the state"}
+BEYOND = {"lssl": "dense state matrix", "s4": "dplr state matrix"}
 
 
 @pytest.mark.parametrize("stem", sorted(BEYOND))
