@@ -9,8 +9,10 @@ the discretization, the update, the readout and whatever else the loop computed,
 expressions printed off the IR. No per-step state is written to memory.
 
 Scope today (others fall back to the PyTorch backend with a notice, or are an error
-with strict=True): diagonal and scalar state matrices (scalar systems in the scan
-form: the SSD kernel family is not generated yet), real or complex states, the
+with strict=True): every structure (diagonal and scalar elementwise, scalar systems
+in the scan form as the SSD kernel family is not generated yet; dense, DPLR and
+block-diagonal as a matrix-vector update on a [BLOCK_P, BLOCK_N, BLOCK_N] tile, their
+discretized matrices made in torch), real or complex states, the
 elementwise functions below (on complex values: arithmetic, exp, phi1, re, im, conj,
 abs), reductions over the state's last dim. Values over dims beyond the state's are
 computed in torch: before the launch when they do not read the state (S5's
@@ -35,6 +37,7 @@ _UNARY = {
     "phi1": "tl.where(tl.abs({0}) < 1e-4, 1.0 + ({0}) * (0.5 + ({0}) / 6.0), (tl.exp({0}) - 1.0) / ({0}))",
 }
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_HOST_KINDS = ("solve", "expm", "phi1m", "matvec", "dplr", "blockdiag", "eye", "linear", "conv")
 # What complex values (pairs of real registers) support.
 _COMPLEX_OK = ("add", "sub", "mul", "div", "neg", "exp", "phi1", "re", "im", "conj", "abs", "sum", "mean")
 
@@ -52,7 +55,14 @@ def _host_side(g: Graph, loop: list[int]) -> set[int]:
     inside = set(loop)
     host: set[int] = set()
     for n in loop:
-        if not set(g.fact(n, "dims")) <= sdims:
+        dims = g.fact(n, "dims")
+        # Square matrices and matrix functions (dense, DPLR, block-diagonal systems) are made in torch.
+        matrix = len(set(dims)) != len(dims) or g.op(n).kind in _HOST_KINDS
+        if matrix and state not in g.ancestors(n):
+            host.add(n)
+            host |= {a for a in g.ancestors(n) if a in inside}
+            continue
+        if not set(dims) <= sdims:
             if state in g.ancestors(n):
                 # A readout that mixes beyond the state's dims (S5's sum(C * x, P) with C[H, P]):
                 # the kernel hands over every state and torch reads them out.
@@ -73,9 +83,6 @@ def _plan(g: Graph, loop: list[int]):
     """Check the loop can be one kernel; return (state dims, row dims, column dim)."""
     meta = g.meta
     sysn = meta["system"]
-    structure = g.op(sysn).get("structure")
-    if structure not in ("diagonal", "scalar"):
-        raise Unsupported(f"a {structure} state matrix")
     sdims = tuple(meta["state_dims"])
     host = _host_side(g, loop)
     for n in [n for n in loop if n not in host]:
@@ -113,6 +120,7 @@ class _Kernel:
     def __init__(self, g: Graph, pr: TorchPrinter, needed, loop, exits):
         self.g, self.pr = g, pr
         self.sdims, self.rows, self.col = _plan(g, loop)
+        self.matrix = g.op(g.meta["system"]).get("structure") in ("dense", "dplr", "block_diagonal")
         host = _host_side(g, loop)
         state = g.meta["state"]
         # Values computed in torch before the launch, and (readout on the host) after it.
@@ -156,6 +164,10 @@ class _Kernel:
 
     def numel(self, dims: tuple) -> str:
         return " * ".join(f"s_{d}" for d in dims) or "1"
+
+    def is_matrix(self, n: int) -> bool:
+        dims = self.g.fact(n, "dims")
+        return len(set(dims)) != len(dims)
 
     def lay(self, n: int) -> tuple:
         return tuple(self.sdims) if n == self.g.meta["state"] else self.pr.lay(n)
@@ -251,6 +263,25 @@ class _Kernel:
             return f"s_{o.get('name')}"
         return self.tile[n]
 
+    def matrix_load(self, ptr: str, base: str, name: str, n: int) -> list[str]:
+        """A square matrix over the state's last dim as a [BLOCK_P, BLOCK_N, BLOCK_N] tile."""
+        lay = self.lay(n)
+        lead = lay[:-2]
+        col = self.col
+        terms = []
+        for j, d in enumerate(lead):
+            stride = " * ".join([f"s_{e}" for e in lead[j + 1:]] + [f"s_{col}", f"s_{col}"])
+            terms.append(f"i_{d}[:, :, None] * {stride}")
+        terms += [f"i_{col}[:, :, None] * s_{col}", "i_k3"]
+        offset = f"{base} + " + " + ".join(terms)
+        mask = ("m_rows[:, :, None] & " if lead else "") + "m_cols[:, :, None] & (i_k3 < s_" + col + ")"
+        if self.cplx(n):
+            self.tile[n] = (f"{name}_r", f"{name}_i")
+            return [f"{name}_r = tl.load({ptr} + 2 * ({offset}), mask={mask}, other=0.0)",
+                    f"{name}_i = tl.load({ptr} + 2 * ({offset}) + 1, mask={mask}, other=0.0)"]
+        self.tile[n] = name
+        return [f"{name} = tl.load({ptr} + {offset}, mask={mask}, other=0.0)"]
+
     def load(self, ptr: str, offset: str, mask: str, name: str, n: int) -> list[str]:
         if self.cplx(n):
             self.tile[n] = (f"{name}_r", f"{name}_i")
@@ -307,15 +338,23 @@ class _Kernel:
             k(f"    x_i = tl.load(x0 + 2 * ({xoff}) + 1, mask={both}, other=0.0)")
         else:
             k(f"    x = tl.load(x0 + {xoff}, mask={both}, other=0.0)")
+        if self.matrix:
+            k(f"    i_k3 = tl.arange(0, BLOCK_N)[None, None, :]")
         for name, n in zip(sts, self.statics):
             lay = pr.lay(n)
-            for line in self.load(name, self.index(lay), self.mask(lay), f"{name}_v", n):
+            loader = (self.matrix_load(name, "0", f"{name}_v", n) if self.is_matrix(n)
+                      else self.load(name, self.index(lay), self.mask(lay), f"{name}_v", n))
+            for line in loader:
                 k("    " + line)
         k("    for t in range(L):")
         for name, n in zip(ins, self.needed):
             lay = pr.lay(n)
-            for line in self.load(name, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
-                                  f"{name}_t", n):
+            if self.is_matrix(n):
+                loader = self.matrix_load(name, f"(b * L + t) * {self.numel(lay)}", f"{name}_t", n)
+            else:
+                loader = self.load(name, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
+                                   f"{name}_t", n)
+            for line in loader:
                 k("        " + line)
         before = [n for n in self.loop if state not in g.ancestors(n)]
         after = [n for n in self.loop if state in g.ancestors(n)]
@@ -325,7 +364,22 @@ class _Kernel:
                 k("        " + line)
         a, e = self.ref(abar), self.ref(ebar)
         k("        # the update, in registers")
-        if xc:
+        if self.matrix:
+            # x_n <- sum_k Abar[n, k] x_k + Ebar_n, the matrix tile [BLOCK_P, BLOCK_N, BLOCK_N]
+            ar, ai = a if isinstance(a, tuple) else (a, None)
+            er, ei = e if isinstance(e, tuple) else (e, "0.0")
+            if xc:
+                if ai is None:
+                    k(f"        x_r, x_i = tl.sum({ar} * x_r[:, None, :], axis=2) + {er}, "
+                      f"tl.sum({ar} * x_i[:, None, :], axis=2) + {ei}")
+                else:
+                    k(f"        x_r, x_i = (tl.sum({ar} * x_r[:, None, :] - {ai} * x_i[:, None, :], axis=2) + {er}, "
+                      f"tl.sum({ar} * x_i[:, None, :] + {ai} * x_r[:, None, :], axis=2) + {ei})")
+                self.tile[state] = ("x_r", "x_i")
+            else:
+                k(f"        x = tl.sum({ar} * x[:, None, :], axis=2) + {er}")
+                self.tile[state] = "x"
+        elif xc:
             ar, ai = a if isinstance(a, tuple) else (a, None)
             er, ei = e if isinstance(e, tuple) else (e, "0.0")
             if ai is None:
@@ -372,8 +426,9 @@ class _Kernel:
         tensors = [arg("_x", complex_=xc), arg("_xf", complex_=xc)] + [arg(pr.var(n), n) for n in self.needed] \
             + [arg(f"ops.as_tensor({pr.var(n)}, _dt, _dev)", n) for n in self.statics] \
             + [arg(f"_e{pr.num[n]}[0]", n) for n in self.exits]
+        square = ", square=True" if self.matrix else ""
         h(f"            self._launch({self.name}, _B, {rows}, {self.col}, [{', '.join(tensors)}], "
-          f"[_L, {', '.join(sizes)}])")
+          f"[_L, {', '.join(sizes)}]{square})")
         h("            _x = _xf")
         if self.host_after:
             sname = g.op(state).get("name")

@@ -34,10 +34,12 @@ class TritonModule(TorchModule):
         return not getattr(self, "_grad_wanted", True)
 
     @staticmethod
-    def _launch(kernel, batch: int, rows: int, cols: int, tensors, sizes):
-        """Grid (batch, row blocks): each program holds a [BLOCK_P, BLOCK_N] tile of the state."""
+    def _launch(kernel, batch: int, rows: int, cols: int, tensors, sizes, square: bool = False):
+        """Grid (batch, row blocks): each program holds a [BLOCK_P, BLOCK_N] tile of the state
+        (and, for matrix structures, a [BLOCK_P, BLOCK_N, BLOCK_N] tile of the transition)."""
         block_n = _pow2(cols)
-        block_p = min(_pow2(rows), max(1, 2048 // block_n))
+        budget = 4096 // block_n if square else 2048
+        block_p = min(_pow2(rows), max(1, budget // block_n))
         args = [t.contiguous() if isinstance(t, torch.Tensor) else t for t in tensors]
         grid = (batch, -(-rows // block_p))
         kernel[grid](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n)
