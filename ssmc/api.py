@@ -1,6 +1,8 @@
 """The public entry points: `ssmc.load`, `ssmc.loads`, `ssmc.compile_source`, `ssmc.check`."""
 from __future__ import annotations
 
+import itertools
+import sys
 import types
 import warnings
 from pathlib import Path
@@ -76,8 +78,15 @@ def _compile(source: Source, backend: str, strict: bool) -> tuple[str, str]:
     return mod.render(compiled), backend
 
 
+_LOADED = itertools.count()
+
+
 def _module_from(text: str, source: Source, backend: str) -> types.ModuleType:
-    mod = types.ModuleType(f"ssmc_generated_{Path(source.filename).stem or 'spec'}")
+    stem = "".join(c if c.isalnum() else "_" for c in Path(source.filename).stem) or "spec"
+    mod = types.ModuleType(f"ssmc_generated.{stem}_{next(_LOADED)}")
+    # Registered like an imported module, so tools that look modules up (pickle,
+    # torch.compile's tracing of globals) find it.
+    sys.modules[mod.__name__] = mod
     mod.__dict__["__file__"] = f"<ssmc:{source.filename}>"
     code = compile(text, mod.__dict__["__file__"], "exec")
     exec(code, mod.__dict__)

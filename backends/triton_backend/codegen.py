@@ -401,6 +401,9 @@ class _Kernel:
                 k("        " + line)
         for line in self.store("xf", xoff, ("x_r", "x_i") if xc else "x", both):
             k("    " + line)
+        k("")
+        k("")
+        k(f"{self.name}_key = rt.triton_module.register_kernel({self.name})")
         # The launch, inside _direction.
         H = []
         h = H.append
@@ -410,26 +413,31 @@ class _Kernel:
                 line = pr.line(n)
                 if line:
                     h(f"            {line}")
-        h("            # the recurrence fused into one Triton kernel, the state in registers")
-        for n in self.exits:
-            shape = "(_B, _L, " + "".join(f"{d}, " for d in self.lay(n)) + ")"
-            dtype = "rt.torch_module.complex_of(_dt)" if self.cplx(n) else "_dt"
-            h(f"            _e{pr.num[n]} = [torch.empty({shape}, dtype={dtype}, device=_dev)]")
-        h("            _xf = torch.empty_like(_x)")
+        h("            # the recurrence fused into one Triton kernel (a torch.library op), the state in registers")
         rows = " * ".join(self.rows) or "1"
 
         def arg(text: str, n=None, complex_=False) -> str:
             # Complex tensors travel as real views: real and imaginary parts interleaved.
             return f"ops.real_view({text})" if (complex_ or (n is not None and self.cplx(n))) else text
 
+        def back(text: str, complex_: bool) -> str:
+            return f"torch.view_as_complex({text})" if complex_ else text
+
         xc = bool(g.meta["state_complex"])
-        tensors = [arg("_x", complex_=xc), arg("_xf", complex_=xc)] + [arg(pr.var(n), n) for n in self.needed] \
-            + [arg(f"ops.as_tensor({pr.var(n)}, _dt, _dev)", n) for n in self.statics] \
-            + [arg(f"_e{pr.num[n]}[0]", n) for n in self.exits]
-        square = ", square=True" if self.matrix else ""
-        h(f"            self._launch({self.name}, _B, {rows}, {self.col}, [{', '.join(tensors)}], "
-          f"[_L, {', '.join(sizes)}]{square})")
-        h("            _x = _xf")
+        tensors = [arg(pr.var(n), n) for n in self.needed] \
+            + [arg(f"ops.as_tensor({pr.var(n)}, _dt, _dev)", n) for n in self.statics]
+        shapes, ranks = [], []
+        for n in self.exits:
+            dims = ["_B", "_L", *self.lay(n)] + (["2"] if self.cplx(n) else [])
+            shapes += dims
+            ranks.append(len(dims))
+        square = "True" if self.matrix else "False"
+        h(f"            _r = rt.triton_module.fused_scan({self.name}_key, {arg('_x', complex_=xc)}, "
+          f"[{', '.join(tensors)}], [_L, {', '.join(sizes)}], _B, {rows}, {self.col}, {square}, "
+          f"[{', '.join(shapes)}], {ranks!r})")
+        for j, n in enumerate(self.exits):
+            h(f"            _e{pr.num[n]} = [{back(f'_r[{j + 1}]', self.cplx(n))}]")
+        h(f"            _x = {back('_r[0]', xc)}")
         if self.host_after:
             sname = g.op(state).get("name")
             h("            # the readout, in torch, from every state the kernel handed over")

@@ -44,3 +44,37 @@ class TritonModule(TorchModule):
         grid = (batch, -(-rows // block_p))
         kernel[grid](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n)
         return args
+
+
+_KERNELS: dict[str, object] = {}
+
+
+def register_kernel(kernel) -> str:
+    """Make a generated kernel reachable from the custom op by a string key."""
+    key = f"k{len(_KERNELS)}:{getattr(kernel, '__name__', 'kernel')}"
+    _KERNELS[key] = kernel
+    return key
+
+
+def _outputs(x0, out_shapes, out_ranks):
+    outs, pos = [], 0
+    for r in out_ranks:
+        outs.append(x0.new_empty(tuple(out_shapes[pos:pos + r])))
+        pos += r
+    return outs
+
+
+@torch.library.custom_op("ssmc::fused_scan", mutates_args=())
+def fused_scan(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], sizes: list[int], batch: int, rows: int,
+               cols: int, square: bool, out_shapes: list[int], out_ranks: list[int]) -> list[torch.Tensor]:
+    """Run generated kernel `key`: returns [leaving state, *per-token results] (real dtypes;
+    complex values as real views). A torch.library op, so torch.compile sees one node."""
+    xf = torch.empty_like(x0)
+    outs = _outputs(x0, out_shapes, out_ranks)
+    TritonModule._launch(_KERNELS[key], batch, rows, cols, [x0, xf, *inputs, *outs], sizes, square)
+    return [xf, *outs]
+
+
+@fused_scan.register_fake
+def _fused_scan_fake(key, x0, inputs, sizes, batch, rows, cols, square, out_shapes, out_ranks):
+    return [torch.empty_like(x0), *_outputs(x0, out_shapes, out_ranks)]

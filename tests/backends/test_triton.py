@@ -138,3 +138,49 @@ def test_auto_never_picks_the_interpreter():
     ssmc.api._NOTICED.clear()
     with pytest.warns(ssmc.BackendNotice, match="picked 'torch'"):
         _ = ssmc.load(EXAMPLES[0], backend="auto")
+
+
+def _captured_call(layer, u):
+    """Run the layer once, capturing the arguments of its fused-scan op."""
+    import ssmc.runtime.triton_module as tm
+    captured = {}
+    original = tm.fused_scan
+
+    def spy(*args):
+        captured["args"] = args
+        return original(*args)
+
+    tm.fused_scan = spy
+    try:
+        with torch.no_grad():
+            y = layer(u)
+    finally:
+        tm.fused_scan = original
+    return y, captured["args"]
+
+
+@pytest.mark.parametrize("stem", ["mamba", "s4d", "lssl"])
+def test_kernel_is_a_registered_torch_library_op(stem):
+    mod = _load(stem, "triton", strict=True)
+    cls = getattr(mod, mod.__all__[0])
+    layer = cls(seed=0, **_small(cls))
+    u = _inputs(cls, layer, length=40)[cls.INPUTS[0][0]]
+    layer.fft_min_length = 10 ** 9  # the scan, not the LTI convolution
+    _, args = _captured_call(layer, u)
+    # The op has no autograd formula: gradients run the module's PyTorch path instead.
+    args = tuple(a.detach() if isinstance(a, torch.Tensor) else
+                 [t.detach() for t in a] if isinstance(a, list) and a and isinstance(a[0], torch.Tensor) else a
+                 for a in args)
+    result = torch.library.opcheck(torch.ops.ssmc.fused_scan.default, args)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_torch_compile_runs_without_graph_breaks():
+    mod = _load("mamba_block", "triton", strict=True)
+    layer = mod.MambaBlock(seed=0, **_small(mod.MambaBlock))
+    u = _inputs(mod.MambaBlock, layer)["u"]
+    torch._dynamo.reset()
+    with torch.no_grad():
+        y = layer(u)
+        compiled = torch.compile(layer, fullgraph=True, backend="eager")
+        assert torch.equal(compiled(u), y)
