@@ -86,14 +86,21 @@ def test_forward_matches_reference(stem):
             assert rel(a, b) < 1e-4
 
 
-def test_gradients_run_the_pytorch_path():
-    tr, tm = _load("mamba", "triton", strict=True), _load("mamba", "torch")
-    t, m = tr.Mamba(seed=0, H=3, N=2), tm.Mamba(seed=0, H=3, N=2)
-    u = torch.randn(2, 5, 3, requires_grad=True)
-    gt = torch.autograd.grad(t(u).square().sum(), [u, *t.parameters()])
-    gm = torch.autograd.grad(m(u).square().sum(), [u, *m.parameters()])
+@pytest.mark.parametrize("stem", COVERED)
+def test_gradients_run_the_pytorch_path(stem):
+    tr, tm = _load(stem, "triton", strict=True), _load(stem, "torch")
+    name = tr.__all__[0]
+    T, M = getattr(tr, name), getattr(tm, name)
+    dims = _small(T)
+    t, m = T(seed=0, **dims), M(seed=0, **dims)
+    ins = _inputs(T, t, length=5)
+    first, *rest = T.INPUTS
+    u = ins[first[0]].clone().requires_grad_()
+    kw = {n: ins[n] for n, _ in rest}
+    gt = torch.autograd.grad(t(u, **kw).square().sum(), [u, *t.parameters()])
+    gm = torch.autograd.grad(m(u, **kw).square().sum(), [u, *m.parameters()])
     for a, b in zip(gt, gm):
-        assert rel(a, b) < 1e-5
+        assert rel(a, b) < 1e-3
 
 
 BEYOND_SPEC = """
