@@ -380,10 +380,13 @@ class ReferenceModule(nn.Module):
         return self._stack(ys)
 
     def step(self, u_t, state, **kw):
-        """One token: u_t (batch, *input dims) -> (y_t, new state)."""
+        """One token, u_t (batch, *input dims) -> (y_t, new state); or several new tokens,
+        u_t (batch, T, *input dims) -> (y (batch, T, ...), new state). The state keeps its size."""
         if self.SCAN["order"] != "causal":
             raise ValueError(f"{type(self).__name__}: step() needs a causal scan; this one is {self.SCAN['order']}")
         d = self.dims
+        if isinstance(u_t, torch.Tensor) and u_t.dim() == 2 + len(self.INPUTS[0][1]):
+            return self.forward(u_t, initial_state=state, return_state=True, **kw)
         inputs, dtype, b, _ = self._inputs(u_t, kw, d, single=True)
         compute = self._compute_dtype(dtype)
         st = self._state_in(state, b, d, compute)

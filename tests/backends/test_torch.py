@@ -128,6 +128,11 @@ def test_step_and_chaining_match_forward(path):
             yt, st = layer.step(u[:, i], st, **{k: v[:, i] for k, v in kw.items()})
             ys.append(yt)
         assert rel(torch.stack(ys, 1), y) < 1e-12
+        # Several new tokens at once: step() on a block of 3, then one by one.
+        st2 = layer.init_state(3, dtype=torch.float64)
+        y_block, st2 = layer.step(u[:, :3], st2, **{k: v[:, :3] for k, v in kw.items()})
+        y_next, st2 = layer.step(u[:, 3], st2, **{k: v[:, 3] for k, v in kw.items()})
+        assert rel(torch.cat([y_block, y_next[:, None]], 1), y[:, :4]) < 1e-12
         last = last if isinstance(last, tuple) else (last,)
         st = st if isinstance(st, tuple) else (st,)
         for a, b in zip(st, last):
