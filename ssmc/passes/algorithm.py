@@ -1,7 +1,8 @@
 """choose_algorithm: which algorithm the fast backends should use, and why.
 
-  LTI, diagonal or scalar A, readout linear  -> "fft_conv": y = K * u + skip, with the kernel
+  LTI, readout linear                        -> "fft_conv": y = K * u + skip, with the kernel
         K_k[P, Y', U'] = sum_S' W[P, Y', S'] Abar[P, S']^k c[P, S', U'] computed once, applied by FFT
+        (for dense, DPLR and block-diagonal A, matrix powers of Abar over the state's last dim)
   selective, scalar A                         -> "ssd"        (Mamba-2's chunked matmul form)
   selective (or LTI outside the kernel form)  -> "chunked_scan" / "chunked_matrix_scan"
 
@@ -14,7 +15,7 @@ The NumPy reference always runs the sequential recurrence (it is the oracle); th
 choice is advisory for the other backends, which may still scan short sequences.
 
 Guarantees afterwards: meta["algorithm"] = {"name", "reason"}; for "fft_conv" also
-meta["lti_kernel"] = {"P", "S", "U", "Y"} (tuples of dim names); for "ssd" also
+meta["lti_kernel"] = {"P", "S", "U", "Y"} (tuples of dim names) and "matrix"; for "ssd" also
 meta["ssd"] = {"z" (log-decay), "xside", "bside" (factors of Ebar without / with the
 state's last dim), "sign", "c", "product" (C * x), "readout" (its sum over N)}.
 """
@@ -24,7 +25,8 @@ from ..ir.graph import Graph
 
 _KERNEL_OPS = ("add", "sub", "mul", "div", "neg", "sum", "mean", "re", "im", "conj", "const", "dim", "param",
                "input", "state", "output", "exp", "log", "sqrt", "abs", "expm1", "log1p", "phi1", "arange",
-               "pow", "tanh", "sigmoid", "softplus", "inv_softplus", "silu", "relu", "family")
+               "pow", "tanh", "sigmoid", "softplus", "inv_softplus", "silu", "relu", "family",
+               "matvec", "solve", "eye", "expm", "phi1m", "dplr", "blockdiag")
 
 
 def _kernel_form(g: Graph) -> tuple[dict | None, str]:
@@ -32,8 +34,6 @@ def _kernel_form(g: Graph) -> tuple[dict | None, str]:
     meta = g.meta
     sysn = meta["system"]
     structure = g.op(sysn).get("structure")
-    if structure not in ("diagonal", "scalar"):
-        return None, f"its kernel needs powers of a {structure} matrix, which are not generated yet"
     abar, ebar = g.operands(sysn)
     y = g.operands(meta["output"])[0]
     u = meta["inputs"][0]
@@ -58,7 +58,11 @@ def _kernel_form(g: Graph) -> tuple[dict | None, str]:
     sd, ud, yd = tuple(meta["state_dims"]), tuple(g.fact(u, "dims")), tuple(g.fact(y, "dims"))
     channels = tuple(d for d in sd if d in ud and d in yd and d not in reduced)
     del state
-    return dict(P=channels, S=sd, U=ud, Y=yd), ""
+    matrix = structure not in ("diagonal", "scalar")
+    if matrix and channels != sd[:-1]:
+        return None, (f"its kernel needs powers of a {structure} matrix over state dims beyond "
+                      f"[{', '.join(sd[-1:])}], which are not generated yet")
+    return dict(P=channels, S=sd, U=ud, Y=yd, matrix=matrix), ""
 
 
 def _mul_leaves(g: Graph, n: int, sign: int = 1) -> tuple[list[int], int]:

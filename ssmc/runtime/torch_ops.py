@@ -228,7 +228,7 @@ def _flat(t, src: tuple, dst: tuple, sizes: dict, lead: int):
 
 
 def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tuple, P: tuple, length: int,
-               complex_state: bool, dtype, device):
+               complex_state: bool, dtype, device, matrix: bool = False):
     """The convolution kernel of an LTI system with a diagonal (or scalar) state matrix.
 
     K[k, P, Y', U'] = sum over S' of W[P, Y', S'] Abar[P, S']^k c[P, S', U'], where c is the
@@ -236,7 +236,9 @@ def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tu
     states; for complex states y = re(W x)), P the channel dims shared by input, state
     and output, and the primed dims the rest. Powers are split k = q T + r with
     T ~ sqrt(L), so the sum over S' is one batched matmul. Computed in float64.
-    Returns K as [L, P, Y', U'] (each group flattened).
+    Returns K as [L, P, Y', U'] (each group flattened). With `matrix`, Abar is a square
+    matrix over the state's last dim (the only dim beyond the channels) and the powers
+    are matrix powers.
     """
     wide = torch.float64
     cwide = torch.complex128
@@ -261,8 +263,10 @@ def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tu
     if complex_state:
         W = W - 1j * (readout_fn(1j * x_basis, u0) - y00).to(wide)
     W = _flat(W[:, 0], Y, (P, Yx), sizes, 1).permute(1, 2, 0)                     # [P, Y', S']
-    a = _flat(abar.to(cwide if abar.is_complex() else wide), S, (P, Sx), sizes, 0)  # [P, S']
     T = max(1, math.isqrt(length - 1) + 1)
+    if matrix:
+        return _lti_kernel_matrix(abar, W, c, sizes, S, P, T, length, cwide, wide)
+    a = _flat(abar.to(cwide if abar.is_complex() else wide), S, (P, Sx), sizes, 0)  # [P, S']
     nq = -(-length // T)
     r = torch.arange(T, dtype=wide, device=device)
     q = torch.arange(nq, dtype=wide, device=device) * T
@@ -278,6 +282,30 @@ def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tu
     nP, nY = W.shape[0], W.shape[1]
     K = K.reshape(nP, nq, nY, T, nU).permute(1, 3, 0, 2, 4).reshape(nq * T, nP, nY, nU)
     return K[:length]
+
+
+def _lti_kernel_matrix(abar, W, c, sizes, S, P, T, length, cwide, wide):
+    """K[k] = W Abar^k c with Abar [P, N, N]: matrix powers Abar^(q T + r) = (Abar^T)^q Abar^r."""
+    n = sizes[S[-1]]
+    a = abar.to(cwide if abar.is_complex() else wide)
+    a = a.expand(*(sizes[d] for d in S[:-1]), n, n).reshape(-1, n, n)               # [P, N, N]
+    nq = -(-length // T)
+    eye = torch.eye(n, dtype=a.dtype, device=a.device).expand_as(a)
+    near = [eye]
+    for _ in range(T - 1):
+        near.append(near[-1] @ a)
+    step = near[-1] @ a                                                             # Abar^T
+    far = [eye]
+    for _ in range(nq - 1):
+        far.append(far[-1] @ step)
+    near, far = torch.stack(near, 1), torch.stack(far, 1)                           # [P, T|nq, N, N]
+    common = torch.promote_types(torch.promote_types(W.dtype, a.dtype), c.dtype)
+    left = torch.einsum("pys,pqst->pqyt", W.to(common), far.to(common))             # [P, nq, Y', N]
+    right = torch.einsum("prst,ptu->prsu", near.to(common), c.to(common))           # [P, T, N, U']
+    K = torch.einsum("pqys,prsu->qrpyu", left, right)                              # [nq, T, P, Y', U']
+    if K.is_complex():
+        K = K.real
+    return K.reshape(nq * T, *K.shape[2:])[:length]
 
 
 def _powers(a, k):

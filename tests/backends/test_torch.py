@@ -202,7 +202,7 @@ def test_cu_seqlens_rejects_bad_bounds():
         layer(torch.randn(2, 6, 2), cu_seqlens=torch.tensor([0, 6]))
 
 
-LTI = [p for p in EXAMPLES if p.stem in ("s4d", "s4d_inv", "s4d_real", "dss", "s5", "lru")]
+LTI = [p for p in EXAMPLES if p.stem in ("s4d", "s4d_inv", "s4d_real", "dss", "s5", "lru", "lssl", "s4")]
 
 
 @pytest.mark.parametrize("path", LTI, ids=lambda p: p.stem)

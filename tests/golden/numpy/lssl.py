@@ -30,7 +30,7 @@ class LSSL(rt.ReferenceModule):
     )
     CONVS = ()
     SCAN = {'order': 'causal', 'merge': None, 'params': 'shared', 'rows': None, 'cols': None, 'directions': ('causal',)}
-    ALGORITHM = 'chunked_matrix_scan'
+    ALGORITHM = 'fft_conv'
 
     def _init_A(self, d, gen):
         H, N = d['H'], d['N']

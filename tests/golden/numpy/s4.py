@@ -33,7 +33,7 @@ class S4(rt.ReferenceModule):
     )
     CONVS = ()
     SCAN = {'order': 'causal', 'merge': None, 'params': 'shared', 'rows': None, 'cols': None, 'directions': ('causal',)}
-    ALGORITHM = 'chunked_matrix_scan'
+    ALGORITHM = 'fft_conv'
 
     def _init_Lambda(self, d, gen):
         H, N, R = d['H'], d['N'], d['R']
