@@ -82,7 +82,6 @@ def _host_side(g: Graph, loop: list[int]) -> set[int]:
 def _plan(g: Graph, loop: list[int]):
     """Check the loop can be one kernel; return (state dims, row dims, column dim)."""
     meta = g.meta
-    sysn = meta["system"]
     sdims = tuple(meta["state_dims"])
     host = _host_side(g, loop)
     for n in [n for n in loop if n not in host]:
@@ -339,7 +338,7 @@ class _Kernel:
         else:
             k(f"    x = tl.load(x0 + {xoff}, mask={both}, other=0.0)")
         if self.matrix:
-            k(f"    i_k3 = tl.arange(0, BLOCK_N)[None, None, :]")
+            k("    i_k3 = tl.arange(0, BLOCK_N)[None, None, :]")
         for name, n in zip(sts, self.statics):
             lay = pr.lay(n)
             loader = (self.matrix_load(name, "0", f"{name}_v", n) if self.is_matrix(n)

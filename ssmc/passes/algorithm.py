@@ -37,7 +37,6 @@ def _kernel_form(g: Graph) -> tuple[dict | None, str]:
     abar, ebar = g.operands(sysn)
     y = g.operands(meta["output"])[0]
     u = meta["inputs"][0]
-    state = meta["state"]
     token_side = set()
     for root in (ebar, y):
         for n in g.ancestors(root) | {root}:
@@ -57,7 +56,6 @@ def _kernel_form(g: Graph) -> tuple[dict | None, str]:
             reduced |= {d for d, _ in g.op(n).get("dims")}
     sd, ud, yd = tuple(meta["state_dims"]), tuple(g.fact(u, "dims")), tuple(g.fact(y, "dims"))
     channels = tuple(d for d in sd if d in ud and d in yd and d not in reduced)
-    del state
     matrix = structure not in ("diagonal", "scalar")
     if matrix and channels != sd[:-1]:
         return None, (f"its kernel needs powers of a {structure} matrix over state dims beyond "

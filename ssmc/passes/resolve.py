@@ -62,7 +62,6 @@ def resolve_names(g: Graph) -> Graph:
         symbols[g.op(n).get("name")] = n
     symbols.update(meta["values"])
     output_name = g.op(meta["output"]).get("name")
-    state_name = g.op(meta["state"]).get("name")
 
     # Dims named by declarations and calls.
     for n in g.nodes():
@@ -85,7 +84,6 @@ def resolve_names(g: Graph) -> Graph:
                 _check_dim(g, w, span, "conv()")
             elif w < 1:
                 raise _err(g, "conv() width must be at least 1", span)
-    blocks = meta["system_info"]["blocks"]
 
     init_nodes: set[int] = set()
     for p in meta["params"]:
@@ -157,5 +155,4 @@ def resolve_names(g: Graph) -> Graph:
         span = decl_span.get(named[0], g.op(first).span)
         raise _err(g, "cyclic definition: " + " -> ".join(named + [named[0]]), span,
                    hint="values may not depend on themselves; only the state is recurrent")
-    del state_name, blocks
     return g

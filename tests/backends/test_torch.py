@@ -55,9 +55,6 @@ def pair(path, **kw):
     return ref, tm
 
 
-CASES = [(p, name) for p in EXAMPLES for name in [p.stem]]
-
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_matches_reference(path, dtype):
