@@ -62,8 +62,26 @@ def compile_source(source: Source, backend: str = "numpy", strict: bool = False)
 
 
 def _compile(source: Source, backend: str, strict: bool) -> tuple[str, str]:
-    """(source text, the backend that generated it), falling back where a spec is beyond a backend."""
+    """(source text, the backend that generated it), falling back where a spec is beyond a backend.
+
+    Results are kept in a persistent cache (ssmc/cache.py), so a spec compiled once loads fast.
+    """
+    from . import cache
+    requested = backend
     backend = resolve_backend(backend, strict)
+    k = cache.key(source.text, source.filename, requested, backend, strict)
+    hit = cache.get(k)
+    if hit is not None:
+        for message in hit.get("notices", []):
+            _notice(message)
+        return hit["source"], hit["backend"]
+    before = set(_NOTICED)
+    text, used = _generate(source, backend, strict)
+    cache.put(k, {"source": text, "backend": used, "notices": sorted(set(_NOTICED) - before)})
+    return text, used
+
+
+def _generate(source: Source, backend: str, strict: bool) -> tuple[str, str]:
     compiled = analyse(source)
     mod = _backend(backend)
     supports = getattr(mod, "supports", None)

@@ -87,3 +87,23 @@ def test_compile_torch_backend_and_auto_note(tmp_path):
     y = layer(torch.randn(2, 5, 4, requires_grad=True))
     y.sum().backward()
     assert y.shape == (2, 5, 4)
+
+
+def test_compiled_specs_are_cached(tmp_path, monkeypatch):
+    import ssmc
+    import ssmc.api
+    monkeypatch.setenv("SSMC_CACHE_DIR", str(tmp_path / "cache"))
+    path = ROOT / "examples" / "s5.ssm"
+    first = ssmc.load(path, backend="torch")
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+
+    def no_analysis(*a, **k):
+        raise AssertionError("a cached spec must not be analysed again")
+
+    monkeypatch.setattr(ssmc.api, "analyse", no_analysis)
+    second = ssmc.load(path, backend="torch")
+    assert second.__ssmc_source__ == first.__ssmc_source__
+    # Another spec text is another entry; SSMC_CACHE=0 turns the cache off.
+    monkeypatch.setenv("SSMC_CACHE", "0")
+    with pytest.raises(AssertionError, match="must not be analysed"):
+        ssmc.load(path, backend="torch")
