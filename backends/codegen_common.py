@@ -146,9 +146,33 @@ class NumpyPrinter(Printer):
     }
 
 
+_DIMS_MARK = "    __DIMS__"
+
+
 def dims_locals(g: Graph) -> str:
+    """A placeholder line: `bind_dims` replaces it with the dims the function really uses."""
+    return _DIMS_MARK.strip()
+
+
+def bind_dims(g: Graph, lines: list[str]) -> list[str]:
+    """Replace each function's dims placeholder by `H, N = d['H'], d['N']` for the dims its
+    body names (outside string literals), so generated code binds nothing it does not use."""
+    import re
     names = [d for d, _, _ in g.meta["dims"]]
-    return ", ".join(names) + " = " + ", ".join(f"d[{d!r}]" for d in names)
+    out = list(lines)
+    for i, line in enumerate(out):
+        if line.strip() != _DIMS_MARK.strip():
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        body = []
+        for later in out[i + 1:]:
+            if later.startswith("    def ") or (later and not later.startswith(" ")):
+                break
+            body.append(re.sub(r"'[^']*'|\"[^\"]*\"", "", later.split("#", 1)[0]))
+        text = "\n".join(body)
+        used = [d for d in names if re.search(rf"\b{re.escape(d)}\b", text)]
+        out[i] = (indent + ", ".join(used) + " = " + ", ".join(f"d[{d!r}]" for d in used)) if used else ""
+    return [line for k, line in enumerate(out) if line != "" or lines[k] == ""]
 
 
 def param_names(g: Graph) -> list[str]:

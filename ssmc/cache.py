@@ -24,10 +24,10 @@ def _dir() -> Path | None:
 
 @functools.lru_cache(maxsize=1)
 def _code_fingerprint() -> str:
-    import ssmc.backends
-    import ssmc.grammar
+    import importlib
     h = hashlib.sha256(__version__.encode())
-    roots = {Path(__file__).parent, Path(ssmc.backends.__file__).parent, Path(ssmc.grammar.__file__).parent}
+    roots = {Path(__file__).parent} | {Path(importlib.import_module(name).__file__).parent
+                                       for name in ("ssmc.backends", "ssmc.grammar")}
     for root in sorted(roots):
         for f in sorted(root.rglob("*")):
             if f.suffix in (".py", ".lark") and "__pycache__" not in f.parts:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ...ir import functions as F
 from ...ir.graph import Graph
-from ..codegen_common import NumpyPrinter, class_header, direction_prologue, init_methods, module_header, split_body
+from ..codegen_common import NumpyPrinter, bind_dims, class_header, direction_prologue, init_methods, module_header, split_body
 
 
 def render_class(g: Graph) -> str:
@@ -68,7 +68,7 @@ def render_class(g: Graph) -> str:
         for n in after:
             w(f"        {pr.line(n)}")
     w(f"        return {pr.var(out_node)}, (_x, *tails)")
-    return "\n".join(L) + "\n"
+    return "\n".join(bind_dims(g, L)) + "\n"
 
 
 def render(compiled) -> str:

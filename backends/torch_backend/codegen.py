@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ...ir import functions as F
 from ...ir.graph import Graph
-from ..codegen_common import BINARY, Printer, class_header, direction_prologue, init_methods, module_header, \
+from ..codegen_common import BINARY, Printer, bind_dims, class_header, direction_prologue, init_methods, module_header, \
     split_body, tag
 
 
@@ -282,7 +282,7 @@ def render_class(g: Graph, fused_loop=None) -> str:
         for n in post:
             w(f"        {pr.line(n)}")
     w(f"        return {pr.var(out_node)}, (_x, *tails)")
-    return "\n".join(line for line in L if line == "" or line.strip()) + "\n"
+    return "\n".join(line for line in bind_dims(g, L) if line == "" or line.strip()) + "\n"
 
 
 def _fft_branch(g: Graph, pr: TorchPrinter, abar: int, ebar: int, out_node: int) -> list[str]:

@@ -32,12 +32,12 @@ class DSS(rt.ReferenceModule):
     ALGORITHM = 'fft_conv'
 
     def _init_Lambda(self, d, gen):
-        H, N = d['H'], d['N']
+        N = d['N']
         _2 = rt.init.hippo_legs_diag(N)  # [N]
         return _2
 
     def _init_log_dt(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _6 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
         _7 = np.log(_6)  # [H]
         return _7
@@ -48,7 +48,7 @@ class DSS(rt.ReferenceModule):
         return _11
 
     def _init_D(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _13 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _13
 

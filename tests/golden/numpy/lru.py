@@ -33,7 +33,7 @@ class LRU(rt.ReferenceModule):
     ALGORITHM = 'fft_conv'
 
     def _init_nu_log(self, d, gen):
-        H, N = d['H'], d['N']
+        N = d['N']
         _3 = -0.5  # []
         _6 = rt.init.uniform((N, ), 0.81, 0.998, generator=gen, complex=False)  # [N]
         _7 = np.log(_6)  # [N]
@@ -42,7 +42,7 @@ class LRU(rt.ReferenceModule):
         return _9
 
     def _init_theta_log(self, d, gen):
-        H, N = d['H'], d['N']
+        N = d['N']
         _14 = 2 * 3.141592653589793  # []
         _15 = rt.init.uniform((N, ), 0, _14, generator=gen, complex=False)  # [N]
         _16 = np.log(_15)  # [N]
@@ -59,13 +59,13 @@ class LRU(rt.ReferenceModule):
         return _22
 
     def _init_D(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _25 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _25
 
     def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
-        H, N = d['H'], d['N']
+        N = d['N']
         nu_log = p['nu_log']
         theta_log = p['theta_log']
         B = p['B']

@@ -33,17 +33,17 @@ class LSSL(rt.ReferenceModule):
     ALGORITHM = 'fft_conv'
 
     def _init_A(self, d, gen):
-        H, N = d['H'], d['N']
+        N = d['N']
         _2 = rt.init.hippo_legs(N)  # [N, N]
         return _2
 
     def _init_Bv(self, d, gen):
-        H, N = d['H'], d['N']
+        N = d['N']
         _4 = rt.init.hippo_legs_B(N)  # [N]
         return _4
 
     def _init_log_dt(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _8 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
         _9 = np.log(_8)  # [H]
         return _9
@@ -54,7 +54,7 @@ class LSSL(rt.ReferenceModule):
         return _13
 
     def _init_D(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _15 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _15
 

@@ -36,18 +36,17 @@ class Mamba(rt.ReferenceModule):
     ALGORITHM = 'chunked_scan'
 
     def _init_A_log(self, d, gen):
-        H, N, R = d['H'], d['N'], d['R']
+        N = d['N']
         _3 = np.arange(N, dtype=np.float64)  # [N]
         _4 = 1 + _3  # [N]
         _5 = np.log(_4)  # [N]
         return _5
 
     def _init_D(self, d, gen):
-        H, N, R = d['H'], d['N'], d['R']
         return 1.0
 
     def _init_dt_bias(self, d, gen):
-        H, N, R = d['H'], d['N'], d['R']
+        H = d['H']
         _11 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
         _12 = rt.inv_softplus(_11)  # [H]
         return _12

@@ -35,19 +35,18 @@ class Mamba2(rt.ReferenceModule):
     ALGORITHM = 'ssd'
 
     def _init_A_log(self, d, gen):
-        Hd, P, N = d['Hd'], d['P'], d['N']
+        Hd = d['Hd']
         _4 = rt.init.uniform((Hd, ), 1, 16, generator=gen, complex=False)  # [Hd]
         _5 = np.log(_4)  # [Hd]
         return _5
 
     def _init_dt_bias(self, d, gen):
-        Hd, P, N = d['Hd'], d['P'], d['N']
+        Hd = d['Hd']
         _9 = rt.init.log_uniform((Hd, ), 0.001, 0.1, generator=gen, complex=False)  # [Hd]
         _10 = rt.inv_softplus(_9)  # [Hd]
         return _10
 
     def _init_D(self, d, gen):
-        Hd, P, N = d['Hd'], d['P'], d['N']
         return 1.0
 
     def _direction(self, p, d, inputs, state, need_final=True):

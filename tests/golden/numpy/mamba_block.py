@@ -43,25 +43,24 @@ class MambaBlock(rt.ReferenceModule):
     ALGORITHM = 'chunked_scan'
 
     def _init_A_log(self, d, gen):
-        D, E, N, R, K = d['D'], d['E'], d['N'], d['R'], d['K']
+        N = d['N']
         _3 = np.arange(N, dtype=np.float64)  # [N]
         _4 = 1 + _3  # [N]
         _5 = np.log(_4)  # [N]
         return _5
 
     def _init_Dskip(self, d, gen):
-        D, E, N, R, K = d['D'], d['E'], d['N'], d['R'], d['K']
         return 1.0
 
     def _init_dt_bias(self, d, gen):
-        D, E, N, R, K = d['D'], d['E'], d['N'], d['R'], d['K']
+        E = d['E']
         _11 = rt.init.log_uniform((E, ), 0.001, 0.1, generator=gen, complex=False)  # [E]
         _12 = rt.inv_softplus(_11)  # [E]
         return _12
 
     def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
-        D, E, N, R, K = d['D'], d['E'], d['N'], d['R'], d['K']
+        D, E, N, R = d['D'], d['E'], d['N'], d['R']
         A_log = p['A_log']
         Dskip = p['Dskip']
         dt_bias = p['dt_bias']

@@ -36,12 +36,12 @@ class S4(rt.ReferenceModule):
     ALGORITHM = 'fft_conv'
 
     def _init_Lambda(self, d, gen):
-        H, N, R = d['H'], d['N'], d['R']
+        N = d['N']
         _2 = rt.init.hippo_legs_diag(N)  # [N]
         return _2
 
     def _init_P(self, d, gen):
-        H, N, R = d['H'], d['N'], d['R']
+        N = d['N']
         _5 = np.arange(N, dtype=np.float64)  # [N]
         _6 = 0.5 + _5  # [N]
         _7 = np.sqrt(_6)  # [N]
@@ -50,7 +50,7 @@ class S4(rt.ReferenceModule):
         return rt.align(_36, ('N',), ('H', 'N', 'R'))
 
     def _init_Q(self, d, gen):
-        H, N, R = d['H'], d['N'], d['R']
+        N = d['N']
         _8 = np.arange(N, dtype=np.float64)  # [N]
         _9 = 0.5 + _8  # [N]
         _10 = np.sqrt(_9)  # [N]
@@ -59,28 +59,27 @@ class S4(rt.ReferenceModule):
         return rt.align(_38, ('N',), ('H', 'N', 'R'))
 
     def _init_B(self, d, gen):
-        H, N, R = d['H'], d['N'], d['R']
         return 1.0
 
     def _init_log_dt(self, d, gen):
-        H, N, R = d['H'], d['N'], d['R']
+        H = d['H']
         _15 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
         _16 = np.log(_15)  # [H]
         return _16
 
     def _init_C(self, d, gen):
-        H, N, R = d['H'], d['N'], d['R']
+        H, N = d['H'], d['N']
         _20 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=True)  # [H, N]
         return _20
 
     def _init_D(self, d, gen):
-        H, N, R = d['H'], d['N'], d['R']
+        H = d['H']
         _22 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _22
 
     def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
-        H, N, R = d['H'], d['N'], d['R']
+        H, N = d['H'], d['N']
         Lambda = p['Lambda']
         P = p['P']
         Q = p['Q']

@@ -33,17 +33,16 @@ class S4D(rt.ReferenceModule):
     ALGORITHM = 'fft_conv'
 
     def _init_log_dt(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _4 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
         return _4
 
     def _init_log_A_real(self, d, gen):
-        H, N = d['H'], d['N']
         _7 = np.log(0.5)  # []
         return _7
 
     def _init_A_imag(self, d, gen):
-        H, N = d['H'], d['N']
+        N = d['N']
         _10 = np.arange(N, dtype=np.float64)  # [N]
         _11 = 3.141592653589793 * _10  # [N]
         return _11
@@ -54,7 +53,7 @@ class S4D(rt.ReferenceModule):
         return _15
 
     def _init_D(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _17 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _17
 

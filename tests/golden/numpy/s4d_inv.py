@@ -33,13 +33,13 @@ class S4DInv(rt.ReferenceModule):
     ALGORITHM = 'fft_conv'
 
     def _init_log_dt(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _4 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
         _5 = np.log(_4)  # [H]
         return _5
 
     def _init_log_A_real(self, d, gen):
-        H, N = d['H'], d['N']
+        N = d['N']
         _7 = rt.init.s4d_inv(N)  # [N]
         _8 = np.real(_7)  # [N]
         _9 = -_8  # [N]
@@ -47,7 +47,7 @@ class S4DInv(rt.ReferenceModule):
         return _10
 
     def _init_A_imag(self, d, gen):
-        H, N = d['H'], d['N']
+        N = d['N']
         _12 = rt.init.s4d_inv(N)  # [N]
         _13 = np.imag(_12)  # [N]
         return _13
@@ -58,7 +58,7 @@ class S4DInv(rt.ReferenceModule):
         return _17
 
     def _init_D(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _19 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _19
 

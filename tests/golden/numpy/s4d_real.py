@@ -32,13 +32,13 @@ class S4DReal(rt.ReferenceModule):
     ALGORITHM = 'fft_conv'
 
     def _init_log_dt(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _4 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
         _5 = np.log(_4)  # [H]
         return _5
 
     def _init_log_A_real(self, d, gen):
-        H, N = d['H'], d['N']
+        N = d['N']
         _7 = rt.init.s4d_real(N)  # [N]
         _8 = -_7  # [N]
         _9 = np.log(_8)  # [N]
@@ -50,7 +50,7 @@ class S4DReal(rt.ReferenceModule):
         return _13
 
     def _init_D(self, d, gen):
-        H, N = d['H'], d['N']
+        H = d['H']
         _15 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _15
 

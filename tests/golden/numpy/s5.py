@@ -33,7 +33,7 @@ class S5(rt.ReferenceModule):
     ALGORITHM = 'fft_conv'
 
     def _init_Lambda(self, d, gen):
-        H, P = d['H'], d['P']
+        P = d['P']
         _2 = rt.init.hippo_legs_diag(P)  # [P]
         return _2
 
@@ -48,18 +48,18 @@ class S5(rt.ReferenceModule):
         return _8
 
     def _init_D(self, d, gen):
-        H, P = d['H'], d['P']
+        H = d['H']
         _11 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _11
 
     def _init_log_dt(self, d, gen):
-        H, P = d['H'], d['P']
+        P = d['P']
         _15 = rt.init.log_uniform((P, ), 0.001, 0.1, generator=gen, complex=False)  # [P]
         return _15
 
     def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
-        H, P = d['H'], d['P']
+        P = d['P']
         Lambda = p['Lambda']
         B = p['B']
         C = p['C']

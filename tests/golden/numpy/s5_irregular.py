@@ -33,7 +33,7 @@ class S5Irregular(rt.ReferenceModule):
     ALGORITHM = 'chunked_scan'
 
     def _init_Lambda(self, d, gen):
-        H, P = d['H'], d['P']
+        P = d['P']
         _3 = rt.init.hippo_legs_diag(P)  # [P]
         return _3
 
@@ -48,19 +48,19 @@ class S5Irregular(rt.ReferenceModule):
         return _9
 
     def _init_D(self, d, gen):
-        H, P = d['H'], d['P']
+        H = d['H']
         _12 = rt.init.normal((H, ), 0, 1, generator=gen, complex=False)  # [H]
         return _12
 
     def _init_log_dt(self, d, gen):
-        H, P = d['H'], d['P']
+        P = d['P']
         _16 = rt.init.log_uniform((P, ), 0.001, 0.1, generator=gen, complex=False)  # [P]
         _17 = np.log(_16)  # [P]
         return _17
 
     def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
-        H, P = d['H'], d['P']
+        P = d['P']
         Lambda = p['Lambda']
         B = p['B']
         C = p['C']

@@ -38,25 +38,24 @@ class SS2D(rt.ReferenceModule):
     ALGORITHM = 'chunked_scan'
 
     def _init_A_log(self, d, gen):
-        H, N, Rdt, R, Cc = d['H'], d['N'], d['Rdt'], d['R'], d['Cc']
+        N = d['N']
         _3 = np.arange(N, dtype=np.float64)  # [N]
         _4 = 1 + _3  # [N]
         _5 = np.log(_4)  # [N]
         return _5
 
     def _init_D(self, d, gen):
-        H, N, Rdt, R, Cc = d['H'], d['N'], d['Rdt'], d['R'], d['Cc']
         return 1.0
 
     def _init_dt_bias(self, d, gen):
-        H, N, Rdt, R, Cc = d['H'], d['N'], d['Rdt'], d['R'], d['Cc']
+        H = d['H']
         _11 = rt.init.log_uniform((H, ), 0.001, 0.1, generator=gen, complex=False)  # [H]
         _12 = rt.inv_softplus(_11)  # [H]
         return _12
 
     def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
-        H, N, Rdt, R, Cc = d['H'], d['N'], d['Rdt'], d['R'], d['Cc']
+        H, N, Rdt = d['H'], d['N'], d['Rdt']
         A_log = p['A_log']
         D = p['D']
         dt_bias = p['dt_bias']
