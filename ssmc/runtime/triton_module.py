@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from . import triton_autotune as autotune
 from .torch_module import TorchModule
 
 
@@ -39,10 +40,14 @@ class TritonModule(TorchModule):
         (and, for matrix structures, a [BLOCK_P, BLOCK_N, BLOCK_N] tile of the transition)."""
         block_n = _pow2(cols)
         budget = 4096 // block_n if square else 2048
-        block_p = min(_pow2(rows), max(1, budget // block_n))
+        largest = min(_pow2(rows), max(1, budget // block_n))
         args = [t.contiguous() if isinstance(t, torch.Tensor) else t for t in tensors]
-        grid = (batch, -(-rows // block_p))
-        kernel[grid](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n)
+
+        def run(block_p: int) -> None:
+            kernel[(batch, -(-rows // block_p))](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n)
+
+        block_p = autotune.choose(kernel, (batch, rows, cols, tuple(sizes)), args, largest, run)
+        run(block_p)
         return args
 
 

@@ -191,3 +191,36 @@ def test_torch_compile_runs_without_graph_breaks():
         y = layer(u)
         compiled = torch.compile(layer, fullgraph=True, backend="eager")
         assert torch.equal(compiled(u), y)
+
+
+def test_block_sizes_are_tuned_once_and_remembered(tmp_path, monkeypatch, capsys):
+    import ssmc.runtime.triton_autotune as at
+    monkeypatch.setenv("SSMC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SSMC_AUTOTUNE", "1")
+    monkeypatch.setattr(at, "_memory", {})
+    mod = _load("mamba", "triton", strict=True)
+    layer = mod.Mamba(seed=0, H=8, N=2)
+    u = torch.randn(1, 3, 8)
+    with torch.no_grad():
+        y = layer(u)
+    err = capsys.readouterr().err
+    assert "ssmc: tuning" in err and "BLOCK_P=" in err
+    stored = __import__("json").loads((tmp_path / "autotune.json").read_text())
+    assert len(stored) == 1 and list(stored.values())[0] in (1, 2, 4, 8)
+    # A new process (empty memory) reads the file instead of tuning again.
+    monkeypatch.setattr(at, "_memory", {})
+    with torch.no_grad():
+        assert torch.equal(layer(u), y)
+    assert "ssmc: tuning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_inputs(dtype):
+    ref, tr = _load("mamba_block", "numpy"), _load("mamba_block", "triton", strict=True)
+    dims = _small(ref.MambaBlock)
+    r, t = ref.MambaBlock(seed=2, **dims), tr.MambaBlock(seed=2, **dims)
+    u = _inputs(ref.MambaBlock, r)["u"].to(dtype)
+    with torch.no_grad():
+        y = t(u)
+    assert y.dtype == dtype
+    assert rel(y, r(u.double())) < 3e-2

@@ -1,0 +1,93 @@
+"""Block sizes for generated Triton kernels, tuned once per shape and device and remembered.
+
+On a GPU the first launch of a kernel at a new shape times each candidate BLOCK_P
+(powers of two up to what the register budget allows) and keeps the fastest, in
+memory and in $SSMC_CACHE_DIR/autotune.json (default ~/.cache/ssmc), keyed on the
+kernel's source, the shape and the device, so later processes skip the tuning. Under
+Triton's CPU interpreter timings mean nothing: the largest block is used, unless
+SSMC_AUTOTUNE=1 forces tuning (for tests). SSMC_AUTOTUNE=0 turns tuning off.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+_memory: dict[str, int] = {}
+
+
+def _file() -> Path:
+    return Path(os.environ.get("SSMC_CACHE_DIR") or Path.home() / ".cache" / "ssmc") / "autotune.json"
+
+
+def _key(kernel, shape, device: str) -> str:
+    src = getattr(getattr(kernel, "fn", kernel), "__name__", "kernel")
+    text = getattr(kernel, "src", None) or src
+    digest = hashlib.sha256(str(text).encode()).hexdigest()[:16]
+    return f"{src}:{digest}:{shape}:{device}"
+
+
+def _load() -> dict:
+    try:
+        data = json.loads(_file().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save(key: str, value: int) -> None:
+    try:
+        data = _load()
+        data[key] = value
+        path = _file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def choose(kernel, shape, args, largest: int, run) -> int:
+    """The BLOCK_P to launch with: remembered, tuned now, or the largest."""
+    mode = os.environ.get("SSMC_AUTOTUNE")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if mode == "0" or (interpreted and mode != "1"):
+        return largest
+    device = next((str(t.device) for t in args if isinstance(t, torch.Tensor)), "cpu")
+    if device.startswith("cuda"):
+        device = torch.cuda.get_device_name(torch.device(device))
+    key = _key(kernel, shape, device)
+    if key in _memory:
+        return _memory[key]
+    stored = _load().get(key)
+    if isinstance(stored, int) and stored >= 1:
+        _memory[key] = stored
+        return stored
+    candidates = [1 << k for k in range(largest.bit_length()) if (1 << k) <= largest][-4:]
+    print(f"ssmc: tuning {key.split(':')[0]} for shape {shape} on {device} "
+          f"({len(candidates)} block sizes)...", file=sys.stderr, flush=True)
+    best, best_t = largest, float("inf")
+    for block in candidates:
+        run(block)  # compile and warm up
+        if torch.cuda.is_available() and device != "cpu":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(3):
+            run(block)
+        if torch.cuda.is_available() and device != "cpu":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t
+        print(f"ssmc:   BLOCK_P={block}: {elapsed / 3 * 1e3:.3f} ms", file=sys.stderr, flush=True)
+        if elapsed < best_t:
+            best, best_t = block, elapsed
+    _memory[key] = best
+    _save(key, best)
+    return best
