@@ -80,19 +80,32 @@ def _host_side(g: Graph, loop: list[int]) -> set[int]:
 
 
 def _plan(g: Graph, loop: list[int]):
-    """Check the loop can be one kernel; return (state dims, row dims, column dim)."""
+    """Check the loop can be one kernel; return (state dims, row dims, column dim).
+
+    The column axis of the tile is the state dim the loop reduces over (the readout's
+    sum(C * x, N)), so every reduction stays inside one program; the matrix dim of a
+    matrix structure; else the state's last dim. The other state dims are the rows.
+    """
     meta = g.meta
     sdims = tuple(meta["state_dims"])
     host = _host_side(g, loop)
+    reduced = set()
     for n in [n for n in loop if n not in host]:
         o = g.op(n)
         if any(g.fact(i, "complex") for i in g.operands(n)) and o.kind not in _COMPLEX_OK:
             raise Unsupported(f"{o.kind}() of a complex value")
         if o.kind not in _UNARY and o.kind not in _BINARY and o.kind not in ("sum", "mean", "pow"):
             raise Unsupported(f"{o.kind}() inside the recurrence")
-        if o.kind in ("sum", "mean") and [d for d, _ in o.get("dims")] != [sdims[-1]]:
-            raise Unsupported(f"{o.kind}() over dims other than the state's last")
-    return sdims, sdims[:-1], sdims[-1]
+        if o.kind in ("sum", "mean"):
+            dims = [d for d, _ in o.get("dims")]
+            if len(dims) != 1:
+                raise Unsupported(f"{o.kind}() over more than one state dim")
+            reduced.add(dims[0])
+    matrix = g.op(meta["system"]).get("structure") in ("dense", "dplr", "block_diagonal")
+    if len(reduced) > 1 or (matrix and reduced - {sdims[-1]}):
+        raise Unsupported("sums inside the recurrence over different state dims")
+    col = next(iter(reduced)) if reduced else sdims[-1]
+    return sdims, tuple(d for d in sdims if d != col), col
 
 
 def supports(compiled) -> tuple[bool, str]:
