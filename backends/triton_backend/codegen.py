@@ -308,6 +308,213 @@ class _Kernel:
                     f"tl.store({ptr} + 2 * ({offset}) + 1, {value[1]}, mask={mask})"]
         return [f"tl.store({ptr} + {offset}, {value}, mask={mask})"]
 
+    _DIFF = ("add", "sub", "mul", "div", "neg", "exp", "log", "sqrt", "abs", "sigmoid", "silu", "relu",
+             "softplus", "phi1", "re", "conj", "sum", "mean")
+
+    def differentiable(self) -> bool:
+        """Whether the backward kernel can be generated: real state, elementwise structure,
+        every loop op in the derivative table, nothing computed in torch after the kernel."""
+        g = self.g
+        if self.matrix or g.meta["state_complex"] or self.host_after:
+            return False
+        for n in self.loop + self.needed + self.statics:
+            if g.fact(n, "complex"):
+                return False
+        return all(g.op(n).kind in self._DIFF or (g.op(n).kind == "pow" and self._square(n)) for n in self.loop)
+
+    def _square(self, n: int) -> bool:
+        e = self.g.operands(n)[1]
+        return self.g.op(e).kind == "const" and self.g.op(e).get("value") == 2
+
+    def cls(self, n: int) -> tuple[bool, bool]:
+        """(has rows, has the column) of node n's tile."""
+        dims = set(self.g.fact(n, "dims"))
+        return bool(dims & set(self.rows)), self.col in dims
+
+    def reduce(self, expr: str, have: tuple[bool, bool], want: tuple[bool, bool]) -> str:
+        """A gradient tile shaped `have`, summed down to the broadcast shape `want`."""
+        if have[1] and not want[1]:
+            expr = f"tl.sum(tl.where(m_cols, {expr}, 0.0), axis=1)[:, None]"
+        if have[0] and not want[0]:
+            expr = f"tl.sum(tl.where(m_rows, {expr}, 0.0), axis=0)[None, :]"
+        return expr
+
+    def vjp(self, n: int, gname: str) -> list[tuple[int, str]]:
+        """(operand, contribution) pairs: the derivative of node n, given its gradient."""
+        g = self.g
+        o = g.op(n)
+        k = o.kind
+        ops_ = g.operands(n)
+        a = [self.ref(i) for i in ops_]
+        res = self.tile[n]
+        G = gname
+        if k == "add":
+            out = [G, G]
+        elif k == "sub":
+            out = [G, f"-{G}"]
+        elif k == "mul":
+            out = [f"{G} * {a[1]}", f"{G} * {a[0]}"]
+        elif k == "div":
+            out = [f"{G} / {a[1]}", f"-{G} * {a[0]} / ({a[1]} * {a[1]})"]
+        elif k == "neg":
+            out = [f"-{G}"]
+        elif k == "exp":
+            out = [f"{G} * {res}"]
+        elif k == "log":
+            out = [f"{G} / {a[0]}"]
+        elif k == "sqrt":
+            out = [f"{G} * 0.5 / {res}"]
+        elif k == "abs":
+            out = [f"{G} * tl.where({a[0]} >= 0, 1.0, -1.0)"]
+        elif k == "sigmoid":
+            out = [f"{G} * {res} * (1.0 - {res})"]
+        elif k == "silu":
+            s_ = f"(1.0 / (1.0 + tl.exp(-({a[0]}))))"
+            out = [f"{G} * ({s_} + ({a[0]}) * {s_} * (1.0 - {s_}))"]
+        elif k == "relu":
+            out = [f"{G} * tl.where({a[0]} > 0, 1.0, 0.0)"]
+        elif k == "softplus":
+            out = [f"{G} / (1.0 + tl.exp(-({a[0]})))"]
+        elif k == "phi1":
+            z = a[0]
+            out = [f"{G} * tl.where(tl.abs({z}) < 1e-4, 0.5 + ({z}) / 3.0, "
+                   f"(({z}) * tl.exp({z}) - tl.exp({z}) + 1.0) / (({z}) * ({z})))"]
+        elif k in ("re", "conj"):
+            out = [G]
+        elif k == "sum":
+            out = [G]
+        elif k == "mean":
+            out = [f"{G} / s_{self.col}"]
+        elif k == "pow":
+            out = [f"{G} * 2.0 * {a[0]}", None]
+        else:
+            raise Unsupported(f"no derivative for {k}")
+        return [(i, c) for i, c in zip(ops_, out) if c is not None and g.op(i).kind not in ("const", "dim")]
+
+    def backward_source(self, sizes, ins, sts, outs) -> list[str]:
+        """The backward kernel: tokens in reverse, each one's values recomputed from the saved
+        states, the adjoints of the loop's expressions (derived per op), the state's adjoint
+        carried back through Abar. Token inputs' gradients are added atomically (a value
+        shared across rows gets contributions from several programs), statics' at the end."""
+        g, pr = self.g, self.pr
+        meta = g.meta
+        state = meta["state"]
+        abar, ebar = g.operands(meta["system"])
+        name = f"{self.name}_bwd"
+        sx = self.numel(self.sdims)
+        both = self.mask(self.sdims)
+        xidx = self.index(self.sdims)
+        K = []
+        k = K.append
+        k("@triton.jit")
+        k(f"def {name}(")
+        k("    x0, states, gxf, gx0,  # the entering state, every state, and their gradients")
+        k("    " + "".join(f"{v}, " for v in ins) + "# token inputs")
+        k("    " + "".join(f"{v}, " for v in sts) + "# static inputs")
+        k("    " + "".join(f"g{v}, " for v in outs) + "# gradients of the per-token results")
+        k("    " + "".join(f"g{v}, " for v in ins + sts) + "# gradients of the inputs (zeroed)")
+        k("    L, " + ", ".join(f"s_{d}" for d in sizes) + ",")
+        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,")
+        k("):")
+        k("    b = tl.program_id(0)")
+        k("    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
+        k(f"    i_{self.col} = tl.arange(0, BLOCK_N)[None, :]")
+        k(f"    m_rows = rows < {self.numel(self.rows)}")
+        k(f"    m_cols = i_{self.col} < s_{self.col}")
+        for j, d in enumerate(self.rows):
+            inner = " * ".join(f"s_{e}" for e in self.rows[j + 1:])
+            k(f"    i_{d} = " + (f"(rows // ({inner})) % s_{d}" if inner else f"rows % s_{d}"))
+        k("    Z = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)")
+        self.tile = {}
+        for v, n in zip(sts, self.statics):
+            lay = pr.lay(n)
+            for line in self.load(v, self.index(lay), self.mask(lay), f"{v}_v", n):
+                k("    " + line)
+            k(f"    g{v}_acc = Z")
+        k(f"    carry = tl.load(gxf + b * {sx} + {xidx}, mask={both}, other=0.0) + Z")
+        k(f"    x_first = tl.load(x0 + b * {sx} + {xidx}, mask={both}, other=0.0)")
+        k("    for tt in range(L):")
+        k("        t = L - 1 - tt")
+        k(f"        x = tl.load(states + (b * L + t) * {sx} + {xidx}, mask={both}, other=0.0)")
+        k(f"        x_prev = tl.load(states + (b * L + tl.maximum(t - 1, 0)) * {sx} + {xidx}, mask={both}, other=0.0)")
+        k("        x_prev = tl.where(t > 0, x_prev, x_first)")
+        for v, n in zip(ins, self.needed):
+            lay = pr.lay(n)
+            for line in self.load(v, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
+                                  f"{v}_t", n):
+                k("        " + line)
+        before = [n for n in self.loop if state not in g.ancestors(n)]
+        after = [n for n in self.loop if state in g.ancestors(n)]
+        for n in before:
+            for line in self.emit(n, f"v{pr.num[n]}"):
+                k("        " + line)
+        self.tile[state] = "x"
+        for n in after:
+            for line in self.emit(n, f"v{pr.num[n]}"):
+                k("        " + line)
+        # Adjoints, in reverse.
+        grads: dict[int, str] = {}
+
+        def add(n: int, expr: str, have: tuple[bool, bool]) -> None:
+            want = (True, True) if n == state else self.cls(n)
+            expr = self.reduce(expr, have, want)
+            var = f"g_{pr.num[n]}" if n != state else "gx"
+            if n in grads:
+                k(f"        {var} = {var} + {expr}")
+            else:
+                k(f"        {var} = {expr}")
+                grads[n] = var
+
+        for v, n in zip(outs, self.exits):
+            lay = self.lay(n)
+            k(f"        # the gradient of {pr.var(n)} at t")
+            add(n, f"tl.load(g{v} + (b * L + t) * {self.numel(lay)} + {self.index(lay)}, mask={self.mask(lay)}, "
+                   f"other=0.0)", self.cls(n))
+        for n in reversed(after):
+            if n not in grads:
+                continue
+            for op_, c in self.vjp(n, grads[n]):
+                add(op_, c, self.cls(n))
+        k("        # the update x_t = Abar_t x_(t-1) + Ebar_t, backwards")
+        gx = grads.get(state, "0.0")
+        k(f"        gtot = tl.where({both}, {gx} + carry, 0.0)")
+        a_ = self.ref(abar)
+        k(f"        carry = gtot * {a_}")
+        grads.pop(state, None)
+        add(abar, "gtot * x_prev", (True, True))
+        add(ebar, "gtot", (True, True))
+        for n in reversed(before):
+            if n not in grads:
+                continue
+            for op_, c in self.vjp(n, grads[n]):
+                add(op_, c, self.cls(n))
+        # Leaves: token inputs at t (atomically), statics accumulated.
+        for v, n in zip(ins, self.needed):
+            if n in grads:
+                lay = pr.lay(n)
+                k(f"        tl.atomic_add(g{v} + (b * L + t) * {self.numel(lay)} + {self.index(lay)} + Z.to(tl.int32), "
+                  f"{grads[n]} + Z, mask=({self.mask(lay)}) & (Z == 0.0){self.first_only(n)})")
+        for v, n in zip(sts, self.statics):
+            if n in grads:
+                k(f"        g{v}_acc = g{v}_acc + {grads[n]}")
+        k(f"    tl.store(gx0 + b * {sx} + {xidx}, carry, mask={both})")
+        for v, n in zip(sts, self.statics):
+            lay = pr.lay(n)
+            k(f"    g{v}_sum = {self.reduce(f'g{v}_acc', (True, True), self.cls(n))}")
+            k(f"    tl.atomic_add(g{v} + {self.index(lay)} + Z.to(tl.int32), g{v}_sum + Z, mask=({self.mask(lay)}) & "
+              f"(Z == 0.0){self.first_only(n)})")
+        return K
+
+    def first_only(self, n: int) -> str:
+        """A static value without rows (or columns) is one value per program: add it once."""
+        has_rows, has_col = self.cls(n)
+        cond = ""
+        if not has_rows:
+            cond += " & (rows == tl.program_id(1) * BLOCK_P)"
+        if not has_col:
+            cond += f" & (i_{self.col} == 0)"
+        return cond
+
     def source(self) -> tuple[list[str], list[str]]:
         """(kernel lines at module level, launch lines inside _direction)."""
         g, pr = self.g, self.pr
@@ -323,7 +530,8 @@ class _Kernel:
         k = K.append
         k("@triton.jit")
         k(f"def {self.name}(")
-        k("    x0, xf,  # the state entering and leaving: [B, " + ", ".join(self.sdims) + "]")
+        k("    x0, xf, states,  # the state entering and leaving, and (SAVE) after every token: [B, (L,) "
+          + ", ".join(self.sdims) + "]")
         for name, n in zip(ins, self.needed):
             k(f"    {name},  # {pr.var(n)}: [B, L, " + ", ".join(pr.lay(n)) + "]")
         for name, n in zip(sts, self.statics):
@@ -331,7 +539,7 @@ class _Kernel:
         for name, n in zip(outs, self.exits):
             k(f"    {name},  # {pr.var(n)}: [B, L, " + ", ".join(self.lay(n)) + "]")
         k("    L, " + ", ".join(f"s_{d}" for d in sizes) + ",")
-        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,")
+        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SAVE: tl.constexpr,")
         k("):")
         k("    b = tl.program_id(0)")
         k("    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]  # the state's leading dims, flat")
@@ -402,6 +610,9 @@ class _Kernel:
         else:
             k(f"        x = {a} * x + {e}")
             self.tile[state] = "x"
+        if not xc:
+            k("        if SAVE:  # every state, for the backward kernel")
+            k(f"            tl.store(states + (b * L + t) * {sx} + {self.index(self.sdims)}, x, mask={both})")
         for n in after:
             k(f"        # {pr.var(n)} [" + ", ".join(g.fact(n, 'dims')) + "]")
             for line in self.emit(n, f"v{pr.num[n]}"):
@@ -415,7 +626,13 @@ class _Kernel:
             k("    " + line)
         k("")
         k("")
-        k(f"{self.name}_key = rt.triton_module.register_kernel({self.name})")
+        bwd = self.backward_source(sizes, ins, sts, outs) if self.differentiable() else None
+        self.has_backward = bool(bwd)
+        if bwd:
+            K.extend(["", ""] + bwd + ["", ""])
+            k(f"{self.name}_key = rt.triton_module.register_kernel({self.name}, {self.name}_bwd)")
+        else:
+            k(f"{self.name}_key = rt.triton_module.register_kernel({self.name})")
         # The launch, inside _direction.
         H = []
         h = H.append
@@ -446,7 +663,7 @@ class _Kernel:
         square = "True" if self.matrix else "False"
         h(f"            _r = rt.triton_module.fused_scan({self.name}_key, {arg('_x', complex_=xc)}, "
           f"[{', '.join(tensors)}], [_L, {', '.join(sizes)}], _B, {rows}, {self.col}, {square}, "
-          f"[{', '.join(shapes)}], {ranks!r})")
+          f"[{', '.join(shapes)}], {ranks!r}, self._grad_wanted)")
         for j, n in enumerate(self.exits):
             h(f"            _e{pr.num[n]} = [{back(f'_r[{j + 1}]', self.cplx(n))}]")
         h(f"            _x = {back('_r[0]', xc)}")
@@ -470,9 +687,13 @@ def render(compiled) -> str:
         raise Unsupported(f"the Triton backend cannot generate {why}")
     kernels: list[str] = []
 
+    backward: list[bool] = []
+
     def fused(g, pr, needed, loop, exits):
-        kern, launch = _Kernel(g, pr, needed, loop, exits).source()
+        kernel = _Kernel(g, pr, needed, loop, exits)
+        kern, launch = kernel.source()
         kernels.append("\n".join(kern))
+        backward.append(kernel.has_backward)
         return launch
 
     classes = []
@@ -481,8 +702,13 @@ def render(compiled) -> str:
             # No SSD kernel family yet: scalar systems run the scan kernel (state in registers).
             g = g.copy()
             del g.meta["ssd"]
-        classes.append(render_class(g, fused_loop=fused).replace("(rt.TorchModule):",
-                                                                 "(rt.triton_module.TritonModule):", 1))
+        backward.clear()
+        text = render_class(g, fused_loop=fused)
+        base = "(rt.triton_module.TritonModule):"
+        if backward and all(backward):
+            # Gradients by the generated backward kernel, not the PyTorch path.
+            base += "\n    TRITON_BACKWARD = True"
+        classes.append(text.replace("(rt.TorchModule):", base, 1))
     head = module_header(compiled, "triton", "fused Triton kernels; PyTorch for gradients",
                          ("from ssmc.runtime import torch_ops as ops", "import ssmc.runtime.triton_module",
                           "import triton", "import triton.language as tl"))

@@ -31,11 +31,14 @@ class TritonModule(TorchModule):
         self._grad_wanted = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         return super().step(u_t, state, **kw)
 
+    #: whether every kernel of this module has a generated backward kernel
+    TRITON_BACKWARD = False
+
     def _fused_ready(self) -> bool:
-        return not getattr(self, "_grad_wanted", True)
+        return not getattr(self, "_grad_wanted", True) or self.TRITON_BACKWARD
 
     @staticmethod
-    def _launch(kernel, batch: int, rows: int, cols: int, tensors, sizes, square: bool = False):
+    def _launch(kernel, batch: int, rows: int, cols: int, tensors, sizes, square: bool = False, **flags):
         """Grid (batch, row blocks): each program holds a [BLOCK_P, BLOCK_N] tile of the state
         (and, for matrix structures, a [BLOCK_P, BLOCK_N, BLOCK_N] tile of the transition)."""
         block_n = _pow2(cols)
@@ -44,7 +47,7 @@ class TritonModule(TorchModule):
         args = [t.contiguous() if isinstance(t, torch.Tensor) else t for t in tensors]
 
         def run(block_p: int) -> None:
-            kernel[(batch, -(-rows // block_p))](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n)
+            kernel[(batch, -(-rows // block_p))](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n, **flags)
 
         block_p = autotune.choose(kernel, (batch, rows, cols, tuple(sizes)), args, largest, run)
         run(block_p)
@@ -54,11 +57,20 @@ class TritonModule(TorchModule):
 _KERNELS: dict[str, object] = {}
 
 
-def register_kernel(kernel) -> str:
-    """Make a generated kernel reachable from the custom op by a string key."""
+_BACKWARD: dict[str, object] = {}
+
+
+def register_kernel(kernel, backward=None) -> str:
+    """Make a generated kernel (and its backward kernel) reachable from the op by a key."""
     key = f"k{len(_KERNELS)}:{getattr(kernel, '__name__', 'kernel')}"
     _KERNELS[key] = kernel
+    if backward is not None:
+        _BACKWARD[key] = backward
     return key
+
+
+def has_backward(key: str) -> bool:
+    return key in _BACKWARD
 
 
 def _outputs(x0, out_shapes, out_ranks):
@@ -69,17 +81,53 @@ def _outputs(x0, out_shapes, out_ranks):
     return outs
 
 
+def _states(x0, sizes, save: bool):
+    # Without `save` a deterministic placeholder (an op's outputs must not be garbage).
+    return x0.new_empty((x0.shape[0], sizes[0]) + tuple(x0.shape[1:])) if save else x0.new_zeros((1,))
+
+
 @torch.library.custom_op("ssmc::fused_scan", mutates_args=())
 def fused_scan(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], sizes: list[int], batch: int, rows: int,
-               cols: int, square: bool, out_shapes: list[int], out_ranks: list[int]) -> list[torch.Tensor]:
-    """Run generated kernel `key`: returns [leaving state, *per-token results] (real dtypes;
-    complex values as real views). A torch.library op, so torch.compile sees one node."""
+               cols: int, square: bool, out_shapes: list[int], out_ranks: list[int],
+               save: bool) -> list[torch.Tensor]:
+    """Run generated kernel `key`: returns [leaving state, *per-token results, states] (real
+    dtypes; complex values as real views; `states`, every state, only with `save`, for the
+    backward kernel). A torch.library op, so torch.compile sees one node."""
     xf = torch.empty_like(x0)
     outs = _outputs(x0, out_shapes, out_ranks)
-    TritonModule._launch(_KERNELS[key], batch, rows, cols, [x0, xf, *inputs, *outs], sizes, square)
-    return [xf, *outs]
+    states = _states(x0, sizes, save)
+    TritonModule._launch(_KERNELS[key], batch, rows, cols, [x0, xf, states, *inputs, *outs], sizes, square,
+                         SAVE=save)
+    return [xf, *outs, states]
 
 
 @fused_scan.register_fake
-def _fused_scan_fake(key, x0, inputs, sizes, batch, rows, cols, square, out_shapes, out_ranks):
-    return [torch.empty_like(x0), *_outputs(x0, out_shapes, out_ranks)]
+def _fused_scan_fake(key, x0, inputs, sizes, batch, rows, cols, square, out_shapes, out_ranks, save):
+    return [torch.empty_like(x0), *_outputs(x0, out_shapes, out_ranks), _states(x0, sizes, save)]
+
+
+def _setup(ctx, inputs, output):
+    key, x0, ins, sizes, batch, rows, cols, square, out_shapes, out_ranks, save = inputs
+    ctx.meta = (key, sizes, batch, rows, cols, square, len(ins), out_shapes, out_ranks)
+    ctx.save_for_backward(x0, *ins, output[-1])
+
+
+def _backward(ctx, grads):
+    key, sizes, batch, rows, cols, square, n_in, out_shapes, out_ranks = ctx.meta
+    x0, *ins, states = ctx.saved_tensors
+    ins = ins[:n_in]
+    if key not in _BACKWARD or states.dim() == 1:
+        raise RuntimeError("ssmc: this kernel has no backward; the module runs its PyTorch path for gradients")
+    gxf = grads[0] if grads[0] is not None else torch.zeros_like(x0)
+    zeros = _outputs(x0, out_shapes, out_ranks)
+    gouts = [gr if gr is not None else z.zero_() for gr, z in zip(grads[1:-1], zeros)]
+    gx0 = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
+    # Contiguous buffers: the kernel writes through raw pointers (zeros_like would keep an
+    # input's strides, and the launcher's contiguous copy would swallow the writes).
+    gins = [torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in ins]
+    TritonModule._launch(_BACKWARD[key], batch, rows, cols,
+                         [x0, states, gxf, gx0, *ins, *[g.contiguous() for g in gouts], *gins], sizes, square)
+    return None, gx0, gins, None, None, None, None, None, None, None, None
+
+
+fused_scan.register_autograd(_backward, setup_context=_setup)
