@@ -14,10 +14,14 @@ in the scan form as the SSD kernel family is not generated yet; dense, DPLR and
 block-diagonal as a matrix-vector update on a [BLOCK_P, BLOCK_N, BLOCK_N] tile, their
 discretized matrices made in torch), real or complex states, the
 elementwise functions below (on complex values: arithmetic, exp, phi1, re, im, conj,
-abs), reductions over the state's last dim. Values over dims beyond the state's are
+abs), reductions over one state dim (the tile's columns). Values over dims beyond the state's are
 computed in torch: before the launch when they do not read the state (S5's
-sum(B * u, H)); otherwise the kernel hands over every state and torch reads them out. Forward only: where gradients are needed the module runs its
-PyTorch path. Everything else of the module (scan orders, chaining, cu_seqlens) is
+sum(B * u, H)); otherwise the kernel hands over every state and torch reads them out. Gradients: for real states with a diagonal or scalar state matrix, a
+generated backward kernel (the forward saves every state; the backward walks the
+tokens in reverse, recomputes each token's values, applies the derivative of every
+op and carries the state's adjoint back through Abar), registered as the autograd of
+the `ssmc::fused_scan` op; otherwise the module runs its PyTorch path when gradients
+are needed. Everything else of the module (scan orders, chaining, cu_seqlens) is
 shared with the PyTorch backend. Complex values are pairs of real registers (`_r`, `_i`),
 complex tensors travel as their real views (interleaved real and imaginary parts).
 """
