@@ -412,13 +412,13 @@ class _Kernel:
         k = K.append
         k("@triton.jit")
         k(f"def {name}(")
-        k("    x0, states, gxf, gx0,  # the entering state, every state, and their gradients")
+        k("    x0, states, scratch, gxf, gx0,  # the entering state, the checkpoints, a chunk's states, gradients")
         k("    " + "".join(f"{v}, " for v in ins) + "# token inputs")
         k("    " + "".join(f"{v}, " for v in sts) + "# static inputs")
         k("    " + "".join(f"g{v}, " for v in outs) + "# gradients of the per-token results")
         k("    " + "".join(f"g{v}, " for v in ins + sts) + "# gradients of the inputs (zeroed)")
         k("    L, " + ", ".join(f"s_{d}" for d in sizes) + ",")
-        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,")
+        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CK: tl.constexpr,")
         k("):")
         k("    b = tl.program_id(0)")
         k("    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
@@ -436,12 +436,37 @@ class _Kernel:
                 k("    " + line)
             k(f"    g{v}_acc = Z")
         k(f"    carry = tl.load(gxf + b * {sx} + {xidx}, mask={both}, other=0.0) + Z")
-        k(f"    x_first = tl.load(x0 + b * {sx} + {xidx}, mask={both}, other=0.0)")
-        k("    for tt in range(L):")
-        k("        t = L - 1 - tt")
-        k(f"        x = tl.load(states + (b * L + t) * {sx} + {xidx}, mask={both}, other=0.0)")
-        k(f"        x_prev = tl.load(states + (b * L + tl.maximum(t - 1, 0)) * {sx} + {xidx}, mask={both}, other=0.0)")
-        k("        x_prev = tl.where(t > 0, x_prev, x_first)")
+        ck = f"(b * NC + kc) * {sx} + {xidx}"
+        k("    NC = (L + CK - 1) // CK + 1  # checkpoints: the state entering every chunk of CK tokens")
+        k("    for kk in range(NC - 1):")
+        k("        kc = NC - 2 - kk")
+        k("        start = kc * CK")
+        k("        n_t = tl.minimum(CK, L - start)")
+        k(f"        x_ck = tl.load(states + {ck}, mask={both}, other=0.0)")
+        k("        # the chunk's states, recomputed from its checkpoint")
+        k("        x = x_ck")
+        k("        for s in range(n_t):")
+        k("            t = start + s")
+        for v, n in zip(ins, self.needed):
+            lay = pr.lay(n)
+            for line in self.load(v, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
+                                  f"{v}_t", n):
+                k("            " + line)
+        before_ = [n for n in self.loop if state not in g.ancestors(n)]
+        for n in before_:
+            for line in self.emit(n, f"v{pr.num[n]}"):
+                k("            " + line)
+        k(f"            x = {self.ref(abar)} * x + {self.ref(ebar)}")
+        k(f"            tl.store(scratch + (b * CK + s) * {sx} + {xidx}, x, mask={both})")
+        k("        tl.debug_barrier()")
+        k("        for ss in range(n_t):")
+        k("            s = n_t - 1 - ss")
+        k("            t = start + s")
+        k(f"            x = tl.load(scratch + (b * CK + s) * {sx} + {xidx}, mask={both}, other=0.0)")
+        k(f"            x_prev = tl.load(scratch + (b * CK + tl.maximum(s - 1, 0)) * {sx} + {xidx}, mask={both}, "
+          f"other=0.0)")
+        k("            x_prev = tl.where(s > 0, x_prev, x_ck)")
+        body_start = len(K)
         for v, n in zip(ins, self.needed):
             lay = pr.lay(n)
             for line in self.load(v, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
@@ -501,6 +526,8 @@ class _Kernel:
         for v, n in zip(sts, self.statics):
             if n in grads:
                 k(f"        g{v}_acc = g{v}_acc + {grads[n]}")
+        K[body_start:] = ["    " + line for line in K[body_start:]]
+        k("        tl.debug_barrier()")
         k(f"    tl.store(gx0 + b * {sx} + {xidx}, carry, mask={both})")
         for v, n in zip(sts, self.statics):
             lay = pr.lay(n)
@@ -534,7 +561,7 @@ class _Kernel:
         k = K.append
         k("@triton.jit")
         k(f"def {self.name}(")
-        k("    x0, xf, states,  # the state entering and leaving, and (SAVE) after every token: [B, (L,) "
+        k("    x0, xf, states,  # the state entering and leaving, and (SAVE) every CK tokens: [B, (L / CK + 1,) "
           + ", ".join(self.sdims) + "]")
         for name, n in zip(ins, self.needed):
             k(f"    {name},  # {pr.var(n)}: [B, L, " + ", ".join(pr.lay(n)) + "]")
@@ -543,7 +570,7 @@ class _Kernel:
         for name, n in zip(outs, self.exits):
             k(f"    {name},  # {pr.var(n)}: [B, L, " + ", ".join(self.lay(n)) + "]")
         k("    L, " + ", ".join(f"s_{d}" for d in sizes) + ",")
-        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SAVE: tl.constexpr,")
+        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SAVE: tl.constexpr, CK: tl.constexpr,")
         k("):")
         k("    b = tl.program_id(0)")
         k("    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]  # the state's leading dims, flat")
@@ -562,6 +589,8 @@ class _Kernel:
             k(f"    x_i = tl.load(x0 + 2 * ({xoff}) + 1, mask={both}, other=0.0)")
         else:
             k(f"    x = tl.load(x0 + {xoff}, mask={both}, other=0.0)")
+            k("    if SAVE:")
+            k(f"        tl.store(states + b * ((L + CK - 1) // CK + 1) * {sx} + {self.index(self.sdims)}, x, mask={both})")
         if self.matrix:
             k("    i_k3 = tl.arange(0, BLOCK_N)[None, None, :]")
         for name, n in zip(sts, self.statics):
@@ -615,8 +644,10 @@ class _Kernel:
             k(f"        x = {a} * x + {e}")
             self.tile[state] = "x"
         if not xc:
-            k("        if SAVE:  # every state, for the backward kernel")
-            k(f"            tl.store(states + (b * L + t) * {sx} + {self.index(self.sdims)}, x, mask={both})")
+            k("        if SAVE:  # a checkpoint every CK tokens, for the backward kernel")
+            k("            if (t + 1) % CK == 0:")
+            k(f"                tl.store(states + (b * ((L + CK - 1) // CK + 1) + (t + 1) // CK) * {sx} + "
+              f"{self.index(self.sdims)}, x, mask={both})")
         for n in after:
             k(f"        # {pr.var(n)} [" + ", ".join(g.fact(n, 'dims')) + "]")
             for line in self.emit(n, f"v{pr.num[n]}"):

@@ -81,23 +81,31 @@ def _outputs(x0, out_shapes, out_ranks):
     return outs
 
 
+#: tokens between two checkpoints of the state (the backward kernel recomputes in between)
+CHECKPOINT = 64
+
+
 def _states(x0, sizes, save: bool):
-    # Without `save` a deterministic placeholder (an op's outputs must not be garbage).
-    return x0.new_empty((x0.shape[0], sizes[0]) + tuple(x0.shape[1:])) if save else x0.new_zeros((1,))
+    """The checkpoints: the state entering every chunk of CHECKPOINT tokens, and after the last."""
+    if not save:
+        # A deterministic placeholder (an op's outputs must not be garbage).
+        return x0.new_zeros((1,))
+    chunks = -(-sizes[0] // CHECKPOINT) + 1
+    return x0.new_zeros((x0.shape[0], chunks) + tuple(x0.shape[1:]))
 
 
 @torch.library.custom_op("ssmc::fused_scan", mutates_args=())
 def fused_scan(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], sizes: list[int], batch: int, rows: int,
                cols: int, square: bool, out_shapes: list[int], out_ranks: list[int],
                save: bool) -> list[torch.Tensor]:
-    """Run generated kernel `key`: returns [leaving state, *per-token results, states] (real
-    dtypes; complex values as real views; `states`, every state, only with `save`, for the
-    backward kernel). A torch.library op, so torch.compile sees one node."""
+    """Run generated kernel `key`: returns [leaving state, *per-token results, checkpoints]
+    (real dtypes; complex values as real views; the state every CHECKPOINT tokens only with
+    `save`, for the backward kernel). A torch.library op, so torch.compile sees one node."""
     xf = torch.empty_like(x0)
     outs = _outputs(x0, out_shapes, out_ranks)
     states = _states(x0, sizes, save)
     TritonModule._launch(_KERNELS[key], batch, rows, cols, [x0, xf, states, *inputs, *outs], sizes, square,
-                         SAVE=save)
+                         SAVE=save, CK=CHECKPOINT)
     return [xf, *outs, states]
 
 
@@ -125,8 +133,10 @@ def _backward(ctx, grads):
     # Contiguous buffers: the kernel writes through raw pointers (zeros_like would keep an
     # input's strides, and the launcher's contiguous copy would swallow the writes).
     gins = [torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in ins]
+    scratch = x0.new_empty((x0.shape[0], CHECKPOINT) + tuple(x0.shape[1:]))
     TritonModule._launch(_BACKWARD[key], batch, rows, cols,
-                         [x0, states, gxf, gx0, *ins, *[g.contiguous() for g in gouts], *gins], sizes, square)
+                         [x0, states, scratch, gxf, gx0, *ins, *[g.contiguous() for g in gouts], *gins], sizes,
+                         square, CK=CHECKPOINT)
     return None, gx0, gins, None, None, None, None, None, None, None, None
 
 
