@@ -17,8 +17,9 @@ elementwise functions below (on complex values: arithmetic, exp, phi1, re, im, c
 abs), reductions over one state dim (the tile's columns). Values over dims beyond the state's are
 computed in torch: before the launch when they do not read the state (S5's
 sum(B * u, H)); otherwise the kernel hands over every state and torch reads them out. Gradients: for real states with a diagonal or scalar state matrix, a
-generated backward kernel (the forward saves every state; the backward walks the
-tokens in reverse, recomputes each token's values, applies the derivative of every
+generated backward kernel (the forward saves a checkpoint of the state every 64
+tokens; the backward walks the chunks in reverse, recomputes a chunk's states from its
+checkpoint, then walks its tokens in reverse, recomputes each token's values, applies the derivative of every
 op and carries the state's adjoint back through Abar), registered as the autograd of
 the `ssmc::fused_scan` op; otherwise the module runs its PyTorch path when gradients
 are needed. Everything else of the module (scan orders, chaining, cu_seqlens) is
