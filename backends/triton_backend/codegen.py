@@ -42,6 +42,32 @@ _UNARY = {
     "phi1": "tl.where(tl.abs({0}) < 1e-4, 1.0 + ({0}) * (0.5 + ({0}) / 6.0), (tl.exp({0}) - 1.0) / ({0}))",
 }
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+# Reverse-mode derivatives, per op and operand: {G} the result's gradient, {a} and {b}
+# the operands, {r} the result.
+_SIG = "(1.0 / (1.0 + tl.exp(-({a}))))"
+_VJP = {
+    "add": ("{G}", "{G}"),
+    "sub": ("{G}", "-{G}"),
+    "mul": ("{G} * {b}", "{G} * {a}"),
+    "div": ("{G} / {b}", "-{G} * {a} / ({b} * {b})"),
+    "neg": ("-{G}",),
+    "exp": ("{G} * {r}",),
+    "log": ("{G} / {a}",),
+    "sqrt": ("{G} * 0.5 / {r}",),
+    "abs": ("{G} * tl.where({a} >= 0, 1.0, -1.0)",),
+    "sigmoid": ("{G} * {r} * (1.0 - {r})",),
+    "silu": ("{G} * (" + _SIG + " + ({a}) * " + _SIG + " * (1.0 - " + _SIG + "))",),
+    "relu": ("{G} * tl.where({a} > 0, 1.0, 0.0)",),
+    "softplus": ("{G} / (1.0 + tl.exp(-({a})))",),
+    # d/dz (exp(z) - 1) / z, with its series 1/2 + z/3 near 0.
+    "phi1": ("{G} * tl.where(tl.abs({a}) < 1e-4, 0.5 + ({a}) / 3.0, "
+             "(({a}) * tl.exp({a}) - tl.exp({a}) + 1.0) / (({a}) * ({a})))",),
+    "re": ("{G}",),
+    "conj": ("{G}",),
+    "sum": ("{G}",),
+    "mean": ("{G} / s_{col}",),
+    "square": ("{G} * 2.0 * {a}",),
+}
 _HOST_KINDS = ("solve", "expm", "phi1m", "matvec", "dplr", "blockdiag", "eye", "linear", "conv")
 # What complex values (pairs of real registers) support.
 _COMPLEX_OK = ("add", "sub", "mul", "div", "neg", "exp", "phi1", "re", "im", "conj", "abs", "sum", "mean")
@@ -313,9 +339,6 @@ class _Kernel:
                     f"tl.store({ptr} + 2 * ({offset}) + 1, {value[1]}, mask={mask})"]
         return [f"tl.store({ptr} + {offset}, {value}, mask={mask})"]
 
-    _DIFF = ("add", "sub", "mul", "div", "neg", "exp", "log", "sqrt", "abs", "sigmoid", "silu", "relu",
-             "softplus", "phi1", "re", "conj", "sum", "mean")
-
     def differentiable(self) -> bool:
         """Whether the backward kernel can be generated: real state, elementwise structure,
         every loop op in the derivative table, nothing computed in torch after the kernel."""
@@ -325,7 +348,7 @@ class _Kernel:
         for n in self.loop + self.needed + self.statics:
             if g.fact(n, "complex"):
                 return False
-        return all(g.op(n).kind in self._DIFF or (g.op(n).kind == "pow" and self._square(n)) for n in self.loop)
+        return all(g.op(n).kind in _VJP or (g.op(n).kind == "pow" and self._square(n)) for n in self.loop)
 
     def _square(self, n: int) -> bool:
         e = self.g.operands(n)[1]
@@ -347,53 +370,15 @@ class _Kernel:
     def vjp(self, n: int, gname: str) -> list[tuple[int, str]]:
         """(operand, contribution) pairs: the derivative of node n, given its gradient."""
         g = self.g
-        o = g.op(n)
-        k = o.kind
+        k = g.op(n).kind
         ops_ = g.operands(n)
         a = [self.ref(i) for i in ops_]
         res = self.tile[n]
-        G = gname
-        if k == "add":
-            out = [G, G]
-        elif k == "sub":
-            out = [G, f"-{G}"]
-        elif k == "mul":
-            out = [f"{G} * {a[1]}", f"{G} * {a[0]}"]
-        elif k == "div":
-            out = [f"{G} / {a[1]}", f"-{G} * {a[0]} / ({a[1]} * {a[1]})"]
-        elif k == "neg":
-            out = [f"-{G}"]
-        elif k == "exp":
-            out = [f"{G} * {res}"]
-        elif k == "log":
-            out = [f"{G} / {a[0]}"]
-        elif k == "sqrt":
-            out = [f"{G} * 0.5 / {res}"]
-        elif k == "abs":
-            out = [f"{G} * tl.where({a[0]} >= 0, 1.0, -1.0)"]
-        elif k == "sigmoid":
-            out = [f"{G} * {res} * (1.0 - {res})"]
-        elif k == "silu":
-            s_ = f"(1.0 / (1.0 + tl.exp(-({a[0]}))))"
-            out = [f"{G} * ({s_} + ({a[0]}) * {s_} * (1.0 - {s_}))"]
-        elif k == "relu":
-            out = [f"{G} * tl.where({a[0]} > 0, 1.0, 0.0)"]
-        elif k == "softplus":
-            out = [f"{G} / (1.0 + tl.exp(-({a[0]})))"]
-        elif k == "phi1":
-            z = a[0]
-            out = [f"{G} * tl.where(tl.abs({z}) < 1e-4, 0.5 + ({z}) / 3.0, "
-                   f"(({z}) * tl.exp({z}) - tl.exp({z}) + 1.0) / (({z}) * ({z})))"]
-        elif k in ("re", "conj"):
-            out = [G]
-        elif k == "sum":
-            out = [G]
-        elif k == "mean":
-            out = [f"{G} / s_{self.col}"]
-        elif k == "pow":
-            out = [f"{G} * 2.0 * {a[0]}", None]
+        fields = dict(G=gname, a=a[0], b=a[1] if len(a) > 1 else None, r=res, col=self.col)
+        if k == "pow":
+            out = [_VJP["square"][0].format(**fields), None]
         else:
-            raise Unsupported(f"no derivative for {k}")
+            out = [f.format(**fields) for f in _VJP[k]]
         return [(i, c) for i, c in zip(ops_, out) if c is not None and g.op(i).kind not in ("const", "dim")]
 
     def backward_source(self, sizes, ins, sts, outs) -> list[str]:
