@@ -111,7 +111,8 @@ def _host_side(g: Graph, loop: list[int]) -> set[int]:
 
 
 def _plan(g: Graph, loop: list[int]):
-    """Check the loop can be one kernel; return (state dims, row dims, column dim).
+    """Check the loop can be one kernel; return (state dims, row dims, column dim, the
+    values computed in torch around it).
 
     The column axis of the tile is the state dim the loop reduces over (the readout's
     sum(C * x, N)), so every reduction stays inside one program; the matrix dim of a
@@ -136,7 +137,7 @@ def _plan(g: Graph, loop: list[int]):
     if len(reduced) > 1 or (matrix and reduced - {sdims[-1]}):
         raise Unsupported("sums inside the recurrence over different state dims")
     col = next(iter(reduced)) if reduced else sdims[-1]
-    return sdims, tuple(d for d in sdims if d != col), col
+    return sdims, tuple(d for d in sdims if d != col), col, host
 
 
 def supports(compiled) -> tuple[bool, str]:
@@ -148,7 +149,7 @@ def supports(compiled) -> tuple[bool, str]:
         static, token, after = split_body(g)
         _, loop, exits, _ = split_loop(g, pr, token + after)
         try:
-            sdims, rows, col = _plan(g, loop)
+            sdims, rows, col, _ = _plan(g, loop)
         except Unsupported as e:
             return False, f"{g.meta['name']}: {e}"
         for n in exits:
@@ -162,9 +163,8 @@ class _Kernel:
 
     def __init__(self, g: Graph, pr: TorchPrinter, needed, loop, exits):
         self.g, self.pr = g, pr
-        self.sdims, self.rows, self.col = _plan(g, loop)
+        self.sdims, self.rows, self.col, host = _plan(g, loop)
         self.matrix = g.op(g.meta["system"]).get("structure") in ("dense", "dplr", "block_diagonal")
-        host = _host_side(g, loop)
         state = g.meta["state"]
         # Values computed in torch before the launch, and (readout on the host) after it.
         self.host = [n for n in loop if n in host and state not in g.ancestors(n)]

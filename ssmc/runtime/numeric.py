@@ -10,28 +10,31 @@ import numpy as np
 import torch
 
 
-def align(a, src: tuple, dst: tuple):
-    """Permute and expand the trailing named axes of `a` from dims `src` to dims `dst`.
+def align_plan(src: tuple, dst: tuple) -> tuple[list[int], list[bool]]:
+    """How named axes `src` become `dst`: the order to permute the source axes into, and
+    per target axis whether it comes from the source (else a new, broadcast axis).
 
     `dst` must contain every name of `src`; a repeated name (a square matrix pair)
-    maps occurrence by occurrence. Leading unnamed axes are kept.
+    maps occurrence by occurrence. Shared by the NumPy and torch runtimes.
     """
-    a = np.asarray(a)
-    lead = a.ndim - len(src)
     used = [False] * len(src)
-    perm, shape_src = [], []
+    perm = []
     for d in dst:
         j = next((j for j, s in enumerate(src) if s == d and not used[j]), None)
-        if j is None:
-            perm.append(None)
-        else:
+        if j is not None:
             used[j] = True
-            perm.append(j)
-    order = [j for j in perm if j is not None]
+        perm.append(j)
+    return [j for j in perm if j is not None], [j is not None for j in perm]
+
+
+def align(a, src: tuple, dst: tuple):
+    """Permute and expand the trailing named axes of `a` from dims `src` to dims `dst`;
+    leading unnamed axes (batch, time) are kept."""
+    a = np.asarray(a)
+    lead = a.ndim - len(src)
+    order, present = align_plan(src, dst)
     a = np.transpose(a, list(range(lead)) + [lead + j for j in order])
-    index = [slice(None)] * lead + [slice(None) if j is not None else None for j in perm]
-    del shape_src
-    return a[tuple(index)]
+    return a[tuple([slice(None)] * lead + [slice(None) if p else None for p in present])]
 
 
 def softplus(x):

@@ -10,24 +10,18 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .numeric import align_plan
+
 
 def align(a: torch.Tensor, src: tuple, dst: tuple) -> torch.Tensor:
     """Permute and expand the trailing named axes of `a` from dims `src` to dims `dst`."""
     if not torch.is_tensor(a):
         return a
     lead = a.dim() - len(src)
-    used = [False] * len(src)
-    perm = []
-    for d in dst:
-        j = next((j for j, s in enumerate(src) if s == d and not used[j]), None)
-        if j is not None:
-            used[j] = True
-        perm.append(j)
-    order = [j for j in perm if j is not None]
+    order, present = align_plan(src, dst)
     if order != sorted(order):
         a = a.permute(*range(lead), *(lead + j for j in order))
-    index = (slice(None),) * lead + tuple(slice(None) if j is not None else None for j in perm)
-    return a[index]
+    return a[(slice(None),) * lead + tuple(slice(None) if p else None for p in present)]
 
 
 def softplus(x):
