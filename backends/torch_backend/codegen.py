@@ -166,10 +166,11 @@ class TorchPrinter(Printer):
                 del self.renamed[i]
 
 
-def render_class(g: Graph, fused_loop=None) -> str:
+def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk") -> str:
     """The class for one block. `fused_loop(g, pr, needed, loop, exits)` may return lines that
     compute the loop's results some other way (a fused kernel); the chunk loop is then the
-    `else:` branch (used where the fused path cannot run, e.g. when gradients are needed)."""
+    `else:` branch (used where the fused path cannot run, e.g. when gradients are needed).
+    `ssd_fn` names the function that runs the SSD form (same contract as ops.ssd_chunk)."""
     meta = g.meta
     pr = TorchPrinter(g)
     sname = g.op(meta["state"]).get("name")
@@ -255,7 +256,7 @@ def render_class(g: Graph, fused_loop=None) -> str:
         yd = pr.canonical(tuple(g.fact(y, "dims")))
         pr.layout[y] = yd
         z, c = ssd["z"], ssd["c"]
-        w(f"            {pr.var(y)}, _x = ops.ssd_chunk({pr.var(z)}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
+        w(f"            {pr.var(y)}, _x = {ssd_fn}({pr.var(z)}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
           f"{pr.var(c)}, {pr.lay(c)!r}, _x, {sdims!r}, {yd!r}, self.ssd_block)  # [B, T, " + ", ".join(yd) + "]")
     else:
         a_tok = g.fact(abar, "time") == "token"

@@ -8,9 +8,12 @@ its last dim as columns) and walks the sequence with the state in registers, com
 the discretization, the update, the readout and whatever else the loop computed, from
 expressions printed off the IR. No per-step state is written to memory.
 
-Scope today (others fall back to the PyTorch backend with a notice, or are an error
-with strict=True): every structure (diagonal and scalar elementwise, scalar systems
-in the scan form as the SSD kernel family is not generated yet; dense, DPLR and
+Systems the compiler put in the SSD form (Mamba-2 class) run the SSD kernel family
+instead (`ssmc/runtime/triton_ssd.py`: chunk-local tl.dot matmuls, the state carried
+across chunks in registers), fed with the factors torch computes from the spec.
+
+Scope of the scan kernel (others fall back to the PyTorch backend with a notice, or
+are an error with strict=True): every structure (diagonal and scalar elementwise; dense, DPLR and
 block-diagonal as a matrix-vector update on a [BLOCK_P, BLOCK_N, BLOCK_N] tile, their
 discretized matrices made in torch), real or complex states, the
 elementwise functions below (on complex values: arithmetic, exp, phi1, re, im, conj,
@@ -719,12 +722,10 @@ def render(compiled) -> str:
 
     classes = []
     for g in compiled.graphs:
-        if "ssd" in g.meta:
-            # No SSD kernel family yet: scalar systems run the scan kernel (state in registers).
-            g = g.copy()
-            del g.meta["ssd"]
         backward.clear()
-        text = render_class(g, fused_loop=fused)
+        # Systems in the SSD form run the SSD kernel family (chunk-local tl.dot matmuls, the
+        # state carried across chunks in registers); the others one generated scan kernel.
+        text = render_class(g, fused_loop=fused, ssd_fn="rt.triton_ssd.ssd")
         base = "(rt.triton_module.TritonModule):"
         if backward and all(backward):
             # Gradients by the generated backward kernel, not the PyTorch path.
@@ -732,5 +733,6 @@ def render(compiled) -> str:
         classes.append(text.replace("(rt.TorchModule):", base, 1))
     head = module_header(compiled, "triton", "fused Triton kernels; PyTorch for gradients",
                          ("from ssmc.runtime import torch_ops as ops", "import ssmc.runtime.triton_module",
+                          "import ssmc.runtime.triton_ssd",
                           "import triton", "import triton.language as tl"))
     return "\n\n\n".join([head, *kernels, *classes])

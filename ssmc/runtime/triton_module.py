@@ -1,8 +1,9 @@
 """What generated Triton-backend classes extend, and their kernel launcher.
 
-The fused kernel runs the forward when no gradient is needed; when one is, the same
-module runs its PyTorch path (the torch backend's chunked scan), whose backward is a
-reverse scan: a Triton backward kernel is not generated yet.
+The fused kernel is the `ssmc::fused_scan` torch.library op. Its autograd is the
+generated backward kernel where one exists (real states with a diagonal or scalar
+A: `TRITON_BACKWARD`); otherwise a module that needs gradients runs its PyTorch path
+(the torch backend's chunked scan, whose backward is a reverse scan).
 """
 from __future__ import annotations
 

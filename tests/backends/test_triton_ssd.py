@@ -1,0 +1,151 @@
+"""The SSD kernel family (Mamba-2 class) of the Triton backend, through the interpreter.
+
+The kernel (chunk-local tl.dot matmuls, the state carried across chunks in registers)
+against the PyTorch SSD form and the NumPy reference: lengths across several chunks and
+not a multiple of the chunk, N and P not powers of two, P wider than one block, state
+dims in an unusual order, factors broadcast over heads, chaining, float64 gradients.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+import ssmc
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton")
+
+from ssmc.runtime import torch_ops as ops  # noqa: E402
+from ssmc.runtime import triton_ssd  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def _case(dtype, b, T, sizes, zd, xd, bd, cd, sd, yd, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(ds, token=True):
+        shape = ((b, T) if token else ()) + tuple(sizes[d] for d in ds)
+        return torch.randn(shape, generator=g, dtype=dtype)
+
+    z = -rand(zd).abs() * 0.3
+    return (z, zd, rand(xd), xd, rand(bd), bd, rand(cd), cd, torch.randn((b,) + tuple(sizes[d] for d in sd),
+                                                                         generator=g, dtype=dtype), sd, yd)
+
+
+CASES = {
+    # Mamba-2: B and C shared by the heads, per-head decay.
+    "mamba2": (dict(H=3, P=5, N=7), ("H",), ("H", "P"), ("N",), ("N",), ("H", "P", "N"), ("H", "P")),
+    # per-head B and C, the state's dims in another order, y in another order.
+    "per_head_bc": (dict(H=2, P=3, N=4), ("H",), ("P", "H"), ("H", "N"), ("N", "H"), ("P", "H", "N"), ("H", "P")),
+    # no channel dim (X over the heads only), decay shared by all heads.
+    "no_channels": (dict(H=3, N=5), (), ("H",), ("H", "N"), ("N",), ("H", "N"), ("H",)),
+    # P wider than one 64-row block, N past 16.
+    "wide": (dict(H=1, P=70, N=20), ("H",), ("H", "P"), ("N",), ("N",), ("H", "P", "N"), ("H", "P")),
+    # two head dims (flattened by a copy).
+    "two_heads": (dict(G=2, H=2, P=3, N=4), ("G", "H"), ("G", "H", "P"), ("G", "N"), ("N",),
+                  ("G", "H", "P", "N"), ("G", "H", "P")),
+}
+
+
+@pytest.mark.parametrize("length", [1, 13, 64, 131])
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_matches_torch_ssd_form(case, length):
+    sizes, *layout = CASES[case]
+    args = _case(torch.float64, 2, length, sizes, *layout)
+    y, xf = triton_ssd.ssd(*args)
+    y2, xf2 = ops.ssd_chunk(*args)
+    assert y.shape == y2.shape and xf.shape == xf2.shape
+    assert torch.allclose(y, y2, atol=1e-11, rtol=1e-11)
+    assert torch.allclose(xf, xf2, atol=1e-11, rtol=1e-11)
+
+
+def test_kernel_float32_and_static_factor():
+    sizes = dict(H=2, P=3, N=5)
+    z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd = _case(torch.float32, 2, 67, sizes, ("H",), ("H", "P"), ("N",),
+                                                      ("N",), ("H", "P", "N"), ("H", "P"))
+    C_static = torch.randn(5)  # a param: no batch or time axes
+    y, xf = triton_ssd.ssd(z, zd, X, xd, Bf, bd, C_static, cd, x0, sd, yd)
+    y2, xf2 = ops.ssd_chunk(z.double(), zd, X.double(), xd, Bf.double(), bd, C_static.double(), cd, x0.double(),
+                            sd, yd)
+    assert y.dtype == torch.float32
+    assert (y.double() - y2).abs().max() / y2.abs().max() < 1e-5
+    assert (xf.double() - xf2).abs().max() / xf2.abs().max() < 1e-5
+
+
+def test_chaining_two_calls_equals_one():
+    sizes, *layout = CASES["mamba2"]
+    z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd = _case(torch.float64, 2, 90, sizes, *layout)
+    y, xf = triton_ssd.ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd)
+    ya, xa = triton_ssd.ssd(z[:, :37], zd, X[:, :37], xd, Bf[:, :37], bd, Cf[:, :37], cd, x0, sd, yd)
+    yb, xb = triton_ssd.ssd(z[:, 37:], zd, X[:, 37:], xd, Bf[:, 37:], bd, Cf[:, 37:], cd, xa, sd, yd)
+    assert torch.allclose(torch.cat([ya, yb], 1), y, atol=1e-12)
+    assert torch.allclose(xb, xf, atol=1e-12)
+
+
+def test_gradcheck_through_the_op():
+    sizes, *layout = CASES["per_head_bc"]
+    z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd = _case(torch.float64, 1, 5, sizes, *layout)
+    leaves = [t.requires_grad_() for t in (z, X, Bf, Cf, x0)]
+
+    def f(z, X, Bf, Cf, x0):
+        return triton_ssd.ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd)
+
+    assert torch.autograd.gradcheck(f, tuple(leaves))
+
+
+def test_op_registration():
+    sizes, *layout = CASES["mamba2"]
+    z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd = _case(torch.float32, 2, 9, sizes, *layout)
+    Bc = Bf[:, :, None].expand(2, 9, 3, 7)  # broadcast over the heads: stride 0
+    Cc = Cf[:, :, None].expand(2, 9, 3, 7)
+    result = torch.library.opcheck(torch.ops.ssmc.ssd_scan.default,
+                                   (z.requires_grad_(), X.requires_grad_(), Bc, Cc, x0.requires_grad_()))
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def _mamba2(backend, **kw):
+    from ..conftest import EXAMPLES
+    path = next(p for p in EXAMPLES if p.stem == "mamba2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ssmc.load(path, backend=backend, **kw).Mamba2
+
+
+def test_mamba2_module_runs_the_ssd_kernel(monkeypatch):
+    calls = []
+    original = triton_ssd.ssd_scan
+
+    def spy(*args):
+        calls.append(args[1].shape)
+        return original(*args)
+
+    monkeypatch.setattr(triton_ssd, "ssd_scan", spy)
+    T, R = _mamba2("triton", strict=True), _mamba2("numpy")
+    dims = dict(Hd=2, P=3, N=5)
+    t, r = T(seed=1, **dims), R(seed=1, **dims)
+    u = torch.randn(2, 70, 2, 3)
+    x0 = torch.randn(2, 2, 3, 5)
+    with torch.no_grad():
+        y, xf = t(u, initial_state=x0, return_state=True)
+    yr, xr = r(u.double(), initial_state=x0.double(), return_state=True)
+    assert calls and calls[0] == (2, 70, 2, 3)
+    assert (y.double() - yr).abs().max() / yr.abs().max() < 1e-4
+    assert (xf.double() - xr).abs().max() / xr.abs().max() < 1e-4
+
+
+def test_mamba2_module_gradients_match_torch_backend():
+    T, M = _mamba2("triton", strict=True), _mamba2("torch")
+    dims = dict(Hd=2, P=3, N=5)
+    t, m = T(seed=4, **dims), M(seed=4, **dims)
+    u = torch.randn(2, 66, 2, 3, requires_grad=True)
+    gt = torch.autograd.grad(t(u).square().sum(), [u, *t.parameters()])
+    gm = torch.autograd.grad(m(u).square().sum(), [u, *m.parameters()])
+    for a, b in zip(gt, gm):
+        assert (a - b).abs().max() <= 1e-3 * b.abs().max() + 1e-6
