@@ -34,43 +34,15 @@ from __future__ import annotations
 from ...errors import SsmcError
 from ...ir.graph import Graph
 from ..codegen_common import module_header
+from .derivatives import UNARY, VJP
 from ..torch_backend.codegen import TorchPrinter, render_class
 
-_UNARY = {
-    "exp": "tl.exp({0})", "log": "tl.log({0})", "sqrt": "tl.sqrt({0})", "abs": "tl.abs({0})",
-    "neg": "-({0})", "sigmoid": "1.0 / (1.0 + tl.exp(-({0})))", "silu": "({0}) / (1.0 + tl.exp(-({0})))",
-    "relu": "tl.maximum({0}, 0.0)", "re": "{0}", "conj": "{0}",
-    "softplus": "tl.where({0} > 20.0, {0}, tl.log(1.0 + tl.exp({0})))",
-    # (exp(z) - 1) / z with its series where z is small (Triton has no expm1).
-    "phi1": "tl.where(tl.abs({0}) < 1e-4, 1.0 + ({0}) * (0.5 + ({0}) / 6.0), (tl.exp({0}) - 1.0) / ({0}))",
-}
+# Per-op forward formulas ({0} the operand) and reverse-mode derivatives per operand
+# ({G} the result's gradient, {a} and {b} the operands, {r} the result), printed from one
+# sympy definition per op (derivatives.py).
+_UNARY = {k: v for k, v in UNARY.items() if k != "square"}
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-# Reverse-mode derivatives, per op and operand: {G} the result's gradient, {a} and {b}
-# the operands, {r} the result.
-_SIG = "(1.0 / (1.0 + tl.exp(-({a}))))"
-_VJP = {
-    "add": ("{G}", "{G}"),
-    "sub": ("{G}", "-{G}"),
-    "mul": ("{G} * {b}", "{G} * {a}"),
-    "div": ("{G} / {b}", "-{G} * {a} / ({b} * {b})"),
-    "neg": ("-{G}",),
-    "exp": ("{G} * {r}",),
-    "log": ("{G} / {a}",),
-    "sqrt": ("{G} * 0.5 / {r}",),
-    "abs": ("{G} * tl.where({a} >= 0, 1.0, -1.0)",),
-    "sigmoid": ("{G} * {r} * (1.0 - {r})",),
-    "silu": ("{G} * (" + _SIG + " + ({a}) * " + _SIG + " * (1.0 - " + _SIG + "))",),
-    "relu": ("{G} * tl.where({a} > 0, 1.0, 0.0)",),
-    "softplus": ("{G} / (1.0 + tl.exp(-({a})))",),
-    # d/dz (exp(z) - 1) / z, with its series 1/2 + z/3 near 0.
-    "phi1": ("{G} * tl.where(tl.abs({a}) < 1e-4, 0.5 + ({a}) / 3.0, "
-             "(({a}) * tl.exp({a}) - tl.exp({a}) + 1.0) / (({a}) * ({a})))",),
-    "re": ("{G}",),
-    "conj": ("{G}",),
-    "sum": ("{G}",),
-    "mean": ("{G} / s_{col}",),
-    "square": ("{G} * 2.0 * {a}",),
-}
+_VJP = VJP
 _HOST_KINDS = ("solve", "expm", "phi1m", "matvec", "dplr", "blockdiag", "eye", "linear", "conv")
 # What complex values (pairs of real registers) support.
 _COMPLEX_OK = ("add", "sub", "mul", "div", "neg", "exp", "phi1", "re", "im", "conj", "abs", "sum", "mean")
@@ -267,16 +239,21 @@ class _Kernel:
         if k == "exp":
             return [f"{name}_m = tl.exp({ar})", f"{r} = {name}_m * tl.cos({ai})", f"{i} = {name}_m * tl.sin({ai})"]
         if k == "phi1":
-            # (exp(z) - 1) / z, and its series 1 + z/2 + z^2/6 where |z| is small.
-            return [f"{name}_m = tl.exp({ar})",
-                    f"{name}_er = {name}_m * tl.cos({ai}) - 1.0", f"{name}_ei = {name}_m * tl.sin({ai})",
-                    f"{name}_d = {ar} * {ar} + {ai} * {ai}",
-                    f"{name}_small = {name}_d < 1e-8",
-                    f"{name}_q = tl.where({name}_small, 1.0, {name}_d)",
-                    f"{r} = tl.where({name}_small, 1.0 + 0.5 * {ar} + ({ar} * {ar} - {ai} * {ai}) / 6.0, "
-                    f"({name}_er * {ar} + {name}_ei * {ai}) / {name}_q)",
-                    f"{i} = tl.where({name}_small, 0.5 * {ai} + {ar} * {ai} / 3.0, "
-                    f"({name}_ei * {ar} - {name}_er * {ai}) / {name}_q)"]
+            # (exp(z) - 1) / z; where |z| < 0.1 its series sum z^k / (k + 1)!, k <= 6, by
+            # Horner (in float32 exp(z) - 1 cancels to ~eps / |z| for small |z|; the
+            # series' truncation is ~|z|^7 / 8! <= 2.5e-12 there), as derivatives.py does
+            # for real values.
+            lines = [f"{name}_m = tl.exp({ar})",
+                     f"{name}_er = {name}_m * tl.cos({ai}) - 1.0", f"{name}_ei = {name}_m * tl.sin({ai})",
+                     f"{name}_d = {ar} * {ar} + {ai} * {ai}",
+                     f"{name}_small = {name}_d < 0.01",
+                     f"{name}_q = tl.where({name}_small, 1.0, {name}_d)",
+                     f"{name}_sr = {1.0 / 5040.0!r} + 0.0 * {ar}", f"{name}_si = 0.0 * {ar}"]
+            for c in (720, 120, 24, 6, 2, 1):
+                lines.append(f"{name}_sr, {name}_si = {name}_sr * {ar} - {name}_si * {ai} + {1.0 / c!r}, "
+                             f"{name}_sr * {ai} + {name}_si * {ar}")
+            return lines + [f"{r} = tl.where({name}_small, {name}_sr, ({name}_er * {ar} + {name}_ei * {ai}) / {name}_q)",
+                            f"{i} = tl.where({name}_small, {name}_si, ({name}_ei * {ar} - {name}_er * {ai}) / {name}_q)"]
         if k in ("sum", "mean"):
             div = "" if k == "sum" else f" / s_{self.col}"
             return [f"{r} = tl.sum({ar}, axis=1)[:, None]{div}", f"{i} = tl.sum({ai}, axis=1)[:, None]{div}"]
@@ -401,13 +378,14 @@ class _Kernel:
         k = K.append
         k("@triton.jit")
         k(f"def {name}(")
-        k("    x0, states, scratch, gxf, gx0,  # the entering state, the checkpoints, a chunk's states, gradients")
+        k("    x0, states, scratch, gxf, gx0, tmap,  # the entering state, the checkpoints, a chunk's states, "
+          "gradients, the time map")
         k("    " + "".join(f"{v}, " for v in ins) + "# token inputs")
         k("    " + "".join(f"{v}, " for v in sts) + "# static inputs")
         k("    " + "".join(f"g{v}, " for v in outs) + "# gradients of the per-token results")
         k("    " + "".join(f"g{v}, " for v in ins + sts) + "# gradients of the inputs (zeroed)")
         k("    L, " + ", ".join(f"s_{d}" for d in sizes) + ",")
-        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CK: tl.constexpr,")
+        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CK: tl.constexpr, MAP: tl.constexpr,")
         k("):")
         k("    b = tl.program_id(0)")
         k("    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
@@ -436,9 +414,12 @@ class _Kernel:
         k("        x = x_ck")
         k("        for s in range(n_t):")
         k("            t = start + s")
+        k("            tp = t")
+        k("            if MAP:  # the direction's order, by an index map over time")
+        k("                tp = tl.load(tmap + t)")
         for v, n in zip(ins, self.needed):
             lay = pr.lay(n)
-            for line in self.load(v, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
+            for line in self.load(v, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
                                   f"{v}_t", n):
                 k("            " + line)
         before_ = [n for n in self.loop if state not in g.ancestors(n)]
@@ -451,6 +432,9 @@ class _Kernel:
         k("        for ss in range(n_t):")
         k("            s = n_t - 1 - ss")
         k("            t = start + s")
+        k("            tp = t")
+        k("            if MAP:  # the direction's order, by an index map over time")
+        k("                tp = tl.load(tmap + t)")
         k(f"            x = tl.load(scratch + (b * CK + s) * {sx} + {xidx}, mask={both}, other=0.0)")
         k(f"            x_prev = tl.load(scratch + (b * CK + tl.maximum(s - 1, 0)) * {sx} + {xidx}, mask={both}, "
           f"other=0.0)")
@@ -458,7 +442,7 @@ class _Kernel:
         body_start = len(K)
         for v, n in zip(ins, self.needed):
             lay = pr.lay(n)
-            for line in self.load(v, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
+            for line in self.load(v, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
                                   f"{v}_t", n):
                 k("        " + line)
         before = [n for n in self.loop if state not in g.ancestors(n)]
@@ -486,7 +470,7 @@ class _Kernel:
         for v, n in zip(outs, self.exits):
             lay = self.lay(n)
             k(f"        # the gradient of {pr.var(n)} at t")
-            add(n, f"tl.load(g{v} + (b * L + t) * {self.numel(lay)} + {self.index(lay)}, mask={self.mask(lay)}, "
+            add(n, f"tl.load(g{v} + (b * L + tp) * {self.numel(lay)} + {self.index(lay)}, mask={self.mask(lay)}, "
                    f"other=0.0)", self.cls(n))
         for n in reversed(after):
             if n not in grads:
@@ -510,7 +494,7 @@ class _Kernel:
         for v, n in zip(ins, self.needed):
             if n in grads:
                 lay = pr.lay(n)
-                k(f"        tl.atomic_add(g{v} + (b * L + t) * {self.numel(lay)} + {self.index(lay)} + Z.to(tl.int32), "
+                k(f"        tl.atomic_add(g{v} + (b * L + tp) * {self.numel(lay)} + {self.index(lay)} + Z.to(tl.int32), "
                   f"{grads[n]} + Z, mask=({self.mask(lay)}) & (Z == 0.0){self.first_only(n)})")
         for v, n in zip(sts, self.statics):
             if n in grads:
@@ -552,6 +536,7 @@ class _Kernel:
         k(f"def {self.name}(")
         k("    x0, xf, states,  # the state entering and leaving, and (SAVE) every CK tokens: [B, (L / CK + 1,) "
           + ", ".join(self.sdims) + "]")
+        k("    tmap,  # (MAP) the direction's order: step t reads and writes token tmap[t]")
         for name, n in zip(ins, self.needed):
             k(f"    {name},  # {pr.var(n)}: [B, L, " + ", ".join(pr.lay(n)) + "]")
         for name, n in zip(sts, self.statics):
@@ -559,7 +544,7 @@ class _Kernel:
         for name, n in zip(outs, self.exits):
             k(f"    {name},  # {pr.var(n)}: [B, L, " + ", ".join(self.lay(n)) + "]")
         k("    L, " + ", ".join(f"s_{d}" for d in sizes) + ",")
-        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SAVE: tl.constexpr, CK: tl.constexpr,")
+        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SAVE: tl.constexpr, CK: tl.constexpr, MAP: tl.constexpr,")
         k("):")
         k("    b = tl.program_id(0)")
         k("    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]  # the state's leading dims, flat")
@@ -589,12 +574,15 @@ class _Kernel:
             for line in loader:
                 k("    " + line)
         k("    for t in range(L):")
+        k("        tp = t")
+        k("        if MAP:  # the direction's order, by an index map over time: no reordered copies")
+        k("            tp = tl.load(tmap + t)")
         for name, n in zip(ins, self.needed):
             lay = pr.lay(n)
             if self.is_matrix(n):
-                loader = self.matrix_load(name, f"(b * L + t) * {self.numel(lay)}", f"{name}_t", n)
+                loader = self.matrix_load(name, f"(b * L + tp) * {self.numel(lay)}", f"{name}_t", n)
             else:
-                loader = self.load(name, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
+                loader = self.load(name, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
                                    f"{name}_t", n)
             for line in loader:
                 k("        " + line)
@@ -643,7 +631,7 @@ class _Kernel:
                 k("        " + line)
         for name, n in zip(outs, self.exits):
             lay = self.lay(n)
-            for line in self.store(name, f"(b * L + t) * {self.numel(lay)} + {self.index(lay)}", self.tile[n],
+            for line in self.store(name, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}", self.tile[n],
                                    self.mask(lay)):
                 k("        " + line)
         for line in self.store("xf", xoff, ("x_r", "x_i") if xc else "x", both):
@@ -687,7 +675,7 @@ class _Kernel:
         square = "True" if self.matrix else "False"
         h(f"            _r = rt.triton_module.fused_scan({self.name}_key, {arg('_x', complex_=xc)}, "
           f"[{', '.join(tensors)}], [_L, {', '.join(sizes)}], _B, {rows}, {self.col}, {square}, "
-          f"[{', '.join(shapes)}], {ranks!r}, self._grad_wanted)")
+          f"[{', '.join(shapes)}], {ranks!r}, self._grad_wanted, self._time_map(_dev))")
         for j, n in enumerate(self.exits):
             h(f"            _e{pr.num[n]} = [{back(f'_r[{j + 1}]', self.cplx(n))}]")
         h(f"            _x = {back('_r[0]', xc)}")
@@ -725,7 +713,7 @@ def render(compiled) -> str:
         backward.clear()
         # Systems in the SSD form run the SSD kernel family (chunk-local tl.dot matmuls, the
         # state carried across chunks in registers); the others one generated scan kernel.
-        text = render_class(g, fused_loop=fused, ssd_fn="rt.triton_ssd.ssd")
+        text = render_class(g, fused_loop=fused, ssd_fn="self._ssd")
         base = "(rt.triton_module.TritonModule):"
         if backward and all(backward):
             # Gradients by the generated backward kernel, not the PyTorch path.
@@ -733,6 +721,5 @@ def render(compiled) -> str:
         classes.append(text.replace("(rt.TorchModule):", base, 1))
     head = module_header(compiled, "triton", "fused Triton kernels; PyTorch for gradients",
                          ("from ssmc.runtime import torch_ops as ops", "import ssmc.runtime.triton_module",
-                          "import ssmc.runtime.triton_ssd",
                           "import triton", "import triton.language as tl"))
     return "\n\n\n".join([head, *kernels, *classes])

@@ -44,12 +44,13 @@ _R, _G, _S = sp.symbols("_r _G _s", real=True)
 
 # Below this |a| phi1 is its series (Triton has no expm1): the cut is part of phi1's
 # definition, so its derivative has the same cut.
-# Kept at the hand-written table's values. In float32 this cut is too low for the
-# derivative: just above it (r * a - r + 1) / a cancels to ~eps / a**2 (x5 wrong at
-# 1.5e-4, 5% at 1e-3; the hand-written formula alike). 0.1 and 7 terms keep forward
-# and derivative within 1.1e-5 everywhere (the xfail in tests/backends/test_triton_derivatives.py).
-_PHI1_SMALL = sp.Float("1e-4")
-_PHI1_TERMS = 3  # 1 + a/2 + a^2/6: truncation a^3/24 ~ 4e-14 at the cut.
+# In float32, (exp(a) - 1) / a cancels to ~eps / |a| and its derivative
+# (r * a - r + 1) / a to ~eps / a**2 for small |a| (x5 wrong at 1.5e-4, 5% at 1e-3 with a
+# cut at 1e-4): below 0.1 the series, with 7 terms (truncation ~a^7 / 8! = 2.5e-12 at the
+# cut), keeps forward and derivative within 1.1e-5 everywhere
+# (tests/backends/test_triton_derivatives.py).
+_PHI1_SMALL = sp.Float("0.1")
+_PHI1_TERMS = 7
 _SOFTPLUS_LINEAR = 20  # above, log(1 + exp(a)) == a in float32 and exp(a) may overflow.
 
 _SIGMOID = 1 / (1 + sp.exp(-a))

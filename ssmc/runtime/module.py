@@ -307,6 +307,7 @@ class ReferenceModule(nn.Module):
         final = None
         for i, perm in enumerate(self._orders(L, d)):
             p = self._params(i if self._copies else 0, compute)
+            self._perm = perm
             ins = {k: (v if perm is None else self._take(v, perm)) for k, v in inputs.items()}
             self._dir_index = i
             y, final = self._direction(p, d, ins, state, return_state)

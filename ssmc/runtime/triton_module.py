@@ -7,6 +7,7 @@ A: `TRITON_BACKWARD`); otherwise a module that needs gradients runs its PyTorch 
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from . import triton_autotune as autotune
@@ -19,6 +20,7 @@ def _pow2(n: int) -> int:
 
 class TritonModule(TorchModule):
     BACKEND = "triton"
+    _maps_on = False
 
     def forward(self, u, *args, **kw):
         tensors = [u] + [v for v in kw.values() if isinstance(v, torch.Tensor)]
@@ -26,14 +28,62 @@ class TritonModule(TorchModule):
         tensors += list(state) if isinstance(state, (tuple, list)) else ([state] if state is not None else [])
         self._grad_wanted = torch.is_grad_enabled() and (
             any(t.requires_grad for t in tensors) or any(p.requires_grad for p in self.parameters()))
+        length = u.shape[1] if isinstance(u, torch.Tensor) and u.dim() >= 2 else 0
+        self._maps_on = kw.get("cu_seqlens") is None and self._maps_usable(length, state, kw.get("return_state", False))
         return super().forward(u, *args, **kw)
 
     def step(self, u_t, state, **kw):
         self._grad_wanted = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        self._maps_on = False
         return super().step(u_t, state, **kw)
 
     #: whether every kernel of this module has a generated backward kernel
     TRITON_BACKWARD = False
+
+    def _maps_usable(self, length: int, initial_state, return_state: bool) -> bool:
+        """Whether scan orders can run by index maps (the kernel reads and writes token
+        tmap[t] at step t) instead of reordered copies: every value before the scan must
+        be per token (no conv along time), and the scan must run in a kernel (not the
+        PyTorch chunk loop, nor the LTI convolution)."""
+        if self.SCAN["order"] == "causal" or self.CONVS:
+            return False
+        if self.ALGORITHM == "ssd":
+            return True
+        if self.ALGORITHM == "fft_conv" and self._use_fft(initial_state, return_state, length):
+            return False
+        return self._fused_ready()
+
+    def _take(self, a, perm):
+        return a if self._maps_on else super()._take(a, perm)
+
+    def _put_back(self, a, perm):
+        return a if self._maps_on else super()._put_back(a, perm)
+
+    def _time_map(self, device):
+        """The current direction's index map over time (int32 [L]), or None (in order)."""
+        perm = getattr(self, "_perm", None)
+        if not self._maps_on or perm is None:
+            return None
+        # np.array copies: a reversed view (negative stride) cannot become a tensor.
+        perm = np.array(perm, dtype=np.int32)
+        key = (str(device), perm.tobytes())
+        cached = getattr(self, "_map_cache", {})
+        if key not in cached:
+            # One map per direction is kept (the last shapes seen).
+            cached = {k: v for k, v in cached.items() if len(k[1]) == len(key[1])}
+            cached[key] = torch.as_tensor(perm, device=device)
+            self._map_cache = cached
+        return cached[key]
+
+    def _ssd(self, *args):
+        """The SSD form on the Triton kernel family, in this direction's order."""
+        from . import triton_ssd
+        return triton_ssd.ssd(*args, tmap=self._time_map(args[8].device))
+
+    def _ssd_chunk(self, length: int) -> int:
+        # With an index map the kernel walks the whole sequence in the direction's order.
+        return max(1, length) if self._maps_on and getattr(self, "_perm", None) is not None \
+            else super()._ssd_chunk(length)
 
     def _fused_ready(self) -> bool:
         return not getattr(self, "_grad_wanted", True) or self.TRITON_BACKWARD
@@ -98,33 +148,36 @@ def _states(x0, sizes, save: bool):
 @torch.library.custom_op("ssmc::fused_scan", mutates_args=())
 def fused_scan(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], sizes: list[int], batch: int, rows: int,
                cols: int, square: bool, out_shapes: list[int], out_ranks: list[int],
-               save: bool) -> list[torch.Tensor]:
+               save: bool, tmap: torch.Tensor | None) -> list[torch.Tensor]:
     """Run generated kernel `key`: returns [leaving state, *per-token results, checkpoints]
     (real dtypes; complex values as real views; the state every CHECKPOINT tokens only with
-    `save`, for the backward kernel). A torch.library op, so torch.compile sees one node."""
+    `save`, for the backward kernel). With `tmap` (int32 [L]), step t of the recurrence
+    reads and writes token tmap[t]: a scan order without reordered copies of the inputs.
+    A torch.library op, so torch.compile sees one node."""
     xf = torch.empty_like(x0)
     outs = _outputs(x0, out_shapes, out_ranks)
     states = _states(x0, sizes, save)
-    TritonModule._launch(_KERNELS[key], batch, rows, cols, [x0, xf, states, *inputs, *outs], sizes, square,
-                         SAVE=save, CK=CHECKPOINT)
+    mapped = tmap is not None
+    TritonModule._launch(_KERNELS[key], batch, rows, cols, [x0, xf, states, tmap if mapped else x0, *inputs, *outs],
+                         sizes, square, SAVE=save, CK=CHECKPOINT, MAP=mapped)
     return [xf, *outs, states]
 
 
 @fused_scan.register_fake
-def _fused_scan_fake(key, x0, inputs, sizes, batch, rows, cols, square, out_shapes, out_ranks, save):
+def _fused_scan_fake(key, x0, inputs, sizes, batch, rows, cols, square, out_shapes, out_ranks, save, tmap):
     return [torch.empty_like(x0), *_outputs(x0, out_shapes, out_ranks), _states(x0, sizes, save)]
 
 
 def _setup(ctx, inputs, output):
-    key, x0, ins, sizes, batch, rows, cols, square, out_shapes, out_ranks, save = inputs
-    ctx.meta = (key, sizes, batch, rows, cols, square, len(ins), out_shapes, out_ranks)
-    ctx.save_for_backward(x0, *ins, output[-1])
+    key, x0, ins, sizes, batch, rows, cols, square, out_shapes, out_ranks, save, tmap = inputs
+    ctx.meta = (key, sizes, batch, rows, cols, square, len(ins), out_shapes, out_ranks, tmap is not None)
+    ctx.save_for_backward(x0, *ins, output[-1], *([tmap] if tmap is not None else []))
 
 
 def _backward(ctx, grads):
-    key, sizes, batch, rows, cols, square, n_in, out_shapes, out_ranks = ctx.meta
-    x0, *ins, states = ctx.saved_tensors
-    ins = ins[:n_in]
+    key, sizes, batch, rows, cols, square, n_in, out_shapes, out_ranks, mapped = ctx.meta
+    x0, *ins = ctx.saved_tensors
+    ins, states, tmap = ins[:n_in], ins[n_in], (ins[n_in + 1] if mapped else x0)
     if key not in _BACKWARD or states.dim() == 1:
         raise RuntimeError("ssmc: this kernel has no backward; the module runs its PyTorch path for gradients")
     gxf = grads[0] if grads[0] is not None else torch.zeros_like(x0)
@@ -136,9 +189,9 @@ def _backward(ctx, grads):
     gins = [torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in ins]
     scratch = x0.new_empty((x0.shape[0], CHECKPOINT) + tuple(x0.shape[1:]))
     TritonModule._launch(_BACKWARD[key], batch, rows, cols,
-                         [x0, states, scratch, gxf, gx0, *ins, *[g.contiguous() for g in gouts], *gins], sizes,
-                         square, CK=CHECKPOINT)
-    return None, gx0, gins, None, None, None, None, None, None, None, None
+                         [x0, states, scratch, gxf, gx0, tmap, *ins, *[g.contiguous() for g in gouts], *gins],
+                         sizes, square, CK=CHECKPOINT, MAP=mapped)
+    return (None, gx0, gins) + (None,) * 9  # no gradient for the key, sizes, flags or the time map
 
 
 fused_scan.register_autograd(_backward, setup_context=_setup)

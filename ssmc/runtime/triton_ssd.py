@@ -40,12 +40,14 @@ BLOCK_T = 64
 def _ssd_fwd(
     z, X, Bm, Cm,  # log-decays [B, L, H], X [B, L, H, P], B [B, L, H, N], C [B, L, H, N] (any strides)
     x0, y, xf,  # entering state [B, H, P, N], output [B, L, H, P], leaving state [B, H, P, N]
+    tmap,  # (MAP) the direction's order: step t reads and writes token tmap[t]
     L, H, P, N,
     szb, szt, szh,
     sxb, sxt, sxh, sxp,
     sbb, sbt, sbh, sbn,
     scb, sct, sch, scn,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
+    MAP: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -62,6 +64,8 @@ def _ssd_fwd(
     for c in range(tl.cdiv(L, BLOCK_T)):
         tt = c * BLOCK_T + t
         mt = tt < L
+        if MAP:  # a scan order by an index map over time: no reordered copies
+            tt = tl.load(tmap + tt, mask=mt, other=0)
         # Padding tokens: decay 1 (z = 0), no input, no output.
         zc = tl.load(z + b * szb + tt * szt + h * szh, mask=mt, other=0.0).to(dt)  # [T]
         Lc = tl.cumsum(zc, axis=0)
@@ -100,10 +104,11 @@ def _pow2(n: int, least: int = 16) -> int:
 
 @torch.library.custom_op("ssmc::ssd_scan", mutates_args=())
 def ssd_scan(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-             x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+             x0: torch.Tensor, tmap: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The SSD kernel on canonical layouts: z [B, L, H], X [B, L, H, P], Bm and Cm
     [B, L, H, N] (broadcast axes may have stride 0), x0 [B, H, P, N], all one real dtype.
-    Returns y [B, L, H, P] and the leaving state [B, H, P, N]."""
+    Returns y [B, L, H, P] and the leaving state [B, H, P, N]. With `tmap` (int32 [L]),
+    step t of the recurrence reads and writes token tmap[t]."""
     b, length, heads, chans = X.shape
     n = Bm.shape[-1]
     x0 = x0.contiguous()
@@ -118,13 +123,14 @@ def ssd_scan(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tenso
     # Exact products for float32 / float64 (TF32 would cost ~1e-3); bf16 / fp16 inputs compute in f32 anyway.
     ieee = x0.dtype in (torch.float32, torch.float64)
     args = [z, X, Bm, Cm, x0, y, xf]
+    mapped = tmap is not None
 
     def run(block_p: int) -> None:
         block_p = max(16, block_p)
         _ssd_fwd[(b, heads, -(-chans // block_p))](
-            z, X, Bm, Cm, x0, y, xf, length, heads, chans, n,
+            z, X, Bm, Cm, x0, y, xf, tmap if mapped else x0, length, heads, chans, n,
             *z.stride(), *X.stride(), *Bm.stride(), *Cm.stride(),
-            BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=block_n, IEEE=ieee)
+            BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=block_n, IEEE=ieee, MAP=mapped)
 
     block_p = autotune.choose(_ssd_fwd, (b, heads, chans, n, length), args, largest, run)
     run(block_p)
@@ -132,29 +138,36 @@ def ssd_scan(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tenso
 
 
 @ssd_scan.register_fake
-def _ssd_scan_fake(z, X, Bm, Cm, x0):
+def _ssd_scan_fake(z, X, Bm, Cm, x0, tmap):
     b, length, heads, chans = X.shape
     return X.new_empty((b, length, heads, chans)), torch.empty_like(x0)
 
 
 def _setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+    ctx.mapped = inputs[-1] is not None
+    ctx.save_for_backward(*inputs[:5], *inputs[5:] if ctx.mapped else ())
 
 
 def _backward(ctx, gy, gxf):
-    z, X, Bm, Cm, x0 = ctx.saved_tensors
+    z, X, Bm, Cm, x0, *tmap = ctx.saved_tensors
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(True) for t in (z, X, Bm, Cm, x0)]
         zl, Xl, Bl, Cl, xl = leaves
+        if tmap:
+            # The direction's order, by copies here (gradients are rarer than forwards).
+            perm = tmap[0].long()
+            zl, Xl, Bl, Cl = (t.index_select(1, perm) for t in (zl, Xl, Bl, Cl))
         y, xf = ops.ssd_chunk(zl, ("H",), Xl, ("H", "P"), Bl, ("H", "N"), Cl, ("H", "N"), xl,
                               ("H", "P", "N"), ("H", "P"), BLOCK_T)
+        if tmap:
+            y = y.index_select(1, torch.argsort(perm))
         outs, grads = [], []
         for o, g in ((y, gy), (xf, gxf)):
             if g is not None:
                 outs.append(o)
                 grads.append(g)
         got = torch.autograd.grad(outs, leaves, grads, allow_unused=True)
-    return tuple(torch.zeros_like(t) if g is None else g for t, g in zip((z, X, Bm, Cm, x0), got))
+    return (*(torch.zeros_like(t) if g is None else g for t, g in zip((z, X, Bm, Cm, x0), got)), None)
 
 
 ssd_scan.register_autograd(_backward, setup_context=_setup)
@@ -168,17 +181,23 @@ def fits(zd, xd, bd, cd, sd, yd) -> bool:
             and set(xd) <= set(yd) and n[0] not in zd)
 
 
-def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T):
+def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=None):
     """`torch_ops.ssd_chunk`'s contract (named dims in, named dims out) on the Triton kernel.
 
     N, the state's reduced dim, is the one not in `yd`; the heads are the other state dims
     that z, B or C depend on; the channels the rest. Factors reach the kernel's layouts
     as views (a broadcast axis gets stride 0); only several head or channel dims are
     flattened by a copy. Layouts the kernel does not fit, and complex values, run
-    `torch_ops.ssd_chunk`."""
+    `torch_ops.ssd_chunk`. With `tmap`, step t reads and writes token tmap[t]."""
     tensors = [t if torch.is_tensor(t) else torch.as_tensor(t, device=x0.device) for t in (z, X, Bf, Cf, x0)]
     if not fits(zd, xd, bd, cd, sd, yd) or any(t.is_complex() for t in tensors):
-        return ops.ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block)
+        if tmap is None:
+            return ops.ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block)
+        perm = tmap.long()
+        z, X, Bf, Cf = (t.index_select(1, perm) if torch.is_tensor(t) and t.dim() > len(ds) else t
+                        for t, ds in ((z, zd), (X, xd), (Bf, bd), (Cf, cd)))
+        y, xf = ops.ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block)
+        return y.index_select(1, torch.argsort(perm)), xf
     b = x0.shape[0]
     (n_dim,) = [d for d in sd if d not in yd]
     rows = tuple(d for d in sd if d != n_dim)
@@ -203,7 +222,7 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T):
     Cc = canon(Cf, cd, (n_dim,))                          # [b, T, H, N]
     order = heads + chans + (n_dim,)
     xs = ops.align(x0, tuple(sd), order).reshape(b, nh, Xc.shape[-1], sizes[n_dim])
-    y, xf = ssd_scan(zc, Xc, Bc, Cc, xs)
+    y, xf = ssd_scan(zc, Xc, Bc, Cc, xs, tmap)
     y = ops.align(y.reshape((b, T) + tuple(sizes[d] for d in heads + chans)), heads + chans, tuple(yd))
     xf = ops.align(xf.reshape((b,) + tuple(sizes[d] for d in order)), order, tuple(sd))
     return y, xf

@@ -106,7 +106,7 @@ def test_op_registration():
     Bc = Bf[:, :, None].expand(2, 9, 3, 7)  # broadcast over the heads: stride 0
     Cc = Cf[:, :, None].expand(2, 9, 3, 7)
     result = torch.library.opcheck(torch.ops.ssmc.ssd_scan.default,
-                                   (z.requires_grad_(), X.requires_grad_(), Bc, Cc, x0.requires_grad_()))
+                                   (z.requires_grad_(), X.requires_grad_(), Bc, Cc, x0.requires_grad_(), None))
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
