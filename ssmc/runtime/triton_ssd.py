@@ -17,9 +17,11 @@ is read once, no per-token state is written. Inputs are addressed through stride
 so factors broadcast over heads (Mamba-2's B and C, shared by all heads) are never
 copied. Every exponent is <= 0 where the decays are <= 1.
 
-Gradients: `ssmc::ssd_scan` is a torch.library op whose backward recomputes through
-the PyTorch SSD form (`torch_ops.ssd_chunk`, the same algorithm in torch) and
-differentiates that: correct, with the PyTorch form's memory, not a Triton kernel.
+Gradients: `ssmc::ssd_scan` is a torch.library op whose autograd is a second kernel,
+`_ssd_bwd`: the forward saves the state entering every chunk; the backward walks the
+chunks in reverse with the state's adjoint in registers and computes the gradients of
+z, X, B, C and the entering state from the same chunk-local matmuls (formulas in its
+docstring). Channel blocks of one head add their B, C and z gradients atomically.
 """
 from __future__ import annotations
 
@@ -40,14 +42,15 @@ BLOCK_T = 64
 def _ssd_fwd(
     z, X, Bm, Cm,  # log-decays [B, L, H], X [B, L, H, P], B [B, L, H, N], C [B, L, H, N] (any strides)
     x0, y, xf,  # entering state [B, H, P, N], output [B, L, H, P], leaving state [B, H, P, N]
+    states,  # (SAVE) the state entering every chunk [B, NC, H, P, N], for the backward kernel
     tmap,  # (MAP) the direction's order: step t reads and writes token tmap[t]
     L, H, P, N,
     szb, szt, szh,
     sxb, sxt, sxh, sxp,
     sbb, sbt, sbh, sbn,
     scb, sct, sch, scn,
-    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr,
-    MAP: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+    MAP: tl.constexpr, SAVE: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -61,7 +64,10 @@ def _ssd_fwd(
     xm = mp[:, None] & mn[None, :]
     x = tl.load(x0 + xoff, mask=xm, other=0.0).to(dt)  # [BLOCK_P, BLOCK_N]
     causal = t[:, None] >= t[None, :]
-    for c in range(tl.cdiv(L, BLOCK_T)):
+    NC = tl.cdiv(L, BLOCK_T)
+    for c in range(NC):
+        if SAVE:
+            tl.store(states + ((b * NC + c) * H + h) * P * N + p[:, None] * N + n[None, :], x, mask=xm)
         tt = c * BLOCK_T + t
         mt = tt < L
         if MAP:  # a scan order by an index map over time: no reordered copies
@@ -75,99 +81,212 @@ def _ssd_fwd(
                      mask=mt[:, None] & mn[None, :], other=0.0).to(dt)  # [T, BLOCK_N]
         Cc = tl.load(Cm + b * scb + tt[:, None] * sct + h * sch + n[None, :] * scn,
                      mask=mt[:, None] & mn[None, :], other=0.0).to(dt)  # [T, BLOCK_N]
-        if IEEE:
-            CB = tl.dot(Cc, tl.trans(Bc), input_precision="ieee")  # [T, T]
-        else:
-            CB = tl.dot(Cc, tl.trans(Bc))
+        CB = tl.dot(Cc, tl.trans(Bc), input_precision=PREC)  # [T, T]
         # exp(Lc_t - Lc_s) on and below the diagonal; exp of a large negative number above.
         decay = tl.exp(tl.where(causal, Lc[:, None] - Lc[None, :], -1e30))
         M = (CB * decay).to(dt)
-        if IEEE:
-            yc = tl.dot(M, Xc, input_precision="ieee") \
-                + tl.exp(Lc)[:, None] * tl.dot(Cc, tl.trans(x), input_precision="ieee")
-        else:
-            yc = tl.dot(M, Xc) + tl.exp(Lc)[:, None] * tl.dot(Cc, tl.trans(x))  # [T, BLOCK_P]
+        yc = tl.dot(M, Xc, input_precision=PREC) \
+            + tl.exp(Lc)[:, None] * tl.dot(Cc, tl.trans(x), input_precision=PREC)  # [T, BLOCK_P]
         tl.store(y + ((b * L + tt[:, None]) * H + h) * P + p[None, :], yc, mask=mt[:, None] & mp[None, :])
         last = tl.sum(zc, axis=0)
         w = tl.exp(last - Lc)  # [T]
         Xw = (Xc * w[:, None]).to(dt)
-        if IEEE:
-            x = tl.exp(last) * x + tl.dot(tl.trans(Xw), Bc, input_precision="ieee")
-        else:
-            x = tl.exp(last) * x + tl.dot(tl.trans(Xw), Bc)  # [BLOCK_P, BLOCK_N]
+        x = tl.exp(last) * x + tl.dot(tl.trans(Xw), Bc, input_precision=PREC)  # [BLOCK_P, BLOCK_N]
     tl.store(xf + xoff, x, mask=xm)
+
+
+@triton.jit
+def _ssd_bwd(
+    z, X, Bm, Cm, states, tmap,  # the forward's inputs (any strides) and its checkpoints
+    gy, gxf,  # gradients of y [B, L, H, P] and of the leaving state [B, H, P, N] (contiguous)
+    dz, dX, dB, dC, dx0,  # gradients of the inputs, contiguous (dz, dB, dC zeroed: added atomically)
+    L, H, P, N,
+    szb, szt, szh,
+    sxb, sxt, sxh, sxp,
+    sbb, sbt, sbh, sbn,
+    scb, sct, sch, scn,
+    BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
+    MAP: tl.constexpr,
+):
+    """Chunks in reverse, the state's adjoint g [BLOCK_P, BLOCK_N] in registers. Per chunk,
+    with D the causal decays, M = (C B^T) * D, Q = (gy X^T) * D, w = exp(Lc_T - Lc):
+      dX = M^T gy + w (B g^T)       dB = Q^T C + w (X g)       dC = Q B + exp(Lc) (gy x_c)
+      dLc from every exp(Lc ...) of the forward, dz = its reverse cumsum;
+      g <- exp(Lc_T) g + (exp(Lc) gy)^T C."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    t = tl.arange(0, BLOCK_T)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    mp = p < P
+    mn = n < N
+    dt = X.dtype.element_ty
+    xoff = ((b * H + h) * P + p[:, None]) * N + n[None, :]
+    xm = mp[:, None] & mn[None, :]
+    g = tl.load(gxf + xoff, mask=xm, other=0.0).to(dt)  # [BLOCK_P, BLOCK_N]
+    causal = t[:, None] >= t[None, :]
+    NC = tl.cdiv(L, BLOCK_T)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        tt = c * BLOCK_T + t
+        mt = tt < L
+        if MAP:
+            tt = tl.load(tmap + tt, mask=mt, other=0)
+        mtp = mt[:, None] & mp[None, :]
+        mtn = mt[:, None] & mn[None, :]
+        zc = tl.load(z + b * szb + tt * szt + h * szh, mask=mt, other=0.0).to(dt)
+        Lc = tl.cumsum(zc, axis=0)
+        last = tl.sum(zc, axis=0)
+        Xc = tl.load(X + b * sxb + tt[:, None] * sxt + h * sxh + p[None, :] * sxp, mask=mtp, other=0.0).to(dt)
+        Bc = tl.load(Bm + b * sbb + tt[:, None] * sbt + h * sbh + n[None, :] * sbn, mask=mtn, other=0.0).to(dt)
+        Cc = tl.load(Cm + b * scb + tt[:, None] * sct + h * sch + n[None, :] * scn, mask=mtn, other=0.0).to(dt)
+        gyc = tl.load(gy + ((b * L + tt[:, None]) * H + h) * P + p[None, :], mask=mtp, other=0.0).to(dt)
+        xc = tl.load(states + ((b * NC + c) * H + h) * P * N + p[:, None] * N + n[None, :], mask=xm,
+                     other=0.0).to(dt)  # the state entering this chunk
+        eL = tl.exp(Lc)
+        w = tl.exp(last - Lc)
+        decay = tl.exp(tl.where(causal, Lc[:, None] - Lc[None, :], -1e30))  # [T, T]
+        CB = tl.dot(Cc, tl.trans(Bc), input_precision=PREC)
+        GX = tl.dot(gyc, tl.trans(Xc), input_precision=PREC)  # [T, T]: gy_t . X_s
+        M = (CB * decay).to(dt)
+        Q = (GX * decay).to(dt)
+        Xg = tl.dot(Xc, g.to(dt), input_precision=PREC)  # [T, BLOCK_N]
+        dXc = tl.dot(tl.trans(M), gyc, input_precision=PREC) \
+            + w[:, None] * tl.dot(Bc, tl.trans(g.to(dt)), input_precision=PREC)
+        tl.store(dX + ((b * L + tt[:, None]) * H + h) * P + p[None, :], dXc, mask=mtp)
+        dBc = tl.dot(tl.trans(Q), Cc, input_precision=PREC) + w[:, None] * Xg
+        dCc = tl.dot(Q, Bc, input_precision=PREC) + eL[:, None] * tl.dot(gyc, xc, input_precision=PREC)
+        # Channel blocks of one head add into the same B, C and z gradients.
+        tl.atomic_add(dB + ((b * L + tt[:, None]) * H + h) * N + n[None, :], dBc, mask=mtn)
+        tl.atomic_add(dC + ((b * L + tt[:, None]) * H + h) * N + n[None, :], dCc, mask=mtn)
+        # d/dLc: chunk-local outputs (+ at t, - at s), the entering state's readout, the state update.
+        QC = Q * CB
+        S = w * tl.sum(Xg * Bc, axis=1)  # [T]
+        Cx = tl.dot(Cc, tl.trans(xc), input_precision=PREC)  # [T, BLOCK_P]
+        dL = tl.sum(QC, axis=1) - tl.sum(QC, axis=0) + eL * tl.sum(gyc * Cx, axis=1) - S
+        dlast = tl.exp(last) * tl.sum(tl.sum(g * xc, axis=1), axis=0) + tl.sum(S, axis=0)
+        dL = dL + tl.where(t == BLOCK_T - 1, dlast, 0.0)
+        # Lc_t = z_0 + ... + z_t: dz is the reverse cumulative sum of dLc.
+        dzc = tl.sum(dL, axis=0) - tl.cumsum(dL, axis=0) + dL
+        tl.atomic_add(dz + (b * L + tt) * H + h, dzc, mask=mt)
+        gyL = (gyc * eL[:, None]).to(dt)
+        g = tl.exp(last) * g + tl.dot(tl.trans(gyL), Cc, input_precision=PREC)
+    tl.store(dx0 + xoff, g, mask=xm)
 
 
 def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << max(0, (int(n) - 1).bit_length()))
 
 
+def _precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: exact float32 products, unless the user allowed TF32 for
+    matmuls in torch (torch.backends.cuda.matmul.allow_tf32), which this follows."""
+    if dtype == torch.float32 and torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def _block_p(chans: int, n: int, backward: bool = False) -> int:
+    block_n = _pow2(n)
+    # Registers: the state tile [BLOCK_P, BLOCK_N], the chunk's [T, T] and [T, BLOCK_P] tiles.
+    return max(16, min(_pow2(chans), (4096 if backward else 8192) // block_n, 64))
+
+
+def _strides(*ts):
+    return [s for t in ts for s in t.stride()]
+
+
 @torch.library.custom_op("ssmc::ssd_scan", mutates_args=())
 def ssd_scan(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-             x0: torch.Tensor, tmap: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+             x0: torch.Tensor, tmap: torch.Tensor | None, save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The SSD kernel on canonical layouts: z [B, L, H], X [B, L, H, P], Bm and Cm
     [B, L, H, N] (broadcast axes may have stride 0), x0 [B, H, P, N], all one real dtype.
-    Returns y [B, L, H, P] and the leaving state [B, H, P, N]. With `tmap` (int32 [L]),
-    step t of the recurrence reads and writes token tmap[t]."""
+    Returns y [B, L, H, P], the leaving state [B, H, P, N] and, with `save`, the state
+    entering every chunk of BLOCK_T tokens (for the backward kernel). With `tmap`
+    (int32 [L]), step t of the recurrence reads and writes token tmap[t]."""
     b, length, heads, chans = X.shape
     n = Bm.shape[-1]
     x0 = x0.contiguous()
     y = X.new_empty((b, length, heads, chans))
     xf = torch.empty_like(x0)
+    states = _states(x0, length, save)
     if length == 0:
         xf.copy_(x0)
-        return y, xf
+        return y, xf, states
     block_n = _pow2(n)
-    # Registers: the state tile [BLOCK_P, BLOCK_N] and the chunk's [T, T] and [T, BLOCK_P] tiles.
-    largest = max(16, min(_pow2(chans), 8192 // block_n, 64))
-    # Exact products for float32 / float64 (TF32 would cost ~1e-3); bf16 / fp16 inputs compute in f32 anyway.
-    ieee = x0.dtype in (torch.float32, torch.float64)
-    args = [z, X, Bm, Cm, x0, y, xf]
     mapped = tmap is not None
+    args = [z, X, Bm, Cm, x0, y, xf]
 
     def run(block_p: int) -> None:
         block_p = max(16, block_p)
         _ssd_fwd[(b, heads, -(-chans // block_p))](
-            z, X, Bm, Cm, x0, y, xf, tmap if mapped else x0, length, heads, chans, n,
-            *z.stride(), *X.stride(), *Bm.stride(), *Cm.stride(),
-            BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=block_n, IEEE=ieee, MAP=mapped)
+            z, X, Bm, Cm, x0, y, xf, states, tmap if mapped else x0, length, heads, chans, n,
+            *_strides(z, X, Bm, Cm),
+            BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=block_n, PREC=_precision(x0.dtype), MAP=mapped, SAVE=save)
 
-    block_p = autotune.choose(_ssd_fwd, (b, heads, chans, n, length), args, largest, run)
+    block_p = autotune.choose(_ssd_fwd, (b, heads, chans, n, length), args, _block_p(chans, n), run)
     run(block_p)
-    return y, xf
+    return y, xf, states
+
+
+def _states(x0, length: int, save: bool):
+    if not save:
+        # A deterministic placeholder (an op's outputs must not be garbage).
+        return x0.new_zeros((1,))
+    return x0.new_zeros((x0.shape[0], max(1, -(-length // BLOCK_T))) + tuple(x0.shape[1:]))
 
 
 @ssd_scan.register_fake
-def _ssd_scan_fake(z, X, Bm, Cm, x0, tmap):
+def _ssd_scan_fake(z, X, Bm, Cm, x0, tmap, save):
     b, length, heads, chans = X.shape
-    return X.new_empty((b, length, heads, chans)), torch.empty_like(x0)
+    return X.new_empty((b, length, heads, chans)), torch.empty_like(x0), _states(x0, length, save)
 
 
 def _setup(ctx, inputs, output):
-    ctx.mapped = inputs[-1] is not None
-    ctx.save_for_backward(*inputs[:5], *inputs[5:] if ctx.mapped else ())
+    z, X, Bm, Cm, x0, tmap, save = inputs
+    ctx.mapped = tmap is not None
+    ctx.saved = save
+    ctx.save_for_backward(z, X, Bm, Cm, x0, output[2], *([tmap] if ctx.mapped else []))
 
 
-def _backward(ctx, gy, gxf):
-    z, X, Bm, Cm, x0, *tmap = ctx.saved_tensors
-    with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(True) for t in (z, X, Bm, Cm, x0)]
-        zl, Xl, Bl, Cl, xl = leaves
-        if tmap:
-            # The direction's order, by copies here (gradients are rarer than forwards).
-            perm = tmap[0].long()
-            zl, Xl, Bl, Cl = (t.index_select(1, perm) for t in (zl, Xl, Bl, Cl))
-        y, xf = ops.ssd_chunk(zl, ("H",), Xl, ("H", "P"), Bl, ("H", "N"), Cl, ("H", "N"), xl,
-                              ("H", "P", "N"), ("H", "P"), BLOCK_T)
-        if tmap:
-            y = y.index_select(1, torch.argsort(perm))
-        outs, grads = [], []
-        for o, g in ((y, gy), (xf, gxf)):
-            if g is not None:
-                outs.append(o)
-                grads.append(g)
-        got = torch.autograd.grad(outs, leaves, grads, allow_unused=True)
-    return (*(torch.zeros_like(t) if g is None else g for t, g in zip((z, X, Bm, Cm, x0), got)), None)
+@torch.library.custom_op("ssmc::ssd_scan_backward", mutates_args=())
+def ssd_scan_backward(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor, x0: torch.Tensor,
+                      states: torch.Tensor, tmap: torch.Tensor | None, gy: torch.Tensor,
+                      gxf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of ssd_scan's z, X, Bm, Cm and x0 from those of y and the leaving
+    state (an op of its own, so that torch.compile can trace a backward through it)."""
+    b, length, heads, chans = X.shape
+    n = Bm.shape[-1]
+    gy, gxf = gy.contiguous(), gxf.contiguous()
+    dz = torch.zeros(z.shape, dtype=z.dtype, device=z.device)
+    dX = torch.zeros(X.shape, dtype=X.dtype, device=X.device)
+    dB = torch.zeros(Bm.shape, dtype=Bm.dtype, device=Bm.device)
+    dC = torch.zeros(Cm.shape, dtype=Cm.dtype, device=Cm.device)
+    dx0 = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
+    if length == 0:
+        dx0.copy_(gxf)
+        return dz, dX, dB, dC, dx0
+    block_p = _block_p(chans, n, backward=True)
+    mapped = tmap is not None
+    _ssd_bwd[(b, heads, -(-chans // block_p))](
+        z, X, Bm, Cm, states, tmap if mapped else x0, gy, gxf, dz, dX, dB, dC, dx0,
+        length, heads, chans, n, *_strides(z, X, Bm, Cm),
+        BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=_pow2(n), PREC=_precision(X.dtype), MAP=mapped)
+    return dz, dX, dB, dC, dx0
+
+
+@ssd_scan_backward.register_fake
+def _ssd_scan_backward_fake(z, X, Bm, Cm, x0, states, tmap, gy, gxf):
+    return tuple(t.new_empty(t.shape) for t in (z, X, Bm, Cm, x0))
+
+
+def _backward(ctx, gy, gxf, _gstates):
+    z, X, Bm, Cm, x0, states, *tmap = ctx.saved_tensors
+    if not ctx.saved:
+        raise RuntimeError("ssmc: ssd_scan was run without save=True; its backward needs the chunk states")
+    gy = torch.zeros_like(X) if gy is None else gy
+    gxf = torch.zeros_like(x0) if gxf is None else gxf
+    return (*ssd_scan_backward(z, X, Bm, Cm, x0, states, tmap[0] if tmap else None, gy, gxf), None, None)
 
 
 ssd_scan.register_autograd(_backward, setup_context=_setup)
@@ -222,7 +341,8 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=Non
     Cc = canon(Cf, cd, (n_dim,))                          # [b, T, H, N]
     order = heads + chans + (n_dim,)
     xs = ops.align(x0, tuple(sd), order).reshape(b, nh, Xc.shape[-1], sizes[n_dim])
-    y, xf = ssd_scan(zc, Xc, Bc, Cc, xs, tmap)
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (zc, Xc, Bc, Cc, xs))
+    y, xf, _ = ssd_scan(zc, Xc, Bc, Cc, xs, tmap, save)
     y = ops.align(y.reshape((b, T) + tuple(sizes[d] for d in heads + chans)), heads + chans, tuple(yd))
     xf = ops.align(xf.reshape((b,) + tuple(sizes[d] for d in order)), order, tuple(sd))
     return y, xf
