@@ -309,8 +309,11 @@ def leaves_of(*tensors):
 
 
 def backward_kind(layer) -> str:
-    # Where the Triton backend has no generated backward kernel for a spec, its module runs the
+    # Systems in the SSD form differentiate through the SSD family's backward kernel; elsewhere,
+    # where the Triton backend has no generated backward kernel for a spec, its module runs the
     # PyTorch backend's path when gradients are wanted: the row says which one was timed.
+    if getattr(layer, "ALGORITHM", "") == "ssd":
+        return "SSD backward kernel"
     return "generated backward kernel" if getattr(layer, "TRITON_BACKWARD", False) else \
         "gradients through the torch path"
 
