@@ -319,7 +319,7 @@ def _fft_branch(g: Graph, pr: TorchPrinter, abar: int, ebar: int, out_node: int)
     cplx = bool(meta["state_complex"])
     matrix = ", matrix=True" if form.get("matrix") else ""
     w(f"            _K = self._kernel(_L, _dt, lambda: ops.lti_kernel(_Abar, _ebar, _readout, {args}, _L, {cplx}, "
-      f"_dt, _dev{matrix}))")
+      f"_dt, _dev{matrix}, vandermonde=self._vandermonde))")
     zeros = "torch.zeros((1, 1) + _x.shape[1:], dtype=_x.dtype, device=_dev)"
     w(f"            return ops.fft_conv(_K, {uname}, d, {form['U']!r}, {form['Y']!r}, {form['P']!r}) "
       f"+ _readout({zeros}, {uname}), None")

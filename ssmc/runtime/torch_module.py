@@ -64,6 +64,10 @@ class TorchModule(ReferenceModule):
         t = _CHUNK_ELEMENTS // max(1, batch * state_numel)
         return int(min(max(t, 16), max(length, 1), 2048))
 
+    #: the LTI kernel's sum over the state (None: a batched matmul in torch; the Triton
+    #: backend supplies a kernel)
+    _vandermonde = None
+
     #: tokens per block of the SSD form: its masked matmuls are block x block.
     ssd_block = 64
 

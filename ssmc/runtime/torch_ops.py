@@ -222,7 +222,7 @@ def _flat(t, src: tuple, dst: tuple, sizes: dict, lead: int):
 
 
 def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tuple, P: tuple, length: int,
-               complex_state: bool, dtype, device, matrix: bool = False):
+               complex_state: bool, dtype, device, matrix: bool = False, vandermonde=None):
     """The convolution kernel of an LTI system with a diagonal (or scalar) state matrix.
 
     K[k, P, Y', U'] = sum over S' of W[P, Y', S'] Abar[P, S']^k c[P, S', U'], where c is the
@@ -232,7 +232,8 @@ def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tu
     T ~ sqrt(L), so the sum over S' is one batched matmul. Computed in float64.
     Returns K as [L, P, Y', U'] (each group flattened). With `matrix`, Abar is a square
     matrix over the state's last dim (the only dim beyond the channels) and the powers
-    are matrix powers.
+    are matrix powers. `vandermonde(a, W, c, length)`, where given (the Triton backend's
+    kernel), computes the sum for a diagonal Abar when no gradient is needed.
     """
     wide = torch.float64
     cwide = torch.complex128
@@ -261,6 +262,9 @@ def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tu
     if matrix:
         return _lti_kernel_matrix(abar, W, c, sizes, S, P, T, length, cwide, wide)
     a = _flat(abar.to(cwide if abar.is_complex() else wide), S, (P, Sx), sizes, 0)  # [P, S']
+    if vandermonde is not None and not (torch.is_grad_enabled() and (a.requires_grad or W.requires_grad
+                                                                   or c.requires_grad)):
+        return vandermonde(a, W, c, length)                                         # [L, P, Y', U']
     nq = -(-length // T)
     r = torch.arange(T, dtype=wide, device=device)
     q = torch.arange(nq, dtype=wide, device=device) * T

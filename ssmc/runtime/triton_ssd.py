@@ -309,7 +309,7 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=Non
     flattened by a copy. Layouts the kernel does not fit, and complex values, run
     `torch_ops.ssd_chunk`. With `tmap`, step t reads and writes token tmap[t]."""
     tensors = [t if torch.is_tensor(t) else torch.as_tensor(t, device=x0.device) for t in (z, X, Bf, Cf, x0)]
-    if not fits(zd, xd, bd, cd, sd, yd) or any(t.is_complex() for t in tensors):
+    if not fits(zd, xd, bd, cd, sd, yd) or any([t.is_complex() for t in tensors]):
         if tmap is None:
             return ops.ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block)
         perm = tmap.long()
@@ -323,9 +323,9 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=Non
     heads = tuple(d for d in rows if d in zd or d in bd or d in cd)
     chans = tuple(d for d in rows if d not in heads)
     sizes = dict(zip(sd, x0.shape[1:]))
-    T = max(t.shape[1] for t, ds in zip(tensors[:4], (zd, xd, bd, cd)) if t.dim() > len(ds))
+    T = max([t.shape[1] for t, ds in zip(tensors[:4], (zd, xd, bd, cd)) if t.dim() > len(ds)])
     z, X, Bf, Cf, x0 = ops._common(*tensors)
-    nh = math.prod(sizes[d] for d in heads)
+    nh = math.prod([sizes[d] for d in heads])
 
     def canon(t, ds, rest, keep_rest: bool = True):
         """t [b, T, *ds] (or [*ds], static) as [b, T, heads flat (, rest flat)]."""
@@ -333,7 +333,7 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=Non
             t = t.reshape((1, 1) + t.shape)
         axes = heads + rest
         t = ops.align(t, tuple(ds), axes).expand((b, T) + tuple(sizes[d] for d in axes))
-        return t.reshape((b, T, nh) + ((math.prod(sizes[d] for d in rest),) if keep_rest else ()))
+        return t.reshape((b, T, nh) + ((math.prod([sizes[d] for d in rest]),) if keep_rest else ()))
 
     zc = canon(z, zd, (), keep_rest=False)                # [b, T, H]
     Xc = canon(X, xd, chans)                              # [b, T, H, P]
@@ -341,7 +341,7 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=Non
     Cc = canon(Cf, cd, (n_dim,))                          # [b, T, H, N]
     order = heads + chans + (n_dim,)
     xs = ops.align(x0, tuple(sd), order).reshape(b, nh, Xc.shape[-1], sizes[n_dim])
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in (zc, Xc, Bc, Cc, xs))
+    save = torch.is_grad_enabled() and any([t.requires_grad for t in (zc, Xc, Bc, Cc, xs)])
     y, xf, _ = ssd_scan(zc, Xc, Bc, Cc, xs, tmap, save)
     y = ops.align(y.reshape((b, T) + tuple(sizes[d] for d in heads + chans)), heads + chans, tuple(yd))
     xf = ops.align(xf.reshape((b,) + tuple(sizes[d] for d in order)), order, tuple(sd))

@@ -347,3 +347,52 @@ def test_scan_orders_by_index_maps(source, monkeypatch):
         gm = torch.autograd.grad(m(u2, **rest).square().sum(), [u2, *m.parameters()])
         for a, b in zip(gt, gm):
             assert rel(a, b) < 1e-3
+
+
+@pytest.mark.parametrize("stem", ["mamba", "mamba2"])
+def test_torch_compile_traces_training_without_graph_breaks(stem):
+    """Forward and backward kernels are torch.library ops with fake implementations, so
+    AOTAutograd traces a training step in one graph (fullgraph=True) and its gradients
+    equal eager ones."""
+    mod = _load(stem, "triton", strict=True)
+    cls = getattr(mod, mod.__all__[0])
+    layer = cls(seed=0, **_small(cls))
+    u = _inputs(cls, layer, length=9)["u"]
+    torch._dynamo.reset()
+
+    def step(u):
+        return layer(u).square().sum()
+
+    u1 = u.clone().requires_grad_()
+    eager = torch.autograd.grad(step(u1), [u1, *layer.parameters()])
+    u2 = u.clone().requires_grad_()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    traced = torch.autograd.grad(compiled(u2), [u2, *layer.parameters()])
+    for a, b in zip(traced, eager):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("stem", ["s4d", "s4d_real", "lru"])
+def test_lti_kernel_family_on_the_fft_path(stem, monkeypatch):
+    """Long LTI sequences run as an FFT convolution whose kernel K comes from the Triton
+    LTI family (triton_lti.vandermonde, float64), when no gradient is needed."""
+    from ssmc.runtime import triton_lti
+    calls = []
+    original = triton_lti.vandermonde
+
+    def spy(*args, **kw):
+        calls.append(args[-1])
+        return original(*args, **kw)
+
+    monkeypatch.setattr(triton_lti, "vandermonde", spy)
+    tr, ref = _load(stem, "triton", strict=True), _load(stem, "numpy")
+    name = tr.__all__[0]
+    T, R = getattr(tr, name), getattr(ref, name)
+    dims = _small(T)
+    t, r = T(seed=2, **dims), R(seed=2, **dims)
+    assert T.ALGORITHM == "fft_conv"
+    u = _inputs(T, t, length=97)[T.INPUTS[0][0]]
+    with torch.no_grad():
+        y = t(u)
+    assert calls == [97]
+    assert rel(y, r(u.double())) < 1e-4
