@@ -6,7 +6,12 @@ as projections and convs, run in torch before), plus, per block, one generated
 and a [BLOCK_P, BLOCK_N] tile of the state (the state's leading dims flattened into rows,
 its last dim as columns) and walks the sequence with the state in registers, computing
 the discretization, the update, the readout and whatever else the loop computed, from
-expressions printed off the IR. No per-step state is written to memory.
+expressions printed off the IR. No per-step state is written to memory. Elementwise
+structures take BLOCK_T tokens per iteration: every per-token value is a [BLOCK_T,
+BLOCK_P, BLOCK_N] tile, the chunk's affine maps x -> Abar_t x + Ebar_t are composed by
+`tl.associative_scan` and applied to the state entering the chunk (loads are whole
+chunks, and the sequential dependence is one step per chunk, not per token); BLOCK_P
+and BLOCK_T are tuned together. Matrix structures take one token per iteration.
 
 Systems the compiler put in the SSD form (Mamba-2 class) run the SSD kernel family
 instead (`ssmc/runtime/triton_ssd.py`: chunk-local tl.dot matmuls, the state carried
@@ -155,12 +160,22 @@ class _Kernel:
                         key=pr.num.get)
         self.needed, self.loop, self.exits = needed, loop, exits
         self.name = f"_{g.meta['name']}_loop"
+        # Elementwise structures run a chunk of BLOCK_T tokens at a time ([BLOCK_T, BLOCK_P,
+        # BLOCK_N] tiles, the recurrence as an associative scan over the chunk); matrix
+        # structures one token at a time. The backward kernel is per token.
+        self.chunked = not self.matrix
         self.tile: dict[int, str] = {}
         # Static tensors the loop reads (params and values computed once in torch).
         reads = {i for n in loop for i in g.operands(n)} | set(g.operands(g.meta["system"]))
         self.statics = sorted({i for i in reads
                                if g.fact(i, "time") != "token" and g.op(i).kind not in ("const", "dim")},
                               key=pr.num.get)
+
+    def colsum(self, expr: str) -> str:
+        """A sum over the tile's columns (the reduced state dim), kept as an axis of size 1."""
+        if self.chunked:
+            return f"tl.sum({expr}, axis=2)[:, :, None]"
+        return f"tl.sum({expr}, axis=1)[:, None]"
 
     def index(self, dims: tuple) -> str:
         """Offset of a tile over `dims` in a contiguous tensor laid out in that order."""
@@ -256,7 +271,7 @@ class _Kernel:
                             f"{i} = tl.where({name}_small, {name}_si, ({name}_ei * {ar} - {name}_er * {ai}) / {name}_q)"]
         if k in ("sum", "mean"):
             div = "" if k == "sum" else f" / s_{self.col}"
-            return [f"{r} = tl.sum({ar}, axis=1)[:, None]{div}", f"{i} = tl.sum({ai}, axis=1)[:, None]{div}"]
+            return [f"{r} = {self.colsum(ar)}{div}", f"{i} = {self.colsum(ai)}{div}"]
         raise Unsupported(f"{k}() of a complex value")
 
     def real_expr(self, n: int) -> str:
@@ -274,7 +289,7 @@ class _Kernel:
             if g.op(e).kind == "const" and g.op(e).get("value") == 2:
                 return f"{ins[0]} * {ins[0]}"
             return f"tl.exp({ins[1]} * tl.log({ins[0]}))"
-        total = f"tl.sum({ins[0]}, axis=1)[:, None]"
+        total = self.colsum(ins[0])
         return total if o.kind == "sum" else f"{total} / s_{self.col}"
 
     def ref(self, n: int):
@@ -371,6 +386,7 @@ class _Kernel:
         state = meta["state"]
         abar, ebar = g.operands(meta["system"])
         name = f"{self.name}_bwd"
+        self.chunked = False
         sx = self.numel(self.sdims)
         both = self.mask(self.sdims)
         xidx = self.index(self.sdims)
@@ -544,11 +560,15 @@ class _Kernel:
         for name, n in zip(outs, self.exits):
             k(f"    {name},  # {pr.var(n)}: [B, L, " + ", ".join(self.lay(n)) + "]")
         k("    L, " + ", ".join(f"s_{d}" for d in sizes) + ",")
-        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SAVE: tl.constexpr, CK: tl.constexpr, MAP: tl.constexpr,")
+        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SAVE: tl.constexpr, CK: tl.constexpr, MAP: tl.constexpr,"
+          + (" BLOCK_T: tl.constexpr," if self.chunked else ""))
         k("):")
+        chunked = self.chunked
+        # Tiles are [BLOCK_P, BLOCK_N] (one token) or [BLOCK_T, BLOCK_P, BLOCK_N] (a chunk).
+        lead = "None, " if chunked else ""
         k("    b = tl.program_id(0)")
-        k("    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]  # the state's leading dims, flat")
-        k(f"    i_{self.col} = tl.arange(0, BLOCK_N)[None, :]")
+        k(f"    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[{lead}:, None]  # the state's leading dims, flat")
+        k(f"    i_{self.col} = tl.arange(0, BLOCK_N)[{lead}None, :]")
         k(f"    m_rows = rows < {self.numel(self.rows)}")
         k(f"    m_cols = i_{self.col} < s_{self.col}")
         for j, d in enumerate(self.rows):
@@ -558,13 +578,15 @@ class _Kernel:
         sx = self.numel(self.sdims)
         xc = bool(meta["state_complex"])
         xoff = f"b * {sx} + {self.index(self.sdims)}"
+        slots = "((L + CK - 1) // CK + 1)"
         if xc:
             k(f"    x_r = tl.load(x0 + 2 * ({xoff}), mask={both}, other=0.0)")
             k(f"    x_i = tl.load(x0 + 2 * ({xoff}) + 1, mask={both}, other=0.0)")
         else:
             k(f"    x = tl.load(x0 + {xoff}, mask={both}, other=0.0)")
-            k("    if SAVE:")
-            k(f"        tl.store(states + b * ((L + CK - 1) // CK + 1) * {sx} + {self.index(self.sdims)}, x, mask={both})")
+            if not chunked:
+                k("    if SAVE:")
+                k(f"        tl.store(states + b * {slots} * {sx} + {self.index(self.sdims)}, x, mask={both})")
         if self.matrix:
             k("    i_k3 = tl.arange(0, BLOCK_N)[None, None, :]")
         for name, n in zip(sts, self.statics):
@@ -573,16 +595,35 @@ class _Kernel:
                       else self.load(name, self.index(lay), self.mask(lay), f"{name}_v", n))
             for line in loader:
                 k("    " + line)
-        k("    for t in range(L):")
-        k("        tp = t")
-        k("        if MAP:  # the direction's order, by an index map over time: no reordered copies")
-        k("            tp = tl.load(tmap + t)")
+        if chunked:
+            k("    s = tl.arange(0, BLOCK_T)[:, None, None]  # a chunk's steps")
+            k("    for c in range(tl.cdiv(L, BLOCK_T)):")
+            k("        t = c * BLOCK_T + s")
+            k("        m_t = t < L")
+            k("        tp = t")
+            k("        if MAP:  # the direction's order, by an index map over time: no reordered copies")
+            k("            tp = tl.load(tmap + t, mask=m_t, other=0)")
+            if not xc:
+                k("        if SAVE:  # the state entering every CK tokens, for the backward kernel")
+                k("            if (c * BLOCK_T) % CK == 0:")
+                k(f"                tl.store(states + (b * {slots} + (c * BLOCK_T) // CK) * {sx} + "
+                  f"{self.index(self.sdims)}, x, mask={both})")
+        else:
+            k("    for t in range(L):")
+            k("        tp = t")
+            k("        if MAP:  # the direction's order, by an index map over time: no reordered copies")
+            k("            tp = tl.load(tmap + t)")
+
+        def token_mask(lay):
+            m = self.mask(lay)
+            return (f"({m}) & m_t" if m != "True" else "m_t") if chunked else m
+
         for name, n in zip(ins, self.needed):
             lay = pr.lay(n)
             if self.is_matrix(n):
                 loader = self.matrix_load(name, f"(b * L + tp) * {self.numel(lay)}", f"{name}_t", n)
             else:
-                loader = self.load(name, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
+                loader = self.load(name, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}", token_mask(lay),
                                    f"{name}_t", n)
             for line in loader:
                 k("        " + line)
@@ -593,8 +634,37 @@ class _Kernel:
             for line in self.emit(n, f"v{pr.num[n]}"):
                 k("        " + line)
         a, e = self.ref(abar), self.ref(ebar)
-        k("        # the update, in registers")
-        if self.matrix:
+        if chunked:
+            # x_t = Abar_t x_(t-1) + Ebar_t for the chunk's steps at once: the affine maps
+            # composed by an associative scan over the chunk, then applied to the state
+            # entering it. Steps past the end are the identity.
+            k("        # the update for the chunk's steps at once, in registers: x_t = Abar_t x_(t-1) + Ebar_t")
+            k("        Z = tl.zeros((BLOCK_T, BLOCK_P, BLOCK_N), dtype=tl.float32)")
+            ar, ai = a if isinstance(a, tuple) else (a, None)
+            er, ei = e if isinstance(e, tuple) else (e, None)
+            if xc:
+                k(f"        A_r = tl.where(m_t, {ar} + Z, 1.0)")
+                k(f"        A_i = tl.where(m_t, {ai or '0.0'} + Z, 0.0)")
+                k(f"        E_r = tl.where(m_t, {er} + Z, 0.0)")
+                k(f"        E_i = tl.where(m_t, {ei or '0.0'} + Z, 0.0)")
+                k("        A_r, A_i, E_r, E_i = tl.associative_scan((A_r, A_i, E_r, E_i), 0, _ssmc_compose_complex)")
+                k("        xs_r = A_r * x_r - A_i * x_i + E_r  # the chunk's states [BLOCK_T, BLOCK_P, BLOCK_N]")
+                k("        xs_i = A_r * x_i + A_i * x_r + E_i")
+                k("        x_r = tl.sum(tl.where(s == BLOCK_T - 1, xs_r, 0.0), axis=0)[None, :, :]  # the last one")
+                k("        x_i = tl.sum(tl.where(s == BLOCK_T - 1, xs_i, 0.0), axis=0)[None, :, :]")
+                self.tile[state] = ("xs_r", "xs_i")
+            else:
+                k(f"        A = tl.where(m_t, {ar} + Z, 1.0)")
+                k(f"        E = tl.where(m_t, {er} + Z, 0.0)")
+                k("        A, E = tl.associative_scan((A, E), 0, _ssmc_compose)")
+                k("        xs = A * x + E  # the chunk's states [BLOCK_T, BLOCK_P, BLOCK_N]")
+                k("        x = tl.sum(tl.where(s == BLOCK_T - 1, xs, 0.0), axis=0)[None, :, :]  # the last one")
+                self.tile[state] = "xs"
+        else:
+            k("        # the update, in registers")
+        if chunked:
+            pass
+        elif self.matrix:
             # x_n <- sum_k Abar[n, k] x_k + Ebar_n, the matrix tile [BLOCK_P, BLOCK_N, BLOCK_N]
             ar, ai = a if isinstance(a, tuple) else (a, None)
             er, ei = e if isinstance(e, tuple) else (e, "0.0")
@@ -620,10 +690,10 @@ class _Kernel:
         else:
             k(f"        x = {a} * x + {e}")
             self.tile[state] = "x"
-        if not xc:
+        if not xc and not chunked:
             k("        if SAVE:  # a checkpoint every CK tokens, for the backward kernel")
             k("            if (t + 1) % CK == 0:")
-            k(f"                tl.store(states + (b * ((L + CK - 1) // CK + 1) + (t + 1) // CK) * {sx} + "
+            k(f"                tl.store(states + (b * {slots} + (t + 1) // CK) * {sx} + "
               f"{self.index(self.sdims)}, x, mask={both})")
         for n in after:
             k(f"        # {pr.var(n)} [" + ", ".join(g.fact(n, 'dims')) + "]")
@@ -632,19 +702,21 @@ class _Kernel:
         for name, n in zip(outs, self.exits):
             lay = self.lay(n)
             for line in self.store(name, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}", self.tile[n],
-                                   self.mask(lay)):
+                                   token_mask(lay)):
                 k("        " + line)
         for line in self.store("xf", xoff, ("x_r", "x_i") if xc else "x", both):
             k("    " + line)
         k("")
         k("")
+        self.forward_chunked = self.chunked
         bwd = self.backward_source(sizes, ins, sts, outs) if self.differentiable() else None
         self.has_backward = bool(bwd)
         if bwd:
             K.extend(["", ""] + bwd + ["", ""])
-            k(f"{self.name}_key = rt.triton_module.register_kernel({self.name}, {self.name}_bwd)")
+            k(f"{self.name}_key = rt.triton_module.register_kernel({self.name}, {self.name}_bwd, "
+              f"chunked={self.forward_chunked})")
         else:
-            k(f"{self.name}_key = rt.triton_module.register_kernel({self.name})")
+            k(f"{self.name}_key = rt.triton_module.register_kernel({self.name}, chunked={self.forward_chunked})")
         # The launch, inside _direction.
         H = []
         h = H.append
@@ -719,7 +791,8 @@ def render(compiled) -> str:
             # Gradients by the generated backward kernel, not the PyTorch path.
             base += "\n    TRITON_BACKWARD = True"
         classes.append(text.replace("(rt.TorchModule):", base, 1))
-    head = module_header(compiled, "triton", "fused Triton kernels; PyTorch for gradients",
+    head = module_header(compiled, "triton", "generated Triton kernels",
                          ("from ssmc.runtime import torch_ops as ops", "import ssmc.runtime.triton_module",
-                          "import triton", "import triton.language as tl"))
+                          "import triton", "import triton.language as tl",
+                          "from ssmc.runtime.triton_lib import _ssmc_compose, _ssmc_compose_complex  # noqa: F401"))
     return "\n\n\n".join([head, *kernels, *classes])

@@ -55,12 +55,21 @@ def _save(key: str, value: int) -> None:
         pass
 
 
-def choose(kernel, shape, args, largest: int, run) -> int:
-    """The BLOCK_P to launch with: remembered, tuned now, or the largest."""
+def choose(kernel, shape, args, largest: int, run, candidates=None):
+    """The block configuration to launch with: remembered, tuned now, or the default.
+
+    Without `candidates` a configuration is a BLOCK_P (powers of two up to `largest`, the
+    default); with them, any of those (ints or tuples; the first is the default)."""
     mode = os.environ.get("SSMC_AUTOTUNE")
     interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if candidates is None:
+        candidates = [1 << k for k in range(largest.bit_length()) if (1 << k) <= largest][-4:]
+        default = largest
+    else:
+        candidates = list(candidates)
+        default = candidates[0]
     if mode == "0" or (interpreted and mode != "1"):
-        return largest
+        return default
     device = next((str(t.device) for t in args if isinstance(t, torch.Tensor)), "cpu")
     if device.startswith("cuda"):
         device = torch.cuda.get_device_name(torch.device(device))
@@ -68,26 +77,29 @@ def choose(kernel, shape, args, largest: int, run) -> int:
     if key in _memory:
         return _memory[key]
     stored = _load().get(key)
-    if isinstance(stored, int) and stored >= 1:
+    # JSON keeps tuples as lists.
+    stored = tuple(stored) if isinstance(stored, list) else stored
+    if stored in candidates:
         _memory[key] = stored
         return stored
-    candidates = [1 << k for k in range(largest.bit_length()) if (1 << k) <= largest][-4:]
     print(f"ssmc: tuning {key.split(':')[0]} for shape {shape} on {device} "
           f"({len(candidates)} block sizes)...", file=sys.stderr, flush=True)
-    best, best_t = largest, float("inf")
-    for block in candidates:
-        run(block)  # compile and warm up
+    best, best_t = default, float("inf")
+    for config in candidates:
+        run(config)  # compile and warm up
         if torch.cuda.is_available() and device != "cpu":
             torch.cuda.synchronize()
         t = time.perf_counter()
         for _ in range(3):
-            run(block)
+            run(config)
         if torch.cuda.is_available() and device != "cpu":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t
-        print(f"ssmc:   BLOCK_P={block}: {elapsed / 3 * 1e3:.3f} ms", file=sys.stderr, flush=True)
+        label = ", ".join(f"{k}={v}" for k, v in zip(("BLOCK_P", "BLOCK_T"), config)) \
+            if isinstance(config, tuple) else f"BLOCK_P={config}"
+        print(f"ssmc:   {label}: {elapsed / 3 * 1e3:.3f} ms", file=sys.stderr, flush=True)
         if elapsed < best_t:
-            best, best_t = block, elapsed
+            best, best_t = config, elapsed
     _memory[key] = best
     _save(key, best)
     return best

@@ -95,19 +95,30 @@ class TritonModule(TorchModule):
         return not getattr(self, "_grad_wanted", True) or self.TRITON_BACKWARD
 
     @staticmethod
-    def _launch(kernel, batch: int, rows: int, cols: int, tensors, sizes, square: bool = False, **flags):
+    def _launch(kernel, batch: int, rows: int, cols: int, tensors, sizes, square: bool = False,
+                chunked: bool = False, **flags):
         """Grid (batch, row blocks): each program holds a [BLOCK_P, BLOCK_N] tile of the state
-        (and, for matrix structures, a [BLOCK_P, BLOCK_N, BLOCK_N] tile of the transition)."""
+        (for matrix structures also a [BLOCK_P, BLOCK_N, BLOCK_N] tile of the transition; for
+        `chunked` kernels [BLOCK_T, BLOCK_P, BLOCK_N] tiles of a chunk of tokens, BLOCK_T
+        dividing the checkpoint interval CK)."""
         block_n = _pow2(cols)
         budget = 4096 // block_n if square else 2048
         largest = min(_pow2(rows), max(1, budget // block_n))
         args = [t.contiguous() if isinstance(t, torch.Tensor) else t for t in tensors]
+        candidates = None
+        if chunked:
+            ck = flags.get("CK", CHECKPOINT)
+            # A chunk's tiles hold BLOCK_T * BLOCK_P * BLOCK_N values each (several are live).
+            candidates = [(min(_pow2(rows), max(1, 4096 // (t * block_n))), t) for t in (16, 32, 8, 64)
+                          if ck % t == 0] or [(largest, 1)]
 
-        def run(block_p: int) -> None:
-            kernel[(batch, -(-rows // block_p))](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n, **flags)
+        def run(config) -> None:
+            block_p, block_t = config if chunked else (config, None)
+            extra = {"BLOCK_T": block_t} if chunked else {}
+            kernel[(batch, -(-rows // block_p))](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n, **extra, **flags)
 
-        block_p = autotune.choose(kernel, (batch, rows, cols, tuple(sizes)), args, largest, run)
-        run(block_p)
+        config = autotune.choose(kernel, (batch, rows, cols, tuple(sizes)), args, largest, run, candidates)
+        run(config)
         return args
 
 
@@ -117,10 +128,16 @@ _KERNELS: dict[str, object] = {}
 _BACKWARD: dict[str, object] = {}
 
 
-def register_kernel(kernel, backward=None) -> str:
-    """Make a generated kernel (and its backward kernel) reachable from the op by a key."""
+_CHUNKED: set[str] = set()
+
+
+def register_kernel(kernel, backward=None, chunked: bool = False) -> str:
+    """Make a generated kernel (and its backward kernel) reachable from the op by a key.
+    `chunked`: the forward takes BLOCK_T tokens per iteration (tuned with BLOCK_P)."""
     key = f"k{len(_KERNELS)}:{getattr(kernel, '__name__', 'kernel')}"
     _KERNELS[key] = kernel
+    if chunked:
+        _CHUNKED.add(key)
     if backward is not None:
         _BACKWARD[key] = backward
     return key
@@ -165,7 +182,7 @@ def fused_scan(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], sizes: li
     states = _states(x0, sizes, save)
     mapped = tmap is not None
     TritonModule._launch(_KERNELS[key], batch, rows, cols, [x0, xf, states, tmap if mapped else x0, *inputs, *outs],
-                         sizes, square, SAVE=save, CK=CHECKPOINT, MAP=mapped)
+                         sizes, square, key in _CHUNKED, SAVE=save, CK=CHECKPOINT, MAP=mapped)
     return [xf, *outs, states]
 
 

@@ -204,9 +204,12 @@ def test_block_sizes_are_tuned_once_and_remembered(tmp_path, monkeypatch, capsys
     with torch.no_grad():
         y = layer(u)
     err = capsys.readouterr().err
-    assert "ssmc: tuning" in err and "BLOCK_P=" in err
+    assert "ssmc: tuning" in err and "BLOCK_P=" in err and "BLOCK_T=" in err
     stored = __import__("json").loads((tmp_path / "autotune.json").read_text())
-    assert len(stored) == 1 and list(stored.values())[0] in (1, 2, 4, 8)
+    # Mamba's kernel takes a chunk of tokens at a time: (BLOCK_P, BLOCK_T) are tuned together.
+    assert len(stored) == 1
+    block_p, block_t = list(stored.values())[0]
+    assert block_p in (1, 2, 4, 8) and block_t in (8, 16, 32, 64)
     # A new process (empty memory) reads the file instead of tuning again.
     monkeypatch.setattr(at, "_memory", {})
     with torch.no_grad():
@@ -396,3 +399,27 @@ def test_lti_kernel_family_on_the_fft_path(stem, monkeypatch):
         y = t(u)
     assert calls == [97]
     assert rel(y, r(u.double())) < 1e-4
+
+
+@pytest.mark.parametrize("block_t", [1, 4, 16])
+@pytest.mark.parametrize("stem", ["mamba", "s4d", "lru"])
+def test_chunked_scan_any_chunk_size(stem, block_t, monkeypatch):
+    """The scan family's chunked form (BLOCK_T tokens per iteration, an associative scan
+    inside) at several chunk sizes, a prime length, an initial state and the final state,
+    real and complex: the same as the reference."""
+    import ssmc.runtime.triton_autotune as at
+    monkeypatch.setattr(at, "choose", lambda kernel, shape, args, largest, run, candidates=None:
+                        (candidates[0][0], block_t) if candidates else largest)
+    tr, ref = _load(stem, "triton", strict=True), _load(stem, "numpy")
+    name = tr.__all__[0]
+    T, R = getattr(tr, name), getattr(ref, name)
+    dims = _small(T)
+    t, r = T(seed=6, **dims), R(seed=6, **dims)
+    t.fft_min_length = 10 ** 9
+    u = _inputs(T, t, length=37)[T.INPUTS[0][0]]
+    x0 = torch.randn_like(t.init_state(2))
+    with torch.no_grad():
+        y, xf = t(u, initial_state=x0, return_state=True)
+    yr, xr = r(u.double(), initial_state=x0.to(torch.complex128 if x0.is_complex() else torch.float64),
+               return_state=True)
+    assert rel(y, yr) < 1e-4 and rel(xf, xr) < 1e-4
