@@ -355,11 +355,14 @@ class _Kernel:
         return bool(dims & set(self.rows)), self.col in dims
 
     def reduce(self, expr: str, have: tuple[bool, bool], want: tuple[bool, bool]) -> str:
-        """A gradient tile shaped `have`, summed down to the broadcast shape `want`."""
+        """A gradient tile shaped `have`, summed down to the broadcast shape `want` (never over
+        a chunk's time axis)."""
         if have[1] and not want[1]:
-            expr = f"tl.sum(tl.where(m_cols, {expr}, 0.0), axis=1)[:, None]"
+            expr = (f"tl.sum(tl.where(m_cols, {expr}, 0.0), axis=2)[:, :, None]" if self.chunked
+                    else f"tl.sum(tl.where(m_cols, {expr}, 0.0), axis=1)[:, None]")
         if have[0] and not want[0]:
-            expr = f"tl.sum(tl.where(m_rows, {expr}, 0.0), axis=0)[None, :]"
+            expr = (f"tl.sum(tl.where(m_rows, {expr}, 0.0), axis=1)[:, None, :]" if self.chunked
+                    else f"tl.sum(tl.where(m_rows, {expr}, 0.0), axis=0)[None, :]")
         return expr
 
     def vjp(self, n: int, gname: str) -> list[tuple[int, str]]:
@@ -523,6 +526,161 @@ class _Kernel:
             k(f"    g{v}_sum = {self.reduce(f'g{v}_acc', (True, True), self.cls(n))}")
             k(f"    tl.atomic_add(g{v} + {self.index(lay)} + Z.to(tl.int32), g{v}_sum + Z, mask=({self.mask(lay)}) & "
               f"(Z == 0.0){self.first_only(n)})")
+        return K
+
+    def backward_source_chunked(self, sizes, ins, sts, outs) -> list[str]:
+        """The backward kernel of the chunked forward: the checkpoint intervals in reverse; in
+        each, a forward pass over its chunks of BLOCK_T tokens saves the state entering
+        every chunk, then the chunks in reverse: the chunk's states again (associative
+        scan), the adjoints of the readout side per token, the state's adjoint
+        c_t = dx_t + Abar_(t+1) c_(t+1) as a reverse associative scan, then the adjoints of
+        the discretization side. Token inputs' gradients are added atomically per token,
+        statics' summed over time and added at the end."""
+        g, pr = self.g, self.pr
+        meta = g.meta
+        state = meta["state"]
+        abar, ebar = g.operands(meta["system"])
+        name = f"{self.name}_bwd"
+        self.chunked = True
+        sx = self.numel(self.sdims)
+        both = self.mask(self.sdims)
+        xidx = self.index(self.sdims)
+        K = []
+        k = K.append
+        k("@triton.jit")
+        k(f"def {name}(")
+        k("    x0, states, scratch, gxf, gx0, tmap,  # the entering state, the checkpoints, a chunk's states, "
+          "gradients, the time map")
+        k("    " + "".join(f"{v}, " for v in ins) + "# token inputs")
+        k("    " + "".join(f"{v}, " for v in sts) + "# static inputs")
+        k("    " + "".join(f"g{v}, " for v in outs) + "# gradients of the per-token results")
+        k("    " + "".join(f"g{v}, " for v in ins + sts) + "# gradients of the inputs (zeroed)")
+        k("    L, " + ", ".join(f"s_{d}" for d in sizes) + ",")
+        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CK: tl.constexpr, MAP: tl.constexpr, "
+          "BLOCK_T: tl.constexpr,")
+        k("):")
+        k("    b = tl.program_id(0)")
+        k("    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :, None]")
+        k(f"    i_{self.col} = tl.arange(0, BLOCK_N)[None, None, :]")
+        k(f"    m_rows = rows < {self.numel(self.rows)}")
+        k(f"    m_cols = i_{self.col} < s_{self.col}")
+        for j, d in enumerate(self.rows):
+            inner = " * ".join(f"s_{e}" for e in self.rows[j + 1:])
+            k(f"    i_{d} = " + (f"(rows // ({inner})) % s_{d}" if inner else f"rows % s_{d}"))
+        k("    s = tl.arange(0, BLOCK_T)[:, None, None]  # a chunk's steps")
+        k("    Z = tl.zeros((BLOCK_T, BLOCK_P, BLOCK_N), dtype=tl.float32)")
+        k("    Z1 = tl.zeros((1, BLOCK_P, BLOCK_N), dtype=tl.float32)")
+        k("    prev = tl.maximum(s - 1, 0) + Z.to(tl.int32)  # step t - 1, for gathers along the chunk")
+        k("    nxt = tl.minimum(s + 1, BLOCK_T - 1) + Z.to(tl.int32)  # step t + 1")
+        self.tile = {}
+        for v, n in zip(sts, self.statics):
+            lay = pr.lay(n)
+            for line in self.load(v, self.index(lay), self.mask(lay), f"{v}_v", n):
+                k("    " + line)
+            k(f"    g{v}_acc = Z1")
+        k(f"    carry = tl.load(gxf + b * {sx} + {xidx}, mask={both}, other=0.0) + Z1  # the adjoint of the "
+          "state entering the chunk after")
+        k("    NC = (L + CK - 1) // CK + 1  # checkpoints: the state entering every interval of CK tokens")
+        k("    SUB = CK // BLOCK_T")
+        before = [n for n in self.loop if state not in g.ancestors(n)]
+        after = [n for n in self.loop if state in g.ancestors(n)]
+
+        def chunk_values(indent: str) -> None:
+            """Load a chunk's inputs, compute the discretization side and the chunk's states."""
+            k(indent + "t = start + j * BLOCK_T + s")
+            k(indent + "m_t = t < L")
+            k(indent + "tp = t")
+            k(indent + "if MAP:  # the direction's order, by an index map over time")
+            k(indent + "    tp = tl.load(tmap + t, mask=m_t, other=0)")
+            for v, n in zip(ins, self.needed):
+                lay = pr.lay(n)
+                m = self.mask(lay)
+                for line in self.load(v, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}",
+                                      f"({m}) & m_t" if m != "True" else "m_t", f"{v}_t", n):
+                    k(indent + line)
+            for n in before:
+                for line in self.emit(n, f"v{pr.num[n]}"):
+                    k(indent + line)
+            k(indent + f"A = tl.where(m_t, {self.ref(abar)} + Z, 1.0)")
+            k(indent + f"E = tl.where(m_t, {self.ref(ebar)} + Z, 0.0)")
+            k(indent + "Ac, Ec = tl.associative_scan((A, E), 0, _ssmc_compose)")
+            k(indent + "xs = Ac * x_in + Ec  # the chunk's states")
+
+        k("    for kk in range(NC - 1):")
+        k("        kc = NC - 2 - kk")
+        k("        start = kc * CK")
+        k(f"        x_in = tl.load(states + (b * NC + kc) * {sx} + {xidx}, mask={both}, other=0.0) + Z1")
+        k("        # the state entering each chunk of the interval, recomputed from its checkpoint")
+        k("        for j in range(SUB):")
+        k(f"            tl.store(scratch + (b * CK + j) * {sx} + {xidx}, x_in, mask={both})")
+        self.tile = {}
+        for v, n in zip(sts, self.statics):
+            self.tile[n] = (f"{v}_v_r", f"{v}_v_i") if self.cplx(n) else f"{v}_v"
+        chunk_values("            ")
+        k("            x_in = tl.sum(tl.where(s == BLOCK_T - 1, xs, 0.0), axis=0)[None, :, :]")
+        k("        tl.debug_barrier()")
+        k("        for jj in range(SUB):")
+        k("            j = SUB - 1 - jj")
+        k(f"            x_in = tl.load(scratch + (b * CK + j) * {sx} + {xidx}, mask={both}, other=0.0) + Z1")
+        chunk_values("            ")
+        k("            x_prev = tl.where(s == 0, x_in, tl.gather(xs, prev, 0))")
+        self.tile[state] = "xs"
+        for n in after:
+            for line in self.emit(n, f"v{pr.num[n]}"):
+                k("            " + line)
+        grads: dict[int, str] = {}
+
+        def add(n: int, expr: str, have: tuple[bool, bool]) -> None:
+            want = (True, True) if n == state else self.cls(n)
+            expr = self.reduce(expr, have, want)
+            var = f"g_{pr.num[n]}" if n != state else "gx"
+            if n in grads:
+                k(f"            {var} = {var} + {expr}")
+            else:
+                k(f"            {var} = {expr}")
+                grads[n] = var
+
+        for v, n in zip(outs, self.exits):
+            lay = self.lay(n)
+            m = self.mask(lay)
+            k(f"            # the gradient of {pr.var(n)} at the chunk's tokens")
+            add(n, f"tl.load(g{v} + (b * L + tp) * {self.numel(lay)} + {self.index(lay)}, "
+                   f"mask={f'({m}) & m_t' if m != 'True' else 'm_t'}, other=0.0)", self.cls(n))
+        for n in reversed(after):
+            if n not in grads:
+                continue
+            for op_, c in self.vjp(n, grads[n]):
+                add(op_, c, self.cls(n))
+        gx = grads.pop(state, "0.0")
+        k("            # the state's adjoint c_t = dx_t + Abar_(t+1) c_(t+1), the chunk after's as c at its end")
+        k(f"            gd = tl.where(m_t & {both}, {gx} + Z, 0.0)")
+        k("            alpha = tl.where(s == BLOCK_T - 1, 1.0, tl.gather(A, nxt, 0))")
+        k("            Ca, Cb = tl.associative_scan((alpha, gd), 0, _ssmc_compose, reverse=True)")
+        k("            gtot = tl.where(m_t, Ca * carry + Cb, 0.0)")
+        k("            carry = tl.sum(tl.where(s == 0, A * (Ca * carry + Cb), 0.0), axis=0)[None, :, :]")
+        add(abar, "gtot * x_prev", (True, True))
+        add(ebar, "gtot", (True, True))
+        for n in reversed(before):
+            if n not in grads:
+                continue
+            for op_, c in self.vjp(n, grads[n]):
+                add(op_, c, self.cls(n))
+        for v, n in zip(ins, self.needed):
+            if n in grads:
+                lay = pr.lay(n)
+                k(f"            tl.atomic_add(g{v} + (b * L + tp) * {self.numel(lay)} + {self.index(lay)} + "
+                  f"Z.to(tl.int32), {grads[n]} + Z, mask=({self.mask(lay)}) & m_t & (Z == 0.0){self.first_only(n)})")
+        for v, n in zip(sts, self.statics):
+            if n in grads:
+                # Padding steps may hold inf or nan (log of a masked 0): left out of the sum.
+                k(f"            g{v}_acc = g{v}_acc + tl.sum(tl.where(m_t, {grads[n]} + Z, 0.0), axis=0)[None, :, :]")
+        k("        tl.debug_barrier()")
+        k(f"    tl.store(gx0 + b * {sx} + {xidx}, carry, mask={both})")
+        for v, n in zip(sts, self.statics):
+            lay = pr.lay(n)
+            k(f"    g{v}_sum = {self.reduce(f'g{v}_acc', (True, True), self.cls(n))}")
+            k(f"    tl.atomic_add(g{v} + {self.index(lay)} + Z1.to(tl.int32), g{v}_sum + Z1, mask=({self.mask(lay)}) & "
+              f"(Z1 == 0.0){self.first_only(n)})")
         return K
 
     def first_only(self, n: int) -> str:
@@ -709,7 +867,10 @@ class _Kernel:
         k("")
         k("")
         self.forward_chunked = self.chunked
-        bwd = self.backward_source(sizes, ins, sts, outs) if self.differentiable() else None
+        bwd = None
+        if self.differentiable():
+            bwd = (self.backward_source_chunked if self.forward_chunked else self.backward_source)(sizes, ins, sts,
+                                                                                                    outs)
         self.has_backward = bool(bwd)
         if bwd:
             K.extend(["", ""] + bwd + ["", ""])

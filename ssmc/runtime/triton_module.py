@@ -212,7 +212,7 @@ def fused_scan_backward(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], 
     TritonModule._launch(_BACKWARD[key], batch, rows, cols,
                          [x0, states, scratch, gxf.contiguous(), gx0, tmap if mapped else x0, *inputs,
                           *[g.contiguous() for g in gouts], *gins],
-                         sizes, square, CK=CHECKPOINT, MAP=mapped)
+                         sizes, square, key in _CHUNKED, CK=CHECKPOINT, MAP=mapped)
     return [gx0, *gins]
 
 

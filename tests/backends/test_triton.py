@@ -423,3 +423,29 @@ def test_chunked_scan_any_chunk_size(stem, block_t, monkeypatch):
     yr, xr = r(u.double(), initial_state=x0.to(torch.complex128 if x0.is_complex() else torch.float64),
                return_state=True)
     assert rel(y, yr) < 1e-4 and rel(xf, xr) < 1e-4
+
+
+@pytest.mark.parametrize("block_t", [1, 4, 16])
+@pytest.mark.parametrize("stem", ["mamba", "vim_bidirectional"])
+def test_chunked_backward_any_chunk_size(stem, block_t, monkeypatch):
+    """The chunked backward kernel (checkpoint intervals in reverse, chunks of BLOCK_T
+    tokens, the state's adjoint by a reverse associative scan) at several chunk sizes, over
+    two checkpoint intervals (the last partial), with an index map for the reverse
+    direction: gradients equal the torch backend's."""
+    import ssmc.runtime.triton_autotune as at
+    monkeypatch.setattr(at, "choose", lambda kernel, shape, args, largest, run, candidates=None:
+                        (candidates[0][0], block_t) if candidates else largest)
+    tr, tm = _load(stem, "triton", strict=True), _load(stem, "torch")
+    name = tr.__all__[0]
+    T, M = getattr(tr, name), getattr(tm, name)
+    dims = _small(T)
+    t, m = T(seed=7, **dims), M(seed=7, **dims)
+    assert T.TRITON_BACKWARD
+    ins = _inputs(T, t, length=70)
+    first = T.INPUTS[0][0]
+    rest = {k: v for k, v in ins.items() if k != first}
+    u1, u2 = ins[first].clone().requires_grad_(), ins[first].clone().requires_grad_()
+    gt = torch.autograd.grad(t(u1, **rest).square().sum(), [u1, *t.parameters()])
+    gm = torch.autograd.grad(m(u2, **rest).square().sum(), [u2, *m.parameters()])
+    for a, b in zip(gt, gm):
+        assert rel(a, b) < 1e-4
