@@ -49,7 +49,7 @@ _UNARY = {k: v for k, v in UNARY.items() if k != "square"}
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 _VJP = VJP
 _HOST_KINDS = ("solve", "expm", "phi1m", "matvec", "dplr", "blockdiag", "eye", "linear", "conv")
-# What complex values (pairs of real registers) support.
+# What complex values (pairs of real registers) support, forward and backward (Kernel.cvjp).
 _COMPLEX_OK = ("add", "sub", "mul", "div", "neg", "exp", "phi1", "re", "im", "conj", "abs", "sum", "mean")
 
 
@@ -335,15 +335,20 @@ class _Kernel:
         return [f"tl.store({ptr} + {offset}, {value}, mask={mask})"]
 
     def differentiable(self) -> bool:
-        """Whether the backward kernel can be generated: real state, elementwise structure,
-        every loop op in the derivative table, nothing computed in torch after the kernel."""
+        """Whether the backward kernel can be generated: an elementwise structure (the chunked
+        form; matrix structures take the PyTorch path for gradients) and every loop op with a
+        derivative (the table for real values, `cvjp` for complex ones)."""
         g = self.g
-        if self.matrix or g.meta["state_complex"] or self.host_after:
+        if self.matrix:
             return False
-        for n in self.loop + self.needed + self.statics:
-            if g.fact(n, "complex"):
+        for n in self.loop:
+            kind = g.op(n).kind
+            if self.cplx(n) or any(self.cplx(i) for i in g.operands(n)):
+                if kind not in _COMPLEX_OK:
+                    return False
+            elif kind not in _VJP and not (kind == "pow" and self._square(n)):
                 return False
-        return all(g.op(n).kind in _VJP or (g.op(n).kind == "pow" and self._square(n)) for n in self.loop)
+        return True
 
     def _square(self, n: int) -> bool:
         e = self.g.operands(n)[1]
@@ -528,20 +533,115 @@ class _Kernel:
               f"(Z == 0.0){self.first_only(n)})")
         return K
 
+    def cvjp(self, n: int, G, tmp: str) -> tuple[list[str], list[tuple[int, object]]]:
+        """(lines, [(operand, contribution)]): the derivative of node n given its gradient G,
+        where n or an operand is complex. Complex values are pairs of real registers and a
+        complex gradient is the pair (dL/d re, dL/d im), as torch's: for a holomorphic op
+        the operand's gradient is G * conj(f'(a)); a real operand of a complex op gets the
+        real part of its complex gradient."""
+        g = self.g
+        k = g.op(n).kind
+        ops_ = g.operands(n)
+        refs = [self.ref(i) for i in ops_]
+        pair = [x if isinstance(x, tuple) else (x, None) for x in refs]
+        res = self.tile[n]
+        Gr, Gi = G if isinstance(G, tuple) else (G, None)
+        lines: list[str] = []
+
+        def cmul_conj(xr, xi, yr, yi):
+            """x * conj(y), either side possibly real (imaginary part None)."""
+            if xi is None and yi is None:
+                return (f"{xr} * {yr}", None)
+            if yi is None:
+                return (f"{xr} * {yr}", f"{xi} * {yr}")
+            if xi is None:
+                return (f"{xr} * {yr}", f"-{xr} * {yi}")
+            return (f"{xr} * {yr} + {xi} * {yi}", f"{xi} * {yr} - {xr} * {yi}")
+
+        def fit(i, c):
+            """A contribution shaped for operand i: the real part for a real operand."""
+            cr, ci = c
+            if self.cplx(i):
+                return (cr, ci if ci is not None else "0.0")
+            return cr
+
+        out: list[tuple[int, object]] = []
+        if k in ("add", "sub"):
+            for j, i in enumerate(ops_):
+                neg = "-" if (k == "sub" and j == 1) else ""
+                out.append((i, fit(i, (f"{neg}({Gr})", f"{neg}({Gi})" if Gi is not None else None))))
+        elif k == "neg":
+            out.append((ops_[0], fit(ops_[0], (f"-({Gr})", f"-({Gi})" if Gi is not None else None))))
+        elif k == "mul":
+            (ar, ai), (br, bi) = pair
+            out.append((ops_[0], fit(ops_[0], cmul_conj(Gr, Gi, br, bi))))
+            out.append((ops_[1], fit(ops_[1], cmul_conj(Gr, Gi, ar, ai))))
+        elif k == "div":
+            (ar, ai), (br, bi) = pair
+            rr, ri = res if isinstance(res, tuple) else (res, None)
+            # d(a / b)/da = 1 / b; d(a / b)/db = -r / b.
+            lines.append(f"{tmp}_q = {br} * {br} + {bi or '0.0'} * {bi or '0.0'}")
+            ib = (f"{br} / {tmp}_q", f"-({bi or '0.0'}) / {tmp}_q")
+            lines.append(f"{tmp}_ir, {tmp}_ii = {ib[0]}, {ib[1]}")
+            ga = cmul_conj(Gr, Gi, f"{tmp}_ir", f"{tmp}_ii")
+            out.append((ops_[0], fit(ops_[0], ga)))
+            rb = cmul_conj(rr, ri, f"{tmp}_ir", f"-{tmp}_ii")  # r * (1 / b) = r * conj(conj(1 / b))
+            lines.append(f"{tmp}_rbr, {tmp}_rbi = {rb[0]}, {rb[1] or '0.0'}")
+            gb = cmul_conj(Gr, Gi, f"{tmp}_rbr", f"{tmp}_rbi")
+            out.append((ops_[1], fit(ops_[1], (f"-({gb[0]})", f"-({gb[1]})" if gb[1] is not None else None))))
+        elif k == "exp":
+            rr, ri = res
+            out.append((ops_[0], fit(ops_[0], cmul_conj(Gr, Gi, rr, ri))))
+        elif k == "phi1":
+            (ar, ai), = pair
+            ai = ai or "0.0"
+            rr, ri = res
+            # phi1'(z) = (r z + 1 - r) / z; where |z| < 0.1 its series sum k z^(k-1) / (k+1)!.
+            lines += [f"{tmp}_d = {ar} * {ar} + {ai} * {ai}",
+                      f"{tmp}_small = {tmp}_d < 0.01",
+                      f"{tmp}_q = tl.where({tmp}_small, 1.0, {tmp}_d)",
+                      f"{tmp}_nr = {rr} * {ar} - {ri} * {ai} + 1.0 - {rr}",
+                      f"{tmp}_ni = {rr} * {ai} + {ri} * {ar} - {ri}",
+                      f"{tmp}_sr = {7.0 / 40320.0!r} + 0.0 * {ar}", f"{tmp}_si = 0.0 * {ar}"]
+            for c in (6.0 / 5040.0, 5.0 / 720.0, 4.0 / 120.0, 3.0 / 24.0, 2.0 / 6.0, 1.0 / 2.0):
+                lines.append(f"{tmp}_sr, {tmp}_si = {tmp}_sr * {ar} - {tmp}_si * {ai} + {c!r}, "
+                             f"{tmp}_sr * {ai} + {tmp}_si * {ar}")
+            lines += [f"{tmp}_fr = tl.where({tmp}_small, {tmp}_sr, ({tmp}_nr * {ar} + {tmp}_ni * {ai}) / {tmp}_q)",
+                      f"{tmp}_fi = tl.where({tmp}_small, {tmp}_si, ({tmp}_ni * {ar} - {tmp}_nr * {ai}) / {tmp}_q)"]
+            out.append((ops_[0], fit(ops_[0], cmul_conj(Gr, Gi, f"{tmp}_fr", f"{tmp}_fi"))))
+        elif k == "re":
+            out.append((ops_[0], fit(ops_[0], (Gr, "0.0"))))
+        elif k == "im":
+            out.append((ops_[0], fit(ops_[0], ("0.0", Gr))))
+        elif k == "conj":
+            out.append((ops_[0], fit(ops_[0], (Gr, f"-({Gi})" if Gi is not None else None))))
+        elif k == "abs":
+            (ar, ai), = pair
+            lines.append(f"{tmp}_m = tl.where({res} > 0.0, {res}, 1.0)")
+            out.append((ops_[0], fit(ops_[0], (f"{Gr} * {ar} / {tmp}_m", f"{Gr} * {ai or '0.0'} / {tmp}_m"))))
+        elif k in ("sum", "mean"):
+            div = "" if k == "sum" else f" / s_{self.col}"
+            out.append((ops_[0], fit(ops_[0], (f"{Gr}{div}", f"{Gi}{div}" if Gi is not None else None))))
+        else:
+            raise Unsupported(f"the derivative of {k}() of a complex value")
+        return lines, [(i, c) for i, c in out if g.op(i).kind not in ("const", "dim")]
+
     def backward_source_chunked(self, sizes, ins, sts, outs) -> list[str]:
         """The backward kernel of the chunked forward: the checkpoint intervals in reverse; in
         each, a forward pass over its chunks of BLOCK_T tokens saves the state entering
         every chunk, then the chunks in reverse: the chunk's states again (associative
         scan), the adjoints of the readout side per token, the state's adjoint
-        c_t = dx_t + Abar_(t+1) c_(t+1) as a reverse associative scan, then the adjoints of
-        the discretization side. Token inputs' gradients are added atomically per token,
-        statics' summed over time and added at the end."""
+        c_t = dx_t + conj(Abar_(t+1)) c_(t+1) as a reverse associative scan, then the
+        adjoints of the discretization side. Token inputs' gradients are added atomically
+        per token, statics' summed over time and added at the end. Complex values are
+        pairs of real registers, their gradients pairs too."""
         g, pr = self.g, self.pr
         meta = g.meta
         state = meta["state"]
         abar, ebar = g.operands(meta["system"])
         name = f"{self.name}_bwd"
         self.chunked = True
+        xc = bool(meta["state_complex"])
         sx = self.numel(self.sdims)
         both = self.mask(self.sdims)
         xidx = self.index(self.sdims)
@@ -577,110 +677,214 @@ class _Kernel:
             lay = pr.lay(n)
             for line in self.load(v, self.index(lay), self.mask(lay), f"{v}_v", n):
                 k("    " + line)
-            k(f"    g{v}_acc = Z1")
-        k(f"    carry = tl.load(gxf + b * {sx} + {xidx}, mask={both}, other=0.0) + Z1  # the adjoint of the "
-          "state entering the chunk after")
+            if self.cplx(n):
+                k(f"    g{v}_acc_r = Z1")
+                k(f"    g{v}_acc_i = Z1")
+            else:
+                k(f"    g{v}_acc = Z1")
+        statics_tiles = dict(self.tile)
+
+        def load_pair(ptr: str, off: str, mask: str, complex_: bool, extra: str = "") -> object:
+            if complex_:
+                return (f"tl.load({ptr} + 2 * ({off}), mask={mask}, other=0.0){extra}",
+                        f"tl.load({ptr} + 2 * ({off}) + 1, mask={mask}, other=0.0){extra}")
+            return f"tl.load({ptr} + {off}, mask={mask}, other=0.0){extra}"
+
+        def assign(names, values) -> None:
+            if isinstance(names, tuple):
+                k(f"{ind}{names[0]} = {values[0]}")
+                k(f"{ind}{names[1]} = {values[1]}")
+            else:
+                k(f"{ind}{names} = {values}")
+
+        xn = ("x_in_r", "x_in_i") if xc else "x_in"
+        ind = "    "
+        assign(("carry_r", "carry_i") if xc else "carry", load_pair("gxf", f"b * {sx} + {xidx}", both, xc, " + Z1"))
         k("    NC = (L + CK - 1) // CK + 1  # checkpoints: the state entering every interval of CK tokens")
         k("    SUB = CK // BLOCK_T")
         before = [n for n in self.loop if state not in g.ancestors(n)]
         after = [n for n in self.loop if state in g.ancestors(n)]
 
-        def chunk_values(indent: str) -> None:
+        def chunk_values() -> None:
             """Load a chunk's inputs, compute the discretization side and the chunk's states."""
-            k(indent + "t = start + j * BLOCK_T + s")
-            k(indent + "m_t = t < L")
-            k(indent + "tp = t")
-            k(indent + "if MAP:  # the direction's order, by an index map over time")
-            k(indent + "    tp = tl.load(tmap + t, mask=m_t, other=0)")
+            k(ind + "t = start + j * BLOCK_T + s")
+            k(ind + "m_t = t < L")
+            k(ind + "tp = t")
+            k(ind + "if MAP:  # the direction's order, by an index map over time")
+            k(ind + "    tp = tl.load(tmap + t, mask=m_t, other=0)")
             for v, n in zip(ins, self.needed):
                 lay = pr.lay(n)
                 m = self.mask(lay)
                 for line in self.load(v, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}",
                                       f"({m}) & m_t" if m != "True" else "m_t", f"{v}_t", n):
-                    k(indent + line)
+                    k(ind + line)
             for n in before:
                 for line in self.emit(n, f"v{pr.num[n]}"):
-                    k(indent + line)
-            k(indent + f"A = tl.where(m_t, {self.ref(abar)} + Z, 1.0)")
-            k(indent + f"E = tl.where(m_t, {self.ref(ebar)} + Z, 0.0)")
-            k(indent + "Ac, Ec = tl.associative_scan((A, E), 0, _ssmc_compose)")
-            k(indent + "xs = Ac * x_in + Ec  # the chunk's states")
+                    k(ind + line)
+            a, e = self.ref(abar), self.ref(ebar)
+            if xc:
+                a_r, a_i = a if isinstance(a, tuple) else (a, "0.0")
+                e_r, e_i = e if isinstance(e, tuple) else (e, "0.0")
+                k(ind + f"A_r = tl.where(m_t, {a_r} + Z, 1.0)")
+                k(ind + f"A_i = tl.where(m_t, {a_i} + Z, 0.0)")
+                k(ind + f"E_r = tl.where(m_t, {e_r} + Z, 0.0)")
+                k(ind + f"E_i = tl.where(m_t, {e_i} + Z, 0.0)")
+                k(ind + "Ac_r, Ac_i, Ec_r, Ec_i = tl.associative_scan((A_r, A_i, E_r, E_i), 0, _ssmc_compose_complex)")
+                k(ind + "xs_r = Ac_r * x_in_r - Ac_i * x_in_i + Ec_r  # the chunk's states")
+                k(ind + "xs_i = Ac_r * x_in_i + Ac_i * x_in_r + Ec_i")
+            else:
+                k(ind + f"A = tl.where(m_t, {a} + Z, 1.0)")
+                k(ind + f"E = tl.where(m_t, {e} + Z, 0.0)")
+                k(ind + "Ac, Ec = tl.associative_scan((A, E), 0, _ssmc_compose)")
+                k(ind + "xs = Ac * x_in + Ec  # the chunk's states")
+
+        def last(v: str) -> str:
+            return f"tl.sum(tl.where(s == BLOCK_T - 1, {v}, 0.0), axis=0)[None, :, :]"
 
         k("    for kk in range(NC - 1):")
         k("        kc = NC - 2 - kk")
         k("        start = kc * CK")
-        k(f"        x_in = tl.load(states + (b * NC + kc) * {sx} + {xidx}, mask={both}, other=0.0) + Z1")
+        ind = "        "
+        assign(xn, load_pair("states", f"(b * NC + kc) * {sx} + {xidx}", both, xc, " + Z1"))
         k("        # the state entering each chunk of the interval, recomputed from its checkpoint")
         k("        for j in range(SUB):")
-        k(f"            tl.store(scratch + (b * CK + j) * {sx} + {xidx}, x_in, mask={both})")
-        self.tile = {}
-        for v, n in zip(sts, self.statics):
-            self.tile[n] = (f"{v}_v_r", f"{v}_v_i") if self.cplx(n) else f"{v}_v"
-        chunk_values("            ")
-        k("            x_in = tl.sum(tl.where(s == BLOCK_T - 1, xs, 0.0), axis=0)[None, :, :]")
+        ind = "            "
+        if not xc:
+            k(ind + f"tl.store(scratch + (b * CK + j) * {sx} + {xidx}, x_in, mask={both})")
+        else:
+            k(ind + f"tl.store(scratch + 2 * ((b * CK + j) * {sx} + {xidx}), x_in_r, mask={both})")
+            k(ind + f"tl.store(scratch + 2 * ((b * CK + j) * {sx} + {xidx}) + 1, x_in_i, mask={both})")
+        self.tile = dict(statics_tiles)
+        chunk_values()
+        if xc:
+            k(ind + f"x_in_r, x_in_i = {last('xs_r')}, {last('xs_i')}")
+        else:
+            k(ind + f"x_in = {last('xs')}")
         k("        tl.debug_barrier()")
         k("        for jj in range(SUB):")
         k("            j = SUB - 1 - jj")
-        k(f"            x_in = tl.load(scratch + (b * CK + j) * {sx} + {xidx}, mask={both}, other=0.0) + Z1")
-        chunk_values("            ")
-        k("            x_prev = tl.where(s == 0, x_in, tl.gather(xs, prev, 0))")
-        self.tile[state] = "xs"
+        assign(xn, load_pair("scratch", f"(b * CK + j) * {sx} + {xidx}", both, xc, " + Z1"))
+        chunk_values()
+        if xc:
+            k(ind + "xp_r = tl.where(s == 0, x_in_r, tl.gather(xs_r, prev, 0))  # x_(t-1)")
+            k(ind + "xp_i = tl.where(s == 0, x_in_i, tl.gather(xs_i, prev, 0))")
+            self.tile[state] = ("xs_r", "xs_i")
+        else:
+            k(ind + "x_prev = tl.where(s == 0, x_in, tl.gather(xs, prev, 0))")
+            self.tile[state] = "xs"
         for n in after:
             for line in self.emit(n, f"v{pr.num[n]}"):
-                k("            " + line)
-        grads: dict[int, str] = {}
+                k(ind + line)
+        grads: dict[int, object] = {}
 
-        def add(n: int, expr: str, have: tuple[bool, bool]) -> None:
+        def add(n: int, expr, have: tuple[bool, bool]) -> None:
             want = (True, True) if n == state else self.cls(n)
-            expr = self.reduce(expr, have, want)
             var = f"g_{pr.num[n]}" if n != state else "gx"
+            if isinstance(expr, tuple):
+                names = (f"{var}_r", f"{var}_i")
+                parts = [self.reduce(e_, have, want) for e_ in expr]
+                if n in grads:
+                    k(ind + f"{names[0]} = {names[0]} + {parts[0]}")
+                    k(ind + f"{names[1]} = {names[1]} + {parts[1]}")
+                else:
+                    k(ind + f"{names[0]} = {parts[0]}")
+                    k(ind + f"{names[1]} = {parts[1]}")
+                    grads[n] = names
+                return
+            expr = self.reduce(expr, have, want)
             if n in grads:
-                k(f"            {var} = {var} + {expr}")
+                k(ind + f"{var} = {var} + {expr}")
             else:
-                k(f"            {var} = {expr}")
+                k(ind + f"{var} = {expr}")
                 grads[n] = var
+
+        def backprop(n: int) -> None:
+            G = grads[n]
+            complex_ = self.cplx(n) or any(self.cplx(i) for i in g.operands(n))
+            if complex_:
+                lines, contribs = self.cvjp(n, G, f"d{pr.num[n]}")
+                for line in lines:
+                    k(ind + line)
+            else:
+                contribs = self.vjp(n, G)
+            for op_, c in contribs:
+                add(op_, c, self.cls(n))
 
         for v, n in zip(outs, self.exits):
             lay = self.lay(n)
             m = self.mask(lay)
-            k(f"            # the gradient of {pr.var(n)} at the chunk's tokens")
-            add(n, f"tl.load(g{v} + (b * L + tp) * {self.numel(lay)} + {self.index(lay)}, "
-                   f"mask={f'({m}) & m_t' if m != 'True' else 'm_t'}, other=0.0)", self.cls(n))
+            k(ind + f"# the gradient of {pr.var(n)} at the chunk's tokens")
+            add(n, load_pair(f"g{v}", f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}",
+                             f"({m}) & m_t" if m != "True" else "m_t", self.cplx(n)), self.cls(n))
         for n in reversed(after):
-            if n not in grads:
-                continue
-            for op_, c in self.vjp(n, grads[n]):
-                add(op_, c, self.cls(n))
-        gx = grads.pop(state, "0.0")
-        k("            # the state's adjoint c_t = dx_t + Abar_(t+1) c_(t+1), the chunk after's as c at its end")
-        k(f"            gd = tl.where(m_t & {both}, {gx} + Z, 0.0)")
-        k("            alpha = tl.where(s == BLOCK_T - 1, 1.0, tl.gather(A, nxt, 0))")
-        k("            Ca, Cb = tl.associative_scan((alpha, gd), 0, _ssmc_compose, reverse=True)")
-        k("            gtot = tl.where(m_t, Ca * carry + Cb, 0.0)")
-        k("            carry = tl.sum(tl.where(s == 0, A * (Ca * carry + Cb), 0.0), axis=0)[None, :, :]")
-        add(abar, "gtot * x_prev", (True, True))
-        add(ebar, "gtot", (True, True))
+            if n in grads:
+                backprop(n)
+        gx = grads.pop(state, ("0.0", "0.0") if xc else "0.0")
+        k(ind + "# the state's adjoint c_t = dx_t + conj(Abar_(t+1)) c_(t+1), the chunk after's as c at its end")
+        if xc:
+            k(ind + f"gd_r = tl.where(m_t & {both}, {gx[0]} + Z, 0.0)")
+            k(ind + f"gd_i = tl.where(m_t & {both}, {gx[1]} + Z, 0.0)")
+            k(ind + "al_r = tl.where(s == BLOCK_T - 1, 1.0, tl.gather(A_r, nxt, 0))")
+            k(ind + "al_i = tl.where(s == BLOCK_T - 1, 0.0, -tl.gather(A_i, nxt, 0))")
+            k(ind + "Ca_r, Ca_i, Cb_r, Cb_i = tl.associative_scan((al_r, al_i, gd_r, gd_i), 0, _ssmc_compose_complex, "
+              "reverse=True)")
+            k(ind + "c_r = Ca_r * carry_r - Ca_i * carry_i + Cb_r")
+            k(ind + "c_i = Ca_r * carry_i + Ca_i * carry_r + Cb_i")
+            # The adjoint of the state entering the chunk: conj(Abar_0) c_0.
+            k(ind + "carry_r = tl.sum(tl.where(s == 0, A_r * c_r + A_i * c_i, 0.0), axis=0)[None, :, :]")
+            k(ind + "carry_i = tl.sum(tl.where(s == 0, A_r * c_i - A_i * c_r, 0.0), axis=0)[None, :, :]")
+            k(ind + "gt_r = tl.where(m_t, c_r, 0.0)")
+            k(ind + "gt_i = tl.where(m_t, c_i, 0.0)")
+            # gAbar = c * conj(x_(t-1)), gEbar = c (real parts where they are real).
+            ga = ("gt_r * xp_r + gt_i * xp_i", "gt_i * xp_r - gt_r * xp_i")
+            add(abar, ga if self.cplx(abar) else ga[0], (True, True))
+            add(ebar, ("gt_r", "gt_i") if self.cplx(ebar) else "gt_r", (True, True))
+        else:
+            k(ind + f"gd = tl.where(m_t & {both}, {gx} + Z, 0.0)")
+            k(ind + "alpha = tl.where(s == BLOCK_T - 1, 1.0, tl.gather(A, nxt, 0))")
+            k(ind + "Ca, Cb = tl.associative_scan((alpha, gd), 0, _ssmc_compose, reverse=True)")
+            k(ind + "gtot = tl.where(m_t, Ca * carry + Cb, 0.0)")
+            k(ind + "carry = tl.sum(tl.where(s == 0, A * (Ca * carry + Cb), 0.0), axis=0)[None, :, :]")
+            add(abar, "gtot * x_prev", (True, True))
+            add(ebar, "gtot", (True, True))
         for n in reversed(before):
-            if n not in grads:
-                continue
-            for op_, c in self.vjp(n, grads[n]):
-                add(op_, c, self.cls(n))
+            if n in grads:
+                backprop(n)
         for v, n in zip(ins, self.needed):
             if n in grads:
                 lay = pr.lay(n)
-                k(f"            tl.atomic_add(g{v} + (b * L + tp) * {self.numel(lay)} + {self.index(lay)} + "
-                  f"Z.to(tl.int32), {grads[n]} + Z, mask=({self.mask(lay)}) & m_t & (Z == 0.0){self.first_only(n)})")
+                off = f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}"
+                mask = f"({self.mask(lay)}) & m_t & (Z == 0.0){self.first_only(n)}"
+                gv = grads[n]
+                if isinstance(gv, tuple):
+                    k(ind + f"tl.atomic_add(g{v} + 2 * ({off}) + Z.to(tl.int32), {gv[0]} + Z, mask={mask})")
+                    k(ind + f"tl.atomic_add(g{v} + 2 * ({off}) + 1 + Z.to(tl.int32), {gv[1]} + Z, mask={mask})")
+                else:
+                    k(ind + f"tl.atomic_add(g{v} + {off} + Z.to(tl.int32), {gv} + Z, mask={mask})")
         for v, n in zip(sts, self.statics):
             if n in grads:
+                gv = grads[n]
                 # Padding steps may hold inf or nan (log of a masked 0): left out of the sum.
-                k(f"            g{v}_acc = g{v}_acc + tl.sum(tl.where(m_t, {grads[n]} + Z, 0.0), axis=0)[None, :, :]")
+                for acc, part in ((zip((f"g{v}_acc_r", f"g{v}_acc_i"), gv)) if isinstance(gv, tuple)
+                                  else ((f"g{v}_acc", gv),)):
+                    k(ind + f"{acc} = {acc} + tl.sum(tl.where(m_t, {part} + Z, 0.0), axis=0)[None, :, :]")
         k("        tl.debug_barrier()")
-        k(f"    tl.store(gx0 + b * {sx} + {xidx}, carry, mask={both})")
+        if xc:
+            k(f"    tl.store(gx0 + 2 * (b * {sx} + {xidx}), carry_r, mask={both})")
+            k(f"    tl.store(gx0 + 2 * (b * {sx} + {xidx}) + 1, carry_i, mask={both})")
+        else:
+            k(f"    tl.store(gx0 + b * {sx} + {xidx}, carry, mask={both})")
         for v, n in zip(sts, self.statics):
             lay = pr.lay(n)
-            k(f"    g{v}_sum = {self.reduce(f'g{v}_acc', (True, True), self.cls(n))}")
-            k(f"    tl.atomic_add(g{v} + {self.index(lay)} + Z1.to(tl.int32), g{v}_sum + Z1, mask=({self.mask(lay)}) & "
-              f"(Z1 == 0.0){self.first_only(n)})")
+            off = self.index(lay)
+            mask = f"({self.mask(lay)}) & (Z1 == 0.0){self.first_only(n)}"
+            if self.cplx(n):
+                for part, plus in (("_r", ""), ("_i", " + 1")):
+                    k(f"    g{v}_sum{part} = {self.reduce(f'g{v}_acc{part}', (True, True), self.cls(n))}")
+                    k(f"    tl.atomic_add(g{v} + 2 * ({off}){plus} + Z1.to(tl.int32), g{v}_sum{part} + Z1, mask={mask})")
+            else:
+                k(f"    g{v}_sum = {self.reduce(f'g{v}_acc', (True, True), self.cls(n))}")
+                k(f"    tl.atomic_add(g{v} + {off} + Z1.to(tl.int32), g{v}_sum + Z1, mask={mask})")
         return K
 
     def first_only(self, n: int) -> str:
@@ -761,11 +965,11 @@ class _Kernel:
             k("        tp = t")
             k("        if MAP:  # the direction's order, by an index map over time: no reordered copies")
             k("            tp = tl.load(tmap + t, mask=m_t, other=0)")
-            if not xc:
-                k("        if SAVE:  # the state entering every CK tokens, for the backward kernel")
-                k("            if (c * BLOCK_T) % CK == 0:")
-                k(f"                tl.store(states + (b * {slots} + (c * BLOCK_T) // CK) * {sx} + "
-                  f"{self.index(self.sdims)}, x, mask={both})")
+            k("        if SAVE:  # the state entering every CK tokens, for the backward kernel")
+            k("            if (c * BLOCK_T) % CK == 0:")
+            slot = f"(b * {slots} + (c * BLOCK_T) // CK) * {sx} + {self.index(self.sdims)}"
+            for line in self.store("states", slot, ("x_r", "x_i") if xc else "x", both):
+                k("                " + line)
         else:
             k("    for t in range(L):")
             k("        tp = t")

@@ -1,6 +1,8 @@
 """The Triton backend through Triton's CPU interpreter (TRITON_INTERPRET=1), small shapes.
 
-Forward agrees with the NumPy reference (float32, 1e-4) for every example; gradients (which run the PyTorch path) agree with the torch backend's; specs
+Forward agrees with the NumPy reference (float32, 1e-4) for every example; gradients
+(backward kernels, or the PyTorch path for matrix structures) agree with the torch
+backend's and pass gradcheck in float64; specs
 beyond the backend fall back with a notice or, strictly, fail; with neither a GPU nor
 the interpreter, backend="triton" is an error under strict=True and never silent.
 """
@@ -87,7 +89,9 @@ def test_forward_matches_reference(stem):
 
 
 @pytest.mark.parametrize("stem", COVERED)
-def test_gradients_run_the_pytorch_path(stem):
+def test_gradients_match_the_torch_backend(stem):
+    """Backward kernels where the module has them (TRITON_BACKWARD, or the SSD family), the
+    PyTorch path otherwise: the same gradients as the torch backend."""
     tr, tm = _load(stem, "triton", strict=True), _load(stem, "torch")
     name = tr.__all__[0]
     T, M = getattr(tr, name), getattr(tm, name)
@@ -229,7 +233,8 @@ def test_half_precision_inputs(dtype):
     assert rel(y, r(u.double())) < 3e-2
 
 
-@pytest.mark.parametrize("stem", ["mamba", "mamba_block", "s4d_real", "vim_bidirectional"])
+@pytest.mark.parametrize("stem", ["mamba", "mamba_block", "s4d_real", "vim_bidirectional", "s4d", "dss", "s4d_inv",
+                                  "lru", "s5", "s5_irregular"])
 def test_backward_kernel_gradcheck(stem):
     """The generated backward kernel (reverse scan, per-op derivatives) against finite
     differences, in float64 through the interpreter."""
