@@ -419,7 +419,7 @@ class _Kernel:
         for j, d in enumerate(self.rows):
             inner = " * ".join(f"s_{e}" for e in self.rows[j + 1:])
             k(f"    i_{d} = " + (f"(rows // ({inner})) % s_{d}" if inner else f"rows % s_{d}"))
-        k("    Z = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)")
+        k("    Z = tl.zeros((BLOCK_P, BLOCK_N), dtype=x0.dtype.element_ty)")
         self.tile = {}
         for v, n in zip(sts, self.statics):
             lay = pr.lay(n)
@@ -668,8 +668,8 @@ class _Kernel:
             inner = " * ".join(f"s_{e}" for e in self.rows[j + 1:])
             k(f"    i_{d} = " + (f"(rows // ({inner})) % s_{d}" if inner else f"rows % s_{d}"))
         k("    s = tl.arange(0, BLOCK_T)[:, None, None]  # a chunk's steps")
-        k("    Z = tl.zeros((BLOCK_T, BLOCK_P, BLOCK_N), dtype=tl.float32)")
-        k("    Z1 = tl.zeros((1, BLOCK_P, BLOCK_N), dtype=tl.float32)")
+        k("    Z = tl.zeros((BLOCK_T, BLOCK_P, BLOCK_N), dtype=x0.dtype.element_ty)")
+        k("    Z1 = tl.zeros((1, BLOCK_P, BLOCK_N), dtype=x0.dtype.element_ty)")
         k("    prev = tl.maximum(s - 1, 0) + Z.to(tl.int32)  # step t - 1, for gathers along the chunk")
         k("    nxt = tl.minimum(s + 1, BLOCK_T - 1) + Z.to(tl.int32)  # step t + 1")
         self.tile = {}
@@ -1001,7 +1001,7 @@ class _Kernel:
             # composed by an associative scan over the chunk, then applied to the state
             # entering it. Steps past the end are the identity.
             k("        # the update for the chunk's steps at once, in registers: x_t = Abar_t x_(t-1) + Ebar_t")
-            k("        Z = tl.zeros((BLOCK_T, BLOCK_P, BLOCK_N), dtype=tl.float32)")
+            k("        Z = tl.zeros((BLOCK_T, BLOCK_P, BLOCK_N), dtype=x0.dtype.element_ty)")
             ar, ai = a if isinstance(a, tuple) else (a, None)
             er, ei = e if isinstance(e, tuple) else (e, None)
             if xc:
