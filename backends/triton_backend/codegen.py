@@ -18,21 +18,27 @@ instead (`ssmc/runtime/triton_ssd.py`: chunk-local tl.dot matmuls, the state car
 across chunks in registers), fed with the factors torch computes from the spec.
 
 Scope of the scan kernel (others fall back to the PyTorch backend with a notice, or
-are an error with strict=True): every structure (diagonal and scalar elementwise; dense, DPLR and
-block-diagonal as a matrix-vector update on a [BLOCK_P, BLOCK_N, BLOCK_N] tile, their
-discretized matrices made in torch), real or complex states, the
-elementwise functions below (on complex values: arithmetic, exp, phi1, re, im, conj,
-abs), reductions over one state dim (the tile's columns). Values over dims beyond the state's are
-computed in torch: before the launch when they do not read the state (S5's
-sum(B * u, H)); otherwise the kernel hands over every state and torch reads them out. Gradients: for real states with a diagonal or scalar state matrix, a
-generated backward kernel (the forward saves a checkpoint of the state every 64
-tokens; the backward walks the chunks in reverse, recomputes a chunk's states from its
-checkpoint, then walks its tokens in reverse, recomputes each token's values, applies the derivative of every
-op and carries the state's adjoint back through Abar), registered as the autograd of
-the `ssmc::fused_scan` op; otherwise the module runs its PyTorch path when gradients
-are needed. Everything else of the module (scan orders, chaining, cu_seqlens) is
-shared with the PyTorch backend. Complex values are pairs of real registers (`_r`, `_i`),
-complex tensors travel as their real views (interleaved real and imaginary parts).
+are an error with strict=True): every structure (diagonal and scalar elementwise;
+dense, DPLR and block-diagonal as a matrix-vector update on a [BLOCK_P, BLOCK_N,
+BLOCK_N] tile, their discretized matrices made in torch), real or complex states, the
+elementwise functions of derivatives.py (on complex values: arithmetic, exp, phi1, re,
+im, conj, abs), reductions over one state dim (the tile's columns). Values over dims
+beyond the state's are computed in torch: before the launch when they do not read the
+state (S5's sum(B * u, H)); otherwise the kernel hands over every state and torch reads
+them out. Non-causal scan orders are index maps over time (step t reads and writes
+token tmap[t]).
+
+Gradients, for elementwise structures: a generated backward kernel, the autograd of the
+`ssmc::fused_scan` op. The forward saves the state every CK = 64 tokens; the backward
+walks those intervals in reverse, recomputes the state entering each chunk of BLOCK_T
+tokens, then walks the chunks in reverse: their states again, the adjoints of the
+readout side, the state's adjoint c_t = dx_t + conj(Abar_(t+1)) c_(t+1) by a reverse
+associative scan, then the adjoints of the discretization side. Derivatives of real ops
+come from sympy (derivatives.py); complex ones follow G * conj(f'(z)) per op (`cvjp`).
+Matrix structures run the module's PyTorch path when gradients are needed. Everything
+else of the module (chaining, cu_seqlens) is shared with the PyTorch backend. Complex
+values are pairs of real registers (`_r`, `_i`); complex tensors travel as their real
+views (interleaved real and imaginary parts).
 """
 from __future__ import annotations
 
@@ -170,6 +176,22 @@ class _Kernel:
         self.statics = sorted({i for i in reads
                                if g.fact(i, "time") != "token" and g.op(i).kind not in ("const", "dim")},
                               key=pr.num.get)
+
+    def program_indices(self) -> list[str]:
+        """A kernel's first lines: the program's batch element, its rows of the state (the
+        leading dims, flattened) and columns, their masks and each row dim's index. Tiles
+        are [BLOCK_P, BLOCK_N] (one token) or, chunked, [BLOCK_T, BLOCK_P, BLOCK_N]."""
+        lead = "None, " if self.chunked else ""
+        lines = ["    b = tl.program_id(0)",
+                 f"    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[{lead}:, None]  "
+                 "# the state's leading dims, flat",
+                 f"    i_{self.col} = tl.arange(0, BLOCK_N)[{lead}None, :]",
+                 f"    m_rows = rows < {self.numel(self.rows)}",
+                 f"    m_cols = i_{self.col} < s_{self.col}"]
+        for j, d in enumerate(self.rows):
+            inner = " * ".join(f"s_{e}" for e in self.rows[j + 1:])
+            lines.append(f"    i_{d} = " + (f"(rows // ({inner})) % s_{d}" if inner else f"rows % s_{d}"))
+        return lines
 
     def colsum(self, expr: str) -> str:
         """A sum over the tile's columns (the reduced state dim), kept as an axis of size 1."""
@@ -384,155 +406,6 @@ class _Kernel:
             out = [f.format(**fields) for f in _VJP[k]]
         return [(i, c) for i, c in zip(ops_, out) if c is not None and g.op(i).kind not in ("const", "dim")]
 
-    def backward_source(self, sizes, ins, sts, outs) -> list[str]:
-        """The backward kernel: tokens in reverse, each one's values recomputed from the saved
-        states, the adjoints of the loop's expressions (derived per op), the state's adjoint
-        carried back through Abar. Token inputs' gradients are added atomically (a value
-        shared across rows gets contributions from several programs), statics' at the end."""
-        g, pr = self.g, self.pr
-        meta = g.meta
-        state = meta["state"]
-        abar, ebar = g.operands(meta["system"])
-        name = f"{self.name}_bwd"
-        self.chunked = False
-        sx = self.numel(self.sdims)
-        both = self.mask(self.sdims)
-        xidx = self.index(self.sdims)
-        K = []
-        k = K.append
-        k("@triton.jit")
-        k(f"def {name}(")
-        k("    x0, states, scratch, gxf, gx0, tmap,  # the entering state, the checkpoints, a chunk's states, "
-          "gradients, the time map")
-        k("    " + "".join(f"{v}, " for v in ins) + "# token inputs")
-        k("    " + "".join(f"{v}, " for v in sts) + "# static inputs")
-        k("    " + "".join(f"g{v}, " for v in outs) + "# gradients of the per-token results")
-        k("    " + "".join(f"g{v}, " for v in ins + sts) + "# gradients of the inputs (zeroed)")
-        k("    L, " + ", ".join(f"s_{d}" for d in sizes) + ",")
-        k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CK: tl.constexpr, MAP: tl.constexpr,")
-        k("):")
-        k("    b = tl.program_id(0)")
-        k("    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]")
-        k(f"    i_{self.col} = tl.arange(0, BLOCK_N)[None, :]")
-        k(f"    m_rows = rows < {self.numel(self.rows)}")
-        k(f"    m_cols = i_{self.col} < s_{self.col}")
-        for j, d in enumerate(self.rows):
-            inner = " * ".join(f"s_{e}" for e in self.rows[j + 1:])
-            k(f"    i_{d} = " + (f"(rows // ({inner})) % s_{d}" if inner else f"rows % s_{d}"))
-        k("    Z = tl.zeros((BLOCK_P, BLOCK_N), dtype=x0.dtype.element_ty)")
-        self.tile = {}
-        for v, n in zip(sts, self.statics):
-            lay = pr.lay(n)
-            for line in self.load(v, self.index(lay), self.mask(lay), f"{v}_v", n):
-                k("    " + line)
-            k(f"    g{v}_acc = Z")
-        k(f"    carry = tl.load(gxf + b * {sx} + {xidx}, mask={both}, other=0.0) + Z")
-        ck = f"(b * NC + kc) * {sx} + {xidx}"
-        k("    NC = (L + CK - 1) // CK + 1  # checkpoints: the state entering every chunk of CK tokens")
-        k("    for kk in range(NC - 1):")
-        k("        kc = NC - 2 - kk")
-        k("        start = kc * CK")
-        k("        n_t = tl.minimum(CK, L - start)")
-        k(f"        x_ck = tl.load(states + {ck}, mask={both}, other=0.0)")
-        k("        # the chunk's states, recomputed from its checkpoint")
-        k("        x = x_ck")
-        k("        for s in range(n_t):")
-        k("            t = start + s")
-        k("            tp = t")
-        k("            if MAP:  # the direction's order, by an index map over time")
-        k("                tp = tl.load(tmap + t)")
-        for v, n in zip(ins, self.needed):
-            lay = pr.lay(n)
-            for line in self.load(v, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
-                                  f"{v}_t", n):
-                k("            " + line)
-        before_ = [n for n in self.loop if state not in g.ancestors(n)]
-        for n in before_:
-            for line in self.emit(n, f"v{pr.num[n]}"):
-                k("            " + line)
-        k(f"            x = {self.ref(abar)} * x + {self.ref(ebar)}")
-        k(f"            tl.store(scratch + (b * CK + s) * {sx} + {xidx}, x, mask={both})")
-        k("        tl.debug_barrier()")
-        k("        for ss in range(n_t):")
-        k("            s = n_t - 1 - ss")
-        k("            t = start + s")
-        k("            tp = t")
-        k("            if MAP:  # the direction's order, by an index map over time")
-        k("                tp = tl.load(tmap + t)")
-        k(f"            x = tl.load(scratch + (b * CK + s) * {sx} + {xidx}, mask={both}, other=0.0)")
-        k(f"            x_prev = tl.load(scratch + (b * CK + tl.maximum(s - 1, 0)) * {sx} + {xidx}, mask={both}, "
-          f"other=0.0)")
-        k("            x_prev = tl.where(s > 0, x_prev, x_ck)")
-        body_start = len(K)
-        for v, n in zip(ins, self.needed):
-            lay = pr.lay(n)
-            for line in self.load(v, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}", self.mask(lay),
-                                  f"{v}_t", n):
-                k("        " + line)
-        before = [n for n in self.loop if state not in g.ancestors(n)]
-        after = [n for n in self.loop if state in g.ancestors(n)]
-        for n in before:
-            for line in self.emit(n, f"v{pr.num[n]}"):
-                k("        " + line)
-        self.tile[state] = "x"
-        for n in after:
-            for line in self.emit(n, f"v{pr.num[n]}"):
-                k("        " + line)
-        # Adjoints, in reverse.
-        grads: dict[int, str] = {}
-
-        def add(n: int, expr: str, have: tuple[bool, bool]) -> None:
-            want = (True, True) if n == state else self.cls(n)
-            expr = self.reduce(expr, have, want)
-            var = f"g_{pr.num[n]}" if n != state else "gx"
-            if n in grads:
-                k(f"        {var} = {var} + {expr}")
-            else:
-                k(f"        {var} = {expr}")
-                grads[n] = var
-
-        for v, n in zip(outs, self.exits):
-            lay = self.lay(n)
-            k(f"        # the gradient of {pr.var(n)} at t")
-            add(n, f"tl.load(g{v} + (b * L + tp) * {self.numel(lay)} + {self.index(lay)}, mask={self.mask(lay)}, "
-                   f"other=0.0)", self.cls(n))
-        for n in reversed(after):
-            if n not in grads:
-                continue
-            for op_, c in self.vjp(n, grads[n]):
-                add(op_, c, self.cls(n))
-        k("        # the update x_t = Abar_t x_(t-1) + Ebar_t, backwards")
-        gx = grads.get(state, "0.0")
-        k(f"        gtot = tl.where({both}, {gx} + carry, 0.0)")
-        a_ = self.ref(abar)
-        k(f"        carry = gtot * {a_}")
-        grads.pop(state, None)
-        add(abar, "gtot * x_prev", (True, True))
-        add(ebar, "gtot", (True, True))
-        for n in reversed(before):
-            if n not in grads:
-                continue
-            for op_, c in self.vjp(n, grads[n]):
-                add(op_, c, self.cls(n))
-        # Leaves: token inputs at t (atomically), statics accumulated.
-        for v, n in zip(ins, self.needed):
-            if n in grads:
-                lay = pr.lay(n)
-                k(f"        tl.atomic_add(g{v} + (b * L + tp) * {self.numel(lay)} + {self.index(lay)} + Z.to(tl.int32), "
-                  f"{grads[n]} + Z, mask=({self.mask(lay)}) & (Z == 0.0){self.first_only(n)})")
-        for v, n in zip(sts, self.statics):
-            if n in grads:
-                k(f"        g{v}_acc = g{v}_acc + {grads[n]}")
-        K[body_start:] = ["    " + line for line in K[body_start:]]
-        k("        tl.debug_barrier()")
-        k(f"    tl.store(gx0 + b * {sx} + {xidx}, carry, mask={both})")
-        for v, n in zip(sts, self.statics):
-            lay = pr.lay(n)
-            k(f"    g{v}_sum = {self.reduce(f'g{v}_acc', (True, True), self.cls(n))}")
-            k(f"    tl.atomic_add(g{v} + {self.index(lay)} + Z.to(tl.int32), g{v}_sum + Z, mask=({self.mask(lay)}) & "
-              f"(Z == 0.0){self.first_only(n)})")
-        return K
-
     def cvjp(self, n: int, G, tmp: str) -> tuple[list[str], list[tuple[int, object]]]:
         """(lines, [(operand, contribution)]): the derivative of node n given its gradient G,
         where n or an operand is complex. Complex values are pairs of real registers and a
@@ -626,7 +499,7 @@ class _Kernel:
             raise Unsupported(f"the derivative of {k}() of a complex value")
         return lines, [(i, c) for i, c in out if g.op(i).kind not in ("const", "dim")]
 
-    def backward_source_chunked(self, sizes, ins, sts, outs) -> list[str]:
+    def backward_source(self, sizes, ins, sts, outs) -> list[str]:
         """The backward kernel of the chunked forward: the checkpoint intervals in reverse; in
         each, a forward pass over its chunks of BLOCK_T tokens saves the state entering
         every chunk, then the chunks in reverse: the chunk's states again (associative
@@ -659,14 +532,7 @@ class _Kernel:
         k("    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CK: tl.constexpr, MAP: tl.constexpr, "
           "BLOCK_T: tl.constexpr,")
         k("):")
-        k("    b = tl.program_id(0)")
-        k("    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :, None]")
-        k(f"    i_{self.col} = tl.arange(0, BLOCK_N)[None, None, :]")
-        k(f"    m_rows = rows < {self.numel(self.rows)}")
-        k(f"    m_cols = i_{self.col} < s_{self.col}")
-        for j, d in enumerate(self.rows):
-            inner = " * ".join(f"s_{e}" for e in self.rows[j + 1:])
-            k(f"    i_{d} = " + (f"(rows // ({inner})) % s_{d}" if inner else f"rows % s_{d}"))
+        K.extend(self.program_indices())
         k("    s = tl.arange(0, BLOCK_T)[:, None, None]  # a chunk's steps")
         k("    Z = tl.zeros((BLOCK_T, BLOCK_P, BLOCK_N), dtype=x0.dtype.element_ty)")
         k("    Z1 = tl.zeros((1, BLOCK_P, BLOCK_N), dtype=x0.dtype.element_ty)")
@@ -926,16 +792,7 @@ class _Kernel:
           + (" BLOCK_T: tl.constexpr," if self.chunked else ""))
         k("):")
         chunked = self.chunked
-        # Tiles are [BLOCK_P, BLOCK_N] (one token) or [BLOCK_T, BLOCK_P, BLOCK_N] (a chunk).
-        lead = "None, " if chunked else ""
-        k("    b = tl.program_id(0)")
-        k(f"    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[{lead}:, None]  # the state's leading dims, flat")
-        k(f"    i_{self.col} = tl.arange(0, BLOCK_N)[{lead}None, :]")
-        k(f"    m_rows = rows < {self.numel(self.rows)}")
-        k(f"    m_cols = i_{self.col} < s_{self.col}")
-        for j, d in enumerate(self.rows):
-            inner = " * ".join(f"s_{e}" for e in self.rows[j + 1:])
-            k(f"    i_{d} = " + (f"(rows // ({inner})) % s_{d}" if inner else f"rows % s_{d}"))
+        K.extend(self.program_indices())
         both = self.mask(self.sdims)
         sx = self.numel(self.sdims)
         xc = bool(meta["state_complex"])
@@ -1071,10 +928,8 @@ class _Kernel:
         k("")
         k("")
         self.forward_chunked = self.chunked
-        bwd = None
-        if self.differentiable():
-            bwd = (self.backward_source_chunked if self.forward_chunked else self.backward_source)(sizes, ins, sts,
-                                                                                                    outs)
+        # Backward kernels exist for the chunked form (elementwise structures).
+        bwd = self.backward_source(sizes, ins, sts, outs) if self.forward_chunked and self.differentiable() else None
         self.has_backward = bool(bwd)
         if bwd:
             K.extend(["", ""] + bwd + ["", ""])

@@ -39,6 +39,43 @@ BLOCK_T = 64
 
 
 @triton.jit
+def _ssd_program(H, P, N, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The program's batch element, head, chunk steps, channels and state columns, their
+    masks, and the offsets of its [BLOCK_P, BLOCK_N] tile of a [B, H, P, N] state."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    t = tl.arange(0, BLOCK_T)
+    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    n = tl.arange(0, BLOCK_N)
+    mp = p < P
+    mn = n < N
+    xoff = ((b * H + h) * P + p[:, None]) * N + n[None, :]
+    xm = mp[:, None] & mn[None, :]
+    return b, h, t, p, n, mp, mn, xoff, xm
+
+
+@triton.jit
+def _ssd_chunk_inputs(z, X, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L,
+                      szb, szt, szh, sxb, sxt, sxh, sxp, sbb, sbt, sbh, sbn, scb, sct, sch, scn,
+                      dt: tl.constexpr, BLOCK_T: tl.constexpr, MAP: tl.constexpr):
+    """Chunk c's tokens (tmap[t] with MAP) and inputs: z [T], its cumsum Lc, X [T, BLOCK_P],
+    B and C [T, BLOCK_N]. Padding tokens: decay 1 (z = 0), no input, no output."""
+    tt = c * BLOCK_T + tl.arange(0, BLOCK_T)
+    mt = tt < L
+    if MAP:  # a scan order by an index map over time: no reordered copies
+        tt = tl.load(tmap + tt, mask=mt, other=0)
+    zc = tl.load(z + b * szb + tt * szt + h * szh, mask=mt, other=0.0).to(dt)
+    Lc = tl.cumsum(zc, axis=0)
+    Xc = tl.load(X + b * sxb + tt[:, None] * sxt + h * sxh + p[None, :] * sxp,
+                 mask=mt[:, None] & mp[None, :], other=0.0).to(dt)
+    Bc = tl.load(Bm + b * sbb + tt[:, None] * sbt + h * sbh + n[None, :] * sbn,
+                 mask=mt[:, None] & mn[None, :], other=0.0).to(dt)
+    Cc = tl.load(Cm + b * scb + tt[:, None] * sct + h * sch + n[None, :] * scn,
+                 mask=mt[:, None] & mn[None, :], other=0.0).to(dt)
+    return tt, mt, zc, Lc, Xc, Bc, Cc
+
+
+@triton.jit
 def _ssd_fwd(
     z, X, Bm, Cm,  # log-decays [B, L, H], X [B, L, H, P], B [B, L, H, N], C [B, L, H, N] (any strides)
     x0, y, xf,  # entering state [B, H, P, N], output [B, L, H, P], leaving state [B, H, P, N]
@@ -52,35 +89,17 @@ def _ssd_fwd(
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
     MAP: tl.constexpr, SAVE: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    t = tl.arange(0, BLOCK_T)
-    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    n = tl.arange(0, BLOCK_N)
-    mp = p < P
-    mn = n < N
+    b, h, t, p, n, mp, mn, xoff, xm = _ssd_program(H, P, N, BLOCK_T, BLOCK_P, BLOCK_N)
     dt = x0.dtype.element_ty
-    xoff = ((b * H + h) * P + p[:, None]) * N + n[None, :]
-    xm = mp[:, None] & mn[None, :]
     x = tl.load(x0 + xoff, mask=xm, other=0.0).to(dt)  # [BLOCK_P, BLOCK_N]
     causal = t[:, None] >= t[None, :]
     NC = tl.cdiv(L, BLOCK_T)
     for c in range(NC):
         if SAVE:
             tl.store(states + ((b * NC + c) * H + h) * P * N + p[:, None] * N + n[None, :], x, mask=xm)
-        tt = c * BLOCK_T + t
-        mt = tt < L
-        if MAP:  # a scan order by an index map over time: no reordered copies
-            tt = tl.load(tmap + tt, mask=mt, other=0)
-        # Padding tokens: decay 1 (z = 0), no input, no output.
-        zc = tl.load(z + b * szb + tt * szt + h * szh, mask=mt, other=0.0).to(dt)  # [T]
-        Lc = tl.cumsum(zc, axis=0)
-        Xc = tl.load(X + b * sxb + tt[:, None] * sxt + h * sxh + p[None, :] * sxp,
-                     mask=mt[:, None] & mp[None, :], other=0.0).to(dt)  # [T, BLOCK_P]
-        Bc = tl.load(Bm + b * sbb + tt[:, None] * sbt + h * sbh + n[None, :] * sbn,
-                     mask=mt[:, None] & mn[None, :], other=0.0).to(dt)  # [T, BLOCK_N]
-        Cc = tl.load(Cm + b * scb + tt[:, None] * sct + h * sch + n[None, :] * scn,
-                     mask=mt[:, None] & mn[None, :], other=0.0).to(dt)  # [T, BLOCK_N]
+        tt, mt, zc, Lc, Xc, Bc, Cc = _ssd_chunk_inputs(
+            z, X, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L, szb, szt, szh, sxb, sxt, sxh, sxp, sbb, sbt, sbh, sbn,
+            scb, sct, sch, scn, dt, BLOCK_T, MAP)
         CB = tl.dot(Cc, tl.trans(Bc), input_precision=PREC)  # [T, T]
         # exp(Lc_t - Lc_s) on and below the diagonal; exp of a large negative number above.
         decay = tl.exp(tl.where(causal, Lc[:, None] - Lc[None, :], -1e30))
@@ -113,33 +132,19 @@ def _ssd_bwd(
       dX = M^T gy + w (B g^T)       dB = Q^T C + w (X g)       dC = Q B + exp(Lc) (gy x_c)
       dLc from every exp(Lc ...) of the forward, dz = its reverse cumsum;
       g <- exp(Lc_T) g + (exp(Lc) gy)^T C."""
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    t = tl.arange(0, BLOCK_T)
-    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    n = tl.arange(0, BLOCK_N)
-    mp = p < P
-    mn = n < N
+    b, h, t, p, n, mp, mn, xoff, xm = _ssd_program(H, P, N, BLOCK_T, BLOCK_P, BLOCK_N)
     dt = X.dtype.element_ty
-    xoff = ((b * H + h) * P + p[:, None]) * N + n[None, :]
-    xm = mp[:, None] & mn[None, :]
     g = tl.load(gxf + xoff, mask=xm, other=0.0).to(dt)  # [BLOCK_P, BLOCK_N]
     causal = t[:, None] >= t[None, :]
     NC = tl.cdiv(L, BLOCK_T)
     for cc in range(NC):
         c = NC - 1 - cc
-        tt = c * BLOCK_T + t
-        mt = tt < L
-        if MAP:
-            tt = tl.load(tmap + tt, mask=mt, other=0)
+        tt, mt, zc, Lc, Xc, Bc, Cc = _ssd_chunk_inputs(
+            z, X, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L, szb, szt, szh, sxb, sxt, sxh, sxp, sbb, sbt, sbh, sbn,
+            scb, sct, sch, scn, dt, BLOCK_T, MAP)
+        last = tl.sum(zc, axis=0)
         mtp = mt[:, None] & mp[None, :]
         mtn = mt[:, None] & mn[None, :]
-        zc = tl.load(z + b * szb + tt * szt + h * szh, mask=mt, other=0.0).to(dt)
-        Lc = tl.cumsum(zc, axis=0)
-        last = tl.sum(zc, axis=0)
-        Xc = tl.load(X + b * sxb + tt[:, None] * sxt + h * sxh + p[None, :] * sxp, mask=mtp, other=0.0).to(dt)
-        Bc = tl.load(Bm + b * sbb + tt[:, None] * sbt + h * sbh + n[None, :] * sbn, mask=mtn, other=0.0).to(dt)
-        Cc = tl.load(Cm + b * scb + tt[:, None] * sct + h * sch + n[None, :] * scn, mask=mtn, other=0.0).to(dt)
         gyc = tl.load(gy + ((b * L + tt[:, None]) * H + h) * P + p[None, :], mask=mtp, other=0.0).to(dt)
         xc = tl.load(states + ((b * NC + c) * H + h) * P * N + p[:, None] * N + n[None, :], mask=xm,
                      other=0.0).to(dt)  # the state entering this chunk
