@@ -357,7 +357,7 @@ def test_scan_orders_by_index_maps(source, monkeypatch):
             assert rel(a, b) < 1e-3
 
 
-@pytest.mark.parametrize("stem", ["mamba", "mamba2"])
+@pytest.mark.parametrize("stem", ["mamba", "mamba2", "lru"])
 def test_torch_compile_traces_training_without_graph_breaks(stem):
     """Forward and backward kernels are torch.library ops with fake implementations, so
     AOTAutograd traces a training step in one graph (fullgraph=True) and its gradients

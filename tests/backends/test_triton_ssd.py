@@ -194,3 +194,16 @@ def test_index_map_forward_and_backward():
         assert torch.allclose(a, b, atol=1e-11)
     for name, a, b in zip("z X B C x0".split(), _grads(mapped, args), _grads(copied, args)):
         assert torch.allclose(a, b, atol=1e-10, rtol=1e-9), name
+
+
+def test_layouts_beyond_the_kernel_run_the_torch_form_with_the_same_time_map():
+    """A readout coefficient over a dim outside the state (y over H, P and Q) does not fit
+    the kernel: the PyTorch SSD form runs instead, in the direction's order all the same."""
+    sizes = dict(H=2, P=3, N=4, Q=2)
+    layout = (("H",), ("H", "P"), ("N",), ("Q", "N"), ("H", "P", "N"), ("H", "P", "Q"))
+    assert not triton_ssd.fits(*layout)
+    z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd = _case(torch.float64, 2, 11, sizes, *layout)
+    perm = torch.arange(10, -1, -1)
+    y, xf = triton_ssd.ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, tmap=perm.to(torch.int32))
+    y2, xf2 = ops.ssd_chunk(z[:, perm], zd, X[:, perm], xd, Bf[:, perm], bd, Cf[:, perm], cd, x0, sd, yd)
+    assert torch.allclose(y, y2[:, perm], atol=1e-12) and torch.allclose(xf, xf2, atol=1e-12)
