@@ -108,8 +108,9 @@ class TritonModule(TorchModule):
         candidates = None
         if chunked:
             ck = flags.get("CK", CHECKPOINT)
-            # A chunk's tiles hold BLOCK_T * BLOCK_P * BLOCK_N values each (several are live).
-            candidates = [(min(_pow2(rows), max(1, 4096 // (t * block_n))), t) for t in (16, 32, 8, 64)
+            # A chunk's tiles hold BLOCK_T * BLOCK_P * BLOCK_N values each and about ten are
+            # live at once: 2048 values is 16 registers a tile per thread at 4 warps.
+            candidates = [(min(_pow2(rows), max(1, 2048 // (t * block_n))), t) for t in (16, 32, 8, 64)
                           if ck % t == 0] or [(largest, 1)]
 
         def run(config) -> None:

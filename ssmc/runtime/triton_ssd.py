@@ -197,6 +197,12 @@ def _block_p(chans: int, n: int, backward: bool = False) -> int:
     return max(16, min(_pow2(chans), (4096 if backward else 8192) // block_n, 64))
 
 
+def _warps(block_p: int, block_n: int) -> int:
+    """Warps per program: the state tile [BLOCK_P, BLOCK_N] and the chunk's [T, BLOCK_N] tiles
+    stay in registers; past 2048 values a tile, 8 warps share them."""
+    return 8 if block_p * block_n > 2048 else 4
+
+
 def _strides(*ts):
     return [s for t in ts for s in t.stride()]
 
@@ -227,7 +233,8 @@ def ssd_scan(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tenso
         _ssd_fwd[(b, heads, -(-chans // block_p))](
             z, X, Bm, Cm, x0, y, xf, states, tmap if mapped else x0, length, heads, chans, n,
             *_strides(z, X, Bm, Cm),
-            BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=block_n, PREC=_precision(x0.dtype), MAP=mapped, SAVE=save)
+            BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=block_n, PREC=_precision(x0.dtype), MAP=mapped, SAVE=save,
+            num_warps=_warps(block_p, block_n))
 
     block_p = autotune.choose(_ssd_fwd, (b, heads, chans, n, length), args, _block_p(chans, n), run)
     run(block_p)
@@ -276,7 +283,8 @@ def ssd_scan_backward(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: to
     _ssd_bwd[(b, heads, -(-chans // block_p))](
         z, X, Bm, Cm, states, tmap if mapped else x0, gy, gxf, dz, dX, dB, dC, dx0,
         length, heads, chans, n, *_strides(z, X, Bm, Cm),
-        BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=_pow2(n), PREC=_precision(X.dtype), MAP=mapped)
+        BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=_pow2(n), PREC=_precision(X.dtype), MAP=mapped,
+        num_warps=_warps(block_p, _pow2(n)))
     return dz, dX, dB, dC, dx0
 
 
