@@ -1,9 +1,10 @@
 """What generated Triton-backend classes extend, and their kernel launcher.
 
 The fused kernel is the `ssmc::fused_scan` torch.library op. Its autograd is the
-generated backward kernel where one exists (real states with a diagonal or scalar
-A: `TRITON_BACKWARD`); otherwise a module that needs gradients runs its PyTorch path
-(the torch backend's chunked scan, whose backward is a reverse scan).
+generated backward kernel (`ssmc::fused_scan_backward`) where one exists (elementwise
+structures, real or complex: `TRITON_BACKWARD`); otherwise a module that needs
+gradients runs its PyTorch path (the torch backend's chunked scan, whose backward is a
+reverse scan). The SSD and LTI kernel families live in triton_ssd.py and triton_lti.py.
 """
 from __future__ import annotations
 
