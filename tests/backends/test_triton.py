@@ -221,16 +221,25 @@ def test_block_sizes_are_tuned_once_and_remembered(tmp_path, monkeypatch, capsys
     assert "ssmc: tuning" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stem", ["mamba_block", "mamba2", "lru"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_half_precision_inputs(dtype):
-    ref, tr = _load("mamba_block", "numpy"), _load("mamba_block", "triton", strict=True)
-    dims = _small(ref.MambaBlock)
-    r, t = ref.MambaBlock(seed=2, **dims), tr.MambaBlock(seed=2, **dims)
-    u = _inputs(ref.MambaBlock, r)["u"].to(dtype)
+def test_half_precision_inputs(dtype, stem):
+    """bf16 / fp16 inputs through each kernel family (scan, SSD; complex states), computing
+    in float32, forward and backward."""
+    ref, tr = _load(stem, "numpy"), _load(stem, "triton", strict=True)
+    name = tr.__all__[0]
+    R, T = getattr(ref, name), getattr(tr, name)
+    dims = _small(R)
+    r, t = R(seed=2, **dims), T(seed=2, **dims)
+    t.fft_min_length = 10 ** 9
+    u = _inputs(R, r, length=40)["u"].to(dtype)
     with torch.no_grad():
         y = t(u)
     assert y.dtype == dtype
     assert rel(y, r(u.double())) < 3e-2
+    u = u.clone().requires_grad_()
+    (g,) = torch.autograd.grad(t(u).float().square().sum(), [u])
+    assert g.dtype == dtype and torch.isfinite(g.float()).all()
 
 
 @pytest.mark.parametrize("stem", ["mamba", "mamba_block", "s4d_real", "vim_bidirectional", "s4d", "dss", "s4d_inv",
