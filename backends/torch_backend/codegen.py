@@ -189,7 +189,7 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk") -> st
     xdtype = "rt.torch_module.complex_of(_dt)" if meta["state_complex"] else "_dt"
     first = g.op(meta["inputs"][0]).get("name")
     L.extend(direction_prologue(g, pr, "torch.zeros({shape}, dtype=" + xdtype + ", device=_dev)",
-                                (f"_dt, _dev = {first}.dtype, {first}.device",)))
+                                (f"_dt, _dev = self._work_dtype({first}.dtype), {first}.device",)))
     if static:
         w("        # static values")
         for n in static:

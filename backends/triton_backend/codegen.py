@@ -342,13 +342,16 @@ class _Kernel:
         self.tile[n] = name
         return [f"{name} = tl.load({ptr} + {offset}, mask={mask}, other=0.0)"]
 
-    def load(self, ptr: str, offset: str, mask: str, name: str, n: int) -> list[str]:
+    def load(self, ptr: str, offset: str, mask: str, name: str, n: int, token: bool = False) -> list[str]:
+        """Lines loading node n's tile; a per-token input (`token`) may be stored in half
+        precision and is widened to the state's dtype on load."""
         if self.cplx(n):
             self.tile[n] = (f"{name}_r", f"{name}_i")
             return [f"{name}_r = tl.load({ptr} + 2 * ({offset}), mask={mask}, other=0.0)",
                     f"{name}_i = tl.load({ptr} + 2 * ({offset}) + 1, mask={mask}, other=0.0)"]
         self.tile[n] = name
-        return [f"{name} = tl.load({ptr} + {offset}, mask={mask}, other=0.0)"]
+        widen = ".to(x0.dtype.element_ty)" if token else ""
+        return [f"{name} = tl.load({ptr} + {offset}, mask={mask}, other=0.0){widen}"]
 
     def store(self, ptr: str, offset: str, value, mask: str) -> list[str]:
         if isinstance(value, tuple):
@@ -582,7 +585,7 @@ class _Kernel:
                 lay = pr.lay(n)
                 m = self.mask(lay)
                 for line in self.load(v, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}",
-                                      f"({m}) & m_t" if m != "True" else "m_t", f"{v}_t", n):
+                                      f"({m}) & m_t" if m != "True" else "m_t", f"{v}_t", n, token=True):
                     k(ind + line)
             for n in before:
                 for line in self.emit(n, f"v{pr.num[n]}"):
@@ -843,7 +846,7 @@ class _Kernel:
                 loader = self.matrix_load(name, f"(b * L + tp) * {self.numel(lay)}", f"{name}_t", n)
             else:
                 loader = self.load(name, f"(b * L + tp) * {self.numel(lay)} + {self.index(lay)}", token_mask(lay),
-                                   f"{name}_t", n)
+                                   f"{name}_t", n, token=True)
             for line in loader:
                 k("        " + line)
         before = [n for n in self.loop if state not in g.ancestors(n)]

@@ -89,6 +89,10 @@ class TorchModule(ReferenceModule):
             out[name] = t[direction] if self._copies else t
         return out
 
+    def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype of states and static values, given the (converted) first input's."""
+        return dtype
+
     def _compute_dtype(self, dtype: torch.dtype):
         return torch.float64 if dtype == torch.float64 else torch.float32
 

@@ -118,6 +118,9 @@ def block_diagonal(a, blocks: int):
 
 
 def linear(e, weight, bias, n_in: int, out_shape: tuple):
+    if e.dtype != weight.dtype:
+        # A half-precision input the module kept as it is (a Triton module): promoted here.
+        e = e.to(torch.promote_types(e.dtype, weight.dtype))
     lead = e.shape[: e.dim() - n_in]
     y = F.linear(e.reshape(*lead, -1), weight, bias)
     return y.reshape(*lead, *out_shape)

@@ -15,6 +15,10 @@ from . import triton_autotune as autotune
 from .torch_module import TorchModule
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -53,6 +57,23 @@ class TritonModule(TorchModule):
         if self.ALGORITHM == "fft_conv" and self._use_fft(initial_state, return_state, length):
             return False
         return self._fused_ready()
+
+    def _keeps_half(self) -> bool:
+        """Whether half-precision inputs reach the kernels as they are (they load them and
+        compute in float32: half the bytes of a float32 copy). The scan and SSD families do;
+        the LTI convolution (FFT in float32), the matrix structures' torch path and convs
+        (whose tails are part of the state) do not."""
+        return self.ALGORITHM in ("chunked_scan", "ssd") and not self.CONVS
+
+    def _to_array(self, t, compute, complex_: bool = False):
+        if (t.dtype in (torch.float16, torch.bfloat16) and compute == torch.float32 and not complex_
+                and self._keeps_half()):
+            return t
+        return super()._to_array(t, compute, complex_)
+
+    def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        # States and static values are float32 whatever the inputs' storage.
+        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
     def _take(self, a, perm):
         return a if self._maps_on else super()._take(a, perm)
@@ -208,14 +229,15 @@ def fused_scan_backward(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], 
     gx0 = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
     # Contiguous buffers: the kernel writes through raw pointers (zeros_like would keep an
     # input's strides, and the launcher's contiguous copy would swallow the writes).
-    gins = [torch.zeros(t.shape, dtype=t.dtype, device=t.device) for t in inputs]
+    # (float32 for half-precision inputs: atomic adds of many small contributions)
+    gins = [torch.zeros(t.shape, dtype=_wide(t.dtype), device=t.device) for t in inputs]
     scratch = x0.new_empty((x0.shape[0], CHECKPOINT) + tuple(x0.shape[1:]))
     mapped = tmap is not None
     TritonModule._launch(_BACKWARD[key], batch, rows, cols,
                          [x0, states, scratch, gxf.contiguous(), gx0, tmap if mapped else x0, *inputs,
                           *[g.contiguous() for g in gouts], *gins],
                          sizes, square, key in _CHUNKED, CK=CHECKPOINT, MAP=mapped)
-    return [gx0, *gins]
+    return [gx0, *[g.to(t.dtype) for g, t in zip(gins, inputs)]]
 
 
 @fused_scan_backward.register_fake

@@ -133,7 +133,7 @@ def _ssd_bwd(
       dLc from every exp(Lc ...) of the forward, dz = its reverse cumsum;
       g <- exp(Lc_T) g + (exp(Lc) gy)^T C."""
     b, h, t, p, n, mp, mn, xoff, xm = _ssd_program(H, P, N, BLOCK_T, BLOCK_P, BLOCK_N)
-    dt = X.dtype.element_ty
+    dt = gxf.dtype.element_ty
     g = tl.load(gxf + xoff, mask=xm, other=0.0).to(dt)  # [BLOCK_P, BLOCK_N]
     causal = t[:, None] >= t[None, :]
     NC = tl.cdiv(L, BLOCK_T)
@@ -218,7 +218,7 @@ def ssd_scan(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tenso
     b, length, heads, chans = X.shape
     n = Bm.shape[-1]
     x0 = x0.contiguous()
-    y = X.new_empty((b, length, heads, chans))
+    y = X.new_empty((b, length, heads, chans), dtype=x0.dtype)
     xf = torch.empty_like(x0)
     states = _states(x0, length, save)
     if length == 0:
@@ -251,7 +251,7 @@ def _states(x0, length: int, save: bool):
 @ssd_scan.register_fake
 def _ssd_scan_fake(z, X, Bm, Cm, x0, tmap, save):
     b, length, heads, chans = X.shape
-    return X.new_empty((b, length, heads, chans)), torch.empty_like(x0), _states(x0, length, save)
+    return X.new_empty((b, length, heads, chans), dtype=x0.dtype), torch.empty_like(x0), _states(x0, length, save)
 
 
 def _setup(ctx, inputs, output):
@@ -270,10 +270,8 @@ def ssd_scan_backward(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: to
     b, length, heads, chans = X.shape
     n = Bm.shape[-1]
     gy, gxf = gy.contiguous(), gxf.contiguous()
-    dz = torch.zeros(z.shape, dtype=z.dtype, device=z.device)
-    dX = torch.zeros(X.shape, dtype=X.dtype, device=X.device)
-    dB = torch.zeros(Bm.shape, dtype=Bm.dtype, device=Bm.device)
-    dC = torch.zeros(Cm.shape, dtype=Cm.dtype, device=Cm.device)
+    # Gradients accumulate in the state's dtype (atomic adds), handed back in the inputs'.
+    dz, dX, dB, dC = [torch.zeros(t.shape, dtype=x0.dtype, device=t.device) for t in (z, X, Bm, Cm)]
     dx0 = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
     if length == 0:
         dx0.copy_(gxf)
@@ -283,9 +281,9 @@ def ssd_scan_backward(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: to
     _ssd_bwd[(b, heads, -(-chans // block_p))](
         z, X, Bm, Cm, states, tmap if mapped else x0, gy, gxf, dz, dX, dB, dC, dx0,
         length, heads, chans, n, *_strides(z, X, Bm, Cm),
-        BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=_pow2(n), PREC=_precision(X.dtype), MAP=mapped,
+        BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=_pow2(n), PREC=_precision(x0.dtype), MAP=mapped,
         num_warps=_warps(block_p, _pow2(n)))
-    return dz, dX, dB, dC, dx0
+    return dz.to(z.dtype), dX.to(X.dtype), dB.to(Bm.dtype), dC.to(Cm.dtype), dx0
 
 
 @ssd_scan_backward.register_fake
@@ -337,7 +335,10 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=Non
     chans = tuple(d for d in rows if d not in heads)
     sizes = dict(zip(sd, x0.shape[1:]))
     T = max([t.shape[1] for t, ds in zip(tensors[:4], (zd, xd, bd, cd)) if t.dim() > len(ds)])
-    z, X, Bf, Cf, x0 = ops._common(*tensors)
+    # The kernel computes in the state's dtype; factors stored in half precision stay so
+    # (it widens them on load).
+    z, X, Bf, Cf, x0 = [t if t.dtype in (torch.float16, torch.bfloat16) and x0.dtype == torch.float32
+                        else t.to(torch.promote_types(t.dtype, x0.dtype)) for t in tensors[:4]] + [tensors[4]]
     nh = math.prod([sizes[d] for d in heads])
 
     def canon(t, ds, rest, keep_rest: bool = True):

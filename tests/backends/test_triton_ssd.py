@@ -207,3 +207,18 @@ def test_layouts_beyond_the_kernel_run_the_torch_form_with_the_same_time_map():
     y, xf = triton_ssd.ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, tmap=perm.to(torch.int32))
     y2, xf2 = ops.ssd_chunk(z[:, perm], zd, X[:, perm], xd, Bf[:, perm], bd, Cf[:, perm], cd, x0, sd, yd)
     assert torch.allclose(y, y2[:, perm], atol=1e-12) and torch.allclose(xf, xf2, atol=1e-12)
+
+
+def test_half_precision_factors_stay_half():
+    """B and C stored in bfloat16 reach the kernel as they are and are widened on load; the
+    output is the state's dtype (float32); gradients come back in the factors' dtypes."""
+    sizes, *layout = CASES["mamba2"]
+    z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd = _case(torch.float32, 2, 70, sizes, *layout)
+    Bh, Ch = Bf.to(torch.bfloat16).requires_grad_(), Cf.to(torch.bfloat16).requires_grad_()
+    y, xf = triton_ssd.ssd(z, zd, X, xd, Bh, bd, Ch, cd, x0, sd, yd)
+    want, want_x = ops.ssd_chunk(z.double(), zd, X.double(), xd, Bh.double(), bd, Ch.double(), cd, x0.double(),
+                                 sd, yd)
+    assert y.dtype == torch.float32
+    assert (y.double() - want).abs().max() / want.abs().max() < 1e-5
+    gB, gC = torch.autograd.grad(y.square().sum() + xf.square().sum(), [Bh, Ch])
+    assert gB.dtype == gC.dtype == torch.bfloat16 and torch.isfinite(gB.float()).all()
