@@ -987,32 +987,64 @@ class _Kernel:
         return K, H
 
 
+def half_inputs(g: Graph, kernel_loop: set | None, has_backward: bool) -> tuple[str, ...]:
+    """The inputs that may stay in half precision: every use of them is a kernel's (which
+    widens them on load) or a projection's (which promotes), so no torch op computes in
+    half precision. For the scan family only with a backward kernel (else gradients run
+    the PyTorch chunk loop on them); for the SSD family, factors of the input term or the
+    readout's coefficient (a product of several factors is formed in float32); none for
+    the LTI convolution."""
+    meta = g.meta
+    if "lti_kernel" in meta:
+        return ()
+    ssd = meta.get("ssd")
+    if ssd:
+        ebar = g.operands(meta["system"])[1]
+        internal = {n for n in g.ancestors(ebar) | {ebar} if g.op(n).kind == "mul"} | {ssd["product"]}
+        factors = set(ssd["xside"]) | set(ssd["bside"]) | {ssd["c"]}
+    elif not (has_backward and kernel_loop):
+        return ()
+    names = []
+    for n in meta["inputs"]:
+        users = {u for u, _ in g.users(n) if g.op(u).kind != "linear"}
+        if ssd:
+            safe = n in factors and users <= internal
+        else:
+            safe = users <= kernel_loop
+        if safe:
+            names.append(g.op(n).get("name"))
+    return tuple(names)
+
+
 def render(compiled) -> str:
     """Python source: the PyTorch module, plus a fused Triton kernel per block."""
     ok, why = supports(compiled)
     if not ok:
         raise Unsupported(f"the Triton backend cannot generate {why}")
     kernels: list[str] = []
-
-    backward: list[bool] = []
+    built: list[_Kernel] = []
 
     def fused(g, pr, needed, loop, exits):
         kernel = _Kernel(g, pr, needed, loop, exits)
         kern, launch = kernel.source()
         kernels.append("\n".join(kern))
-        backward.append(kernel.has_backward)
+        built.append(kernel)
         return launch
 
     classes = []
     for g in compiled.graphs:
-        backward.clear()
+        built.clear()
         # Systems in the SSD form run the SSD kernel family (chunk-local tl.dot matmuls, the
         # state carried across chunks in registers); the others one generated scan kernel.
         text = render_class(g, fused_loop=fused, ssd_fn="self._ssd")
         base = "(rt.triton_module.TritonModule):"
-        if backward and all(backward):
+        backward = bool(built) and all(kernel.has_backward for kernel in built)
+        if backward:
             # Gradients by the generated backward kernel, not the PyTorch path.
             base += "\n    TRITON_BACKWARD = True"
+        half = half_inputs(g, set(built[0].loop) if len(built) == 1 else None, backward)
+        if half:
+            base += f"\n    HALF_INPUTS = {half!r}  # read by the kernels as stored"
         classes.append(text.replace("(rt.TorchModule):", base, 1))
     head = module_header(compiled, "triton", "generated Triton kernels",
                          ("from ssmc.runtime import torch_ops as ops", "import ssmc.runtime.triton_module",

@@ -218,8 +218,12 @@ class ReferenceModule(nn.Module):
                                                  ("batch" if single else f"batch={b}, length={L}")))
         compute = self._compute_dtype(first.dtype)
         for i, (name, _) in enumerate(self.INPUTS):
-            out[name] = self._to_array(u if i == 0 else kw[name], compute)
+            out[name] = self._input_array(name, u if i == 0 else kw[name], compute)
         return out, first.dtype, b, L
+
+    def _input_array(self, name: str, t, compute):
+        """Input `name` as the array the generated code computes with."""
+        return self._to_array(t, compute)
 
     def _state_in(self, state, b: int, d: dict, compute=None):
         sname, sdims, scplx = self.STATE

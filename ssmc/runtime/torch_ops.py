@@ -344,6 +344,10 @@ def contract(spec: str, a, b):
 def product(factors, lead: int = 2):
     """The product of (value, dims) factors over the union of their dims, in order of first appearance."""
     dims = tuple(dict.fromkeys(d for _, ds in factors for d in ds))
+    if len(factors) > 1:
+        # Factors kept in half precision (a Triton module's inputs) multiply in float32.
+        factors = [(v.float() if torch.is_tensor(v) and v.dtype in (torch.float16, torch.bfloat16) else v, ds)
+                   for v, ds in factors]
     out = None
     for v, ds in factors:
         a = align(v, tuple(ds), dims) if torch.is_tensor(v) and v.dim() >= len(ds) else v

@@ -58,18 +58,16 @@ class TritonModule(TorchModule):
             return False
         return self._fused_ready()
 
-    def _keeps_half(self) -> bool:
-        """Whether half-precision inputs reach the kernels as they are (they load them and
-        compute in float32: half the bytes of a float32 copy). The scan and SSD families do;
-        the LTI convolution (FFT in float32), the matrix structures' torch path and convs
-        (whose tails are part of the state) do not."""
-        return self.ALGORITHM in ("chunked_scan", "ssd") and not self.CONVS
+    #: inputs read only by the kernels (or by projections, which promote): stored in half
+    #: precision, they reach the kernels as they are (half the bytes of a float32 copy)
+    #: and are widened in registers; the compiler lists them per class.
+    HALF_INPUTS: tuple = ()
 
-    def _to_array(self, t, compute, complex_: bool = False):
-        if (t.dtype in (torch.float16, torch.bfloat16) and compute == torch.float32 and not complex_
-                and self._keeps_half()):
+    def _input_array(self, name: str, t, compute):
+        if (name in self.HALF_INPUTS and t.dtype in (torch.float16, torch.bfloat16)
+                and compute == torch.float32):
             return t
-        return super()._to_array(t, compute, complex_)
+        return super()._input_array(name, t, compute)
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
         # States and static values are float32 whatever the inputs' storage.
