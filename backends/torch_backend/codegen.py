@@ -166,11 +166,12 @@ class TorchPrinter(Printer):
                 del self.renamed[i]
 
 
-def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk") -> str:
+def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", factors_fn: str = "ops.product") -> str:
     """The class for one block. `fused_loop(g, pr, needed, loop, exits)` may return lines that
     compute the loop's results some other way (a fused kernel); the chunk loop is then the
     `else:` branch (used where the fused path cannot run, e.g. when gradients are needed).
-    `ssd_fn` names the function that runs the SSD form (same contract as ops.ssd_chunk)."""
+    `ssd_fn` names the function that runs the SSD form (same contract as ops.ssd_chunk),
+    `factors_fn` the one that gives it the input term's factors (ops.product multiplies them)."""
     meta = g.meta
     pr = TorchPrinter(g)
     sname = g.op(meta["state"]).get("name")
@@ -250,7 +251,7 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk") -> st
         def factors(nodes):
             return "[" + ", ".join(f"({pr.var(f)}, {pr.lay(f)!r})" for f in nodes) + "]"
         sign = "-" if ssd["sign"] < 0 else ""
-        w(f"            _X, _xd = ops.product({factors(ssd['xside'])})")
+        w(f"            _X, _xd = {factors_fn}({factors(ssd['xside'])})")
         w(f"            _Bf, _bd = ops.product({factors(ssd['bside'])})")
         y = ssd["readout"]
         yd = pr.canonical(tuple(g.fact(y, "dims")))

@@ -1036,7 +1036,7 @@ def render(compiled) -> str:
         built.clear()
         # Systems in the SSD form run the SSD kernel family (chunk-local tl.dot matmuls, the
         # state carried across chunks in registers); the others one generated scan kernel.
-        text = render_class(g, fused_loop=fused, ssd_fn="self._ssd")
+        text = render_class(g, fused_loop=fused, ssd_fn="self._ssd", factors_fn="self._factors")
         base = "(rt.triton_module.TritonModule):"
         backward = bool(built) and all(kernel.has_backward for kernel in built)
         if backward:

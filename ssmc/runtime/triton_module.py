@@ -101,6 +101,12 @@ class TritonModule(TorchModule):
         from . import triton_lti
         return triton_lti.vandermonde
 
+    @staticmethod
+    def _factors(items):
+        """The SSD input term's X side, unmultiplied: the kernel forms dt * u itself."""
+        from . import triton_ssd
+        return triton_ssd.factors(items)
+
     def _ssd(self, *args):
         """The SSD form on the Triton kernel family, in this direction's order."""
         from . import triton_ssd

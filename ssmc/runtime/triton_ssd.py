@@ -55,39 +55,46 @@ def _ssd_program(H, P, N, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N:
 
 
 @triton.jit
-def _ssd_chunk_inputs(z, X, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L,
-                      szb, szt, szh, sxb, sxt, sxh, sxp, sbb, sbt, sbh, sbn, scb, sct, sch, scn,
-                      dt: tl.constexpr, BLOCK_T: tl.constexpr, MAP: tl.constexpr):
-    """Chunk c's tokens (tmap[t] with MAP) and inputs: z [T], its cumsum Lc, X [T, BLOCK_P],
-    B and C [T, BLOCK_N]. Padding tokens: decay 1 (z = 0), no input, no output."""
+def _ssd_chunk_inputs(z, X, X2, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L,
+                      szb, szt, szh, sxb, sxt, sxh, sxp, s2b, s2t, s2h, sbb, sbt, sbh, sbn, scb, sct, sch, scn,
+                      dt: tl.constexpr, BLOCK_T: tl.constexpr, MAP: tl.constexpr, HAS_X2: tl.constexpr):
+    """Chunk c's tokens (tmap[t] with MAP) and inputs: z [T], its cumsum Lc, X [T, BLOCK_P]
+    (with HAS_X2 the product X1 * X2 of its two factors, e.g. dt * u, formed here), B and
+    C [T, BLOCK_N]. Padding tokens: decay 1 (z = 0), no input, no output."""
     tt = c * BLOCK_T + tl.arange(0, BLOCK_T)
     mt = tt < L
     if MAP:  # a scan order by an index map over time: no reordered copies
         tt = tl.load(tmap + tt, mask=mt, other=0)
     zc = tl.load(z + b * szb + tt * szt + h * szh, mask=mt, other=0.0).to(dt)
     Lc = tl.cumsum(zc, axis=0)
-    Xc = tl.load(X + b * sxb + tt[:, None] * sxt + h * sxh + p[None, :] * sxp,
-                 mask=mt[:, None] & mp[None, :], other=0.0).to(dt)
+    X1c = tl.load(X + b * sxb + tt[:, None] * sxt + h * sxh + p[None, :] * sxp,
+                  mask=mt[:, None] & mp[None, :], other=0.0).to(dt)
+    if HAS_X2:
+        X2c = tl.load(X2 + b * s2b + tt * s2t + h * s2h, mask=mt, other=0.0).to(dt)
+    else:
+        X2c = tl.full((BLOCK_T,), 1.0, dt)
+    Xc = X1c * X2c[:, None]
     Bc = tl.load(Bm + b * sbb + tt[:, None] * sbt + h * sbh + n[None, :] * sbn,
                  mask=mt[:, None] & mn[None, :], other=0.0).to(dt)
     Cc = tl.load(Cm + b * scb + tt[:, None] * sct + h * sch + n[None, :] * scn,
                  mask=mt[:, None] & mn[None, :], other=0.0).to(dt)
-    return tt, mt, zc, Lc, Xc, Bc, Cc
+    return tt, mt, zc, Lc, Xc, X1c, X2c, Bc, Cc
 
 
 @triton.jit
 def _ssd_fwd(
-    z, X, Bm, Cm,  # log-decays [B, L, H], X [B, L, H, P], B [B, L, H, N], C [B, L, H, N] (any strides)
+    z, X, X2, Bm, Cm,  # log-decays [B, L, H], X [B, L, H, P] (times X2 [B, L, H]), B and C [B, L, H, N] (any strides)
     x0, y, xf,  # entering state [B, H, P, N], output [B, L, H, P], leaving state [B, H, P, N]
     states,  # (SAVE) the state entering every chunk [B, NC, H, P, N], for the backward kernel
     tmap,  # (MAP) the direction's order: step t reads and writes token tmap[t]
     L, H, P, N,
     szb, szt, szh,
     sxb, sxt, sxh, sxp,
+    s2b, s2t, s2h,
     sbb, sbt, sbh, sbn,
     scb, sct, sch, scn,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-    MAP: tl.constexpr, SAVE: tl.constexpr,
+    MAP: tl.constexpr, SAVE: tl.constexpr, HAS_X2: tl.constexpr,
 ):
     b, h, t, p, n, mp, mn, xoff, xm = _ssd_program(H, P, N, BLOCK_T, BLOCK_P, BLOCK_N)
     dt = x0.dtype.element_ty
@@ -97,9 +104,9 @@ def _ssd_fwd(
     for c in range(NC):
         if SAVE:
             tl.store(states + ((b * NC + c) * H + h) * P * N + p[:, None] * N + n[None, :], x, mask=xm)
-        tt, mt, zc, Lc, Xc, Bc, Cc = _ssd_chunk_inputs(
-            z, X, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L, szb, szt, szh, sxb, sxt, sxh, sxp, sbb, sbt, sbh, sbn,
-            scb, sct, sch, scn, dt, BLOCK_T, MAP)
+        tt, mt, zc, Lc, Xc, X1c, X2c, Bc, Cc = _ssd_chunk_inputs(
+            z, X, X2, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L, szb, szt, szh, sxb, sxt, sxh, sxp, s2b, s2t, s2h,
+            sbb, sbt, sbh, sbn, scb, sct, sch, scn, dt, BLOCK_T, MAP, HAS_X2)
         CB = tl.dot(Cc, tl.trans(Bc), input_precision=PREC)  # [T, T]
         # exp(Lc_t - Lc_s) on and below the diagonal; exp of a large negative number above.
         decay = tl.exp(tl.where(causal, Lc[:, None] - Lc[None, :], -1e30))
@@ -116,16 +123,17 @@ def _ssd_fwd(
 
 @triton.jit
 def _ssd_bwd(
-    z, X, Bm, Cm, states, tmap,  # the forward's inputs (any strides) and its checkpoints
+    z, X, X2, Bm, Cm, states, tmap,  # the forward's inputs (any strides) and its checkpoints
     gy, gxf,  # gradients of y [B, L, H, P] and of the leaving state [B, H, P, N] (contiguous)
-    dz, dX, dB, dC, dx0,  # gradients of the inputs, contiguous (dz, dB, dC zeroed: added atomically)
+    dz, dX, dX2, dB, dC, dx0,  # gradients of the inputs, contiguous (dz, dX2, dB, dC zeroed: added atomically)
     L, H, P, N,
     szb, szt, szh,
     sxb, sxt, sxh, sxp,
+    s2b, s2t, s2h,
     sbb, sbt, sbh, sbn,
     scb, sct, sch, scn,
     BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PREC: tl.constexpr,
-    MAP: tl.constexpr,
+    MAP: tl.constexpr, HAS_X2: tl.constexpr,
 ):
     """Chunks in reverse, the state's adjoint g [BLOCK_P, BLOCK_N] in registers. Per chunk,
     with D the causal decays, M = (C B^T) * D, Q = (gy X^T) * D, w = exp(Lc_T - Lc):
@@ -139,9 +147,9 @@ def _ssd_bwd(
     NC = tl.cdiv(L, BLOCK_T)
     for cc in range(NC):
         c = NC - 1 - cc
-        tt, mt, zc, Lc, Xc, Bc, Cc = _ssd_chunk_inputs(
-            z, X, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L, szb, szt, szh, sxb, sxt, sxh, sxp, sbb, sbt, sbh, sbn,
-            scb, sct, sch, scn, dt, BLOCK_T, MAP)
+        tt, mt, zc, Lc, Xc, X1c, X2c, Bc, Cc = _ssd_chunk_inputs(
+            z, X, X2, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L, szb, szt, szh, sxb, sxt, sxh, sxp, s2b, s2t, s2h,
+            sbb, sbt, sbh, sbn, scb, sct, sch, scn, dt, BLOCK_T, MAP, HAS_X2)
         last = tl.sum(zc, axis=0)
         mtp = mt[:, None] & mp[None, :]
         mtn = mt[:, None] & mn[None, :]
@@ -158,7 +166,10 @@ def _ssd_bwd(
         Xg = tl.dot(Xc, g.to(dt), input_precision=PREC)  # [T, BLOCK_N]
         dXc = tl.dot(tl.trans(M), gyc, input_precision=PREC) \
             + w[:, None] * tl.dot(Bc, tl.trans(g.to(dt)), input_precision=PREC)
-        tl.store(dX + ((b * L + tt[:, None]) * H + h) * P + p[None, :], dXc, mask=mtp)
+        # X = X1 * X2: dX1 = dX * X2; dX2 = sum over the channels of dX * X1 (channel blocks add).
+        tl.store(dX + ((b * L + tt[:, None]) * H + h) * P + p[None, :], dXc * X2c[:, None], mask=mtp)
+        if HAS_X2:
+            tl.atomic_add(dX2 + (b * L + tt) * H + h, tl.sum(tl.where(mtp, dXc * X1c, 0.0), axis=1), mask=mt)
         dBc = tl.dot(tl.trans(Q), Cc, input_precision=PREC) + w[:, None] * Xg
         dCc = tl.dot(Q, Bc, input_precision=PREC) + eL[:, None] * tl.dot(gyc, xc, input_precision=PREC)
         # Channel blocks of one head add into the same B, C and z gradients.
@@ -208,13 +219,14 @@ def _strides(*ts):
 
 
 @torch.library.custom_op("ssmc::ssd_scan", mutates_args=())
-def ssd_scan(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+def ssd_scan(z: torch.Tensor, X: torch.Tensor, X2: torch.Tensor | None, Bm: torch.Tensor, Cm: torch.Tensor,
              x0: torch.Tensor, tmap: torch.Tensor | None, save: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The SSD kernel on canonical layouts: z [B, L, H], X [B, L, H, P], Bm and Cm
-    [B, L, H, N] (broadcast axes may have stride 0), x0 [B, H, P, N], all one real dtype.
-    Returns y [B, L, H, P], the leaving state [B, H, P, N] and, with `save`, the state
-    entering every chunk of BLOCK_T tokens (for the backward kernel). With `tmap`
-    (int32 [L]), step t of the recurrence reads and writes token tmap[t]."""
+    """The SSD kernel on canonical layouts: z [B, L, H], X [B, L, H, P] (times X2 [B, L, H]
+    where given: the product is formed in the kernel), Bm and Cm [B, L, H, N] (broadcast
+    axes may have stride 0), x0 [B, H, P, N]; inputs may be stored in half precision, the
+    kernel computes in x0's dtype. Returns y [B, L, H, P], the leaving state [B, H, P, N]
+    and, with `save`, the state entering every chunk of BLOCK_T tokens (for the backward
+    kernel). With `tmap` (int32 [L]), step t of the recurrence reads and writes token tmap[t]."""
     b, length, heads, chans = X.shape
     n = Bm.shape[-1]
     x0 = x0.contiguous()
@@ -225,16 +237,17 @@ def ssd_scan(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tenso
         xf.copy_(x0)
         return y, xf, states
     block_n = _pow2(n)
-    mapped = tmap is not None
-    args = [z, X, Bm, Cm, x0, y, xf]
+    mapped, gated = tmap is not None, X2 is not None
+    x2 = X2 if gated else z
+    args = [z, X, x2, Bm, Cm, x0, y, xf]
 
     def run(block_p: int) -> None:
         block_p = max(16, block_p)
         _ssd_fwd[(b, heads, -(-chans // block_p))](
-            z, X, Bm, Cm, x0, y, xf, states, tmap if mapped else x0, length, heads, chans, n,
-            *_strides(z, X, Bm, Cm),
+            z, X, x2, Bm, Cm, x0, y, xf, states, tmap if mapped else x0, length, heads, chans, n,
+            *_strides(z, X, x2, Bm, Cm),
             BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=block_n, PREC=_precision(x0.dtype), MAP=mapped, SAVE=save,
-            num_warps=_warps(block_p, block_n))
+            HAS_X2=gated, num_warps=_warps(block_p, block_n))
 
     block_p = autotune.choose(_ssd_fwd, (b, heads, chans, n, length), args, _block_p(chans, n), run)
     run(block_p)
@@ -249,58 +262,84 @@ def _states(x0, length: int, save: bool):
 
 
 @ssd_scan.register_fake
-def _ssd_scan_fake(z, X, Bm, Cm, x0, tmap, save):
+def _ssd_scan_fake(z, X, X2, Bm, Cm, x0, tmap, save):
     b, length, heads, chans = X.shape
     return X.new_empty((b, length, heads, chans), dtype=x0.dtype), torch.empty_like(x0), _states(x0, length, save)
 
 
 def _setup(ctx, inputs, output):
-    z, X, Bm, Cm, x0, tmap, save = inputs
-    ctx.mapped = tmap is not None
-    ctx.saved = save
-    ctx.save_for_backward(z, X, Bm, Cm, x0, output[2], *([tmap] if ctx.mapped else []))
+    z, X, X2, Bm, Cm, x0, tmap, save = inputs
+    ctx.mapped, ctx.gated, ctx.saved = tmap is not None, X2 is not None, save
+    ctx.save_for_backward(z, X, Bm, Cm, x0, output[2], *([X2] if ctx.gated else []),
+                          *([tmap] if ctx.mapped else []))
 
 
 @torch.library.custom_op("ssmc::ssd_scan_backward", mutates_args=())
-def ssd_scan_backward(z: torch.Tensor, X: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor, x0: torch.Tensor,
-                      states: torch.Tensor, tmap: torch.Tensor | None, gy: torch.Tensor,
-                      gxf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradients of ssd_scan's z, X, Bm, Cm and x0 from those of y and the leaving
-    state (an op of its own, so that torch.compile can trace a backward through it)."""
+def ssd_scan_backward(z: torch.Tensor, X: torch.Tensor, X2: torch.Tensor | None, Bm: torch.Tensor,
+                      Cm: torch.Tensor, x0: torch.Tensor, states: torch.Tensor, tmap: torch.Tensor | None,
+                      gy: torch.Tensor, gxf: torch.Tensor) -> list[torch.Tensor]:
+    """The gradients of ssd_scan's z, X, X2 (an empty tensor without X2), Bm, Cm and x0
+    from those of y and the leaving state (an op of its own, so that torch.compile can
+    trace a backward through it)."""
     b, length, heads, chans = X.shape
     n = Bm.shape[-1]
     gy, gxf = gy.contiguous(), gxf.contiguous()
+    gated = X2 is not None
+    x2 = X2 if gated else z
     # Gradients accumulate in the state's dtype (atomic adds), handed back in the inputs'.
-    dz, dX, dB, dC = [torch.zeros(t.shape, dtype=x0.dtype, device=t.device) for t in (z, X, Bm, Cm)]
+    dz, dX, dX2, dB, dC = [torch.zeros(t.shape, dtype=x0.dtype, device=t.device) for t in (z, X, x2, Bm, Cm)]
     dx0 = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
     if length == 0:
         dx0.copy_(gxf)
-        return dz, dX, dB, dC, dx0
-    block_p = _block_p(chans, n, backward=True)
-    mapped = tmap is not None
-    _ssd_bwd[(b, heads, -(-chans // block_p))](
-        z, X, Bm, Cm, states, tmap if mapped else x0, gy, gxf, dz, dX, dB, dC, dx0,
-        length, heads, chans, n, *_strides(z, X, Bm, Cm),
-        BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=_pow2(n), PREC=_precision(x0.dtype), MAP=mapped,
-        num_warps=_warps(block_p, _pow2(n)))
-    return dz.to(z.dtype), dX.to(X.dtype), dB.to(Bm.dtype), dC.to(Cm.dtype), dx0
+    else:
+        block_p = _block_p(chans, n, backward=True)
+        mapped = tmap is not None
+        _ssd_bwd[(b, heads, -(-chans // block_p))](
+            z, X, x2, Bm, Cm, states, tmap if mapped else x0, gy, gxf, dz, dX, dX2, dB, dC, dx0,
+            length, heads, chans, n, *_strides(z, X, x2, Bm, Cm),
+            BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=_pow2(n), PREC=_precision(x0.dtype), MAP=mapped,
+            HAS_X2=gated, num_warps=_warps(block_p, _pow2(n)))
+    return [dz.to(z.dtype), dX.to(X.dtype), dX2.to(x2.dtype) if gated else dX2.new_empty((0,)),
+            dB.to(Bm.dtype), dC.to(Cm.dtype), dx0]
 
 
 @ssd_scan_backward.register_fake
-def _ssd_scan_backward_fake(z, X, Bm, Cm, x0, states, tmap, gy, gxf):
-    return tuple(t.new_empty(t.shape) for t in (z, X, Bm, Cm, x0))
+def _ssd_scan_backward_fake(z, X, X2, Bm, Cm, x0, states, tmap, gy, gxf):
+    return [t.new_empty(t.shape) for t in (z, X)] + [X2.new_empty(X2.shape) if X2 is not None
+                                                     else z.new_empty((0,))] \
+        + [t.new_empty(t.shape) for t in (Bm, Cm, x0)]
 
 
 def _backward(ctx, gy, gxf, _gstates):
-    z, X, Bm, Cm, x0, states, *tmap = ctx.saved_tensors
+    z, X, Bm, Cm, x0, states, *rest = ctx.saved_tensors
+    X2 = rest.pop(0) if ctx.gated else None
+    tmap = rest.pop(0) if ctx.mapped else None
     if not ctx.saved:
         raise RuntimeError("ssmc: ssd_scan was run without save=True; its backward needs the chunk states")
-    gy = torch.zeros_like(X) if gy is None else gy
+    gy = torch.zeros(X.shape, dtype=x0.dtype, device=X.device) if gy is None else gy
     gxf = torch.zeros_like(x0) if gxf is None else gxf
-    return (*ssd_scan_backward(z, X, Bm, Cm, x0, states, tmap[0] if tmap else None, gy, gxf), None, None)
+    dz, dX, dX2, dB, dC, dx0 = ssd_scan_backward(z, X, X2, Bm, Cm, x0, states, tmap, gy, gxf)
+    return dz, dX, (dX2 if ctx.gated else None), dB, dC, dx0, None, None
 
 
 ssd_scan.register_autograd(_backward, setup_context=_setup)
+
+
+class Factors:
+    """The factors of a product, not multiplied yet: [(tensor or number, dims)]. The SSD
+    kernel forms X = X1 * X2 itself (Mamba-2's dt * u) instead of reading a product that
+    torch wrote."""
+
+    def __init__(self, factors):
+        self.factors = list(factors)
+
+    def product(self):
+        return ops.product(self.factors)[0]
+
+
+def factors(items):
+    """(Factors, dims over their union): what `torch_ops.product` returns, unmultiplied."""
+    return Factors(items), tuple(dict.fromkeys(d for _, ds in items for d in ds))
 
 
 def fits(zd, xd, bd, cd, sd, yd) -> bool:
@@ -311,6 +350,19 @@ def fits(zd, xd, bd, cd, sd, yd) -> bool:
             and set(xd) <= set(yd) and n[0] not in zd)
 
 
+def _split(X: Factors, xd, zd, bd, cd, sd, yd):
+    """(X1, X2, X2's dims): two tensor factors of which X2 has only head dims (it is formed
+    in the kernel); otherwise the product, made in torch, and no X2."""
+    fs = X.factors
+    n = [d for d in sd if d not in yd]
+    heads = {d for d in sd if d not in n and (d in zd or d in bd or d in cd)}
+    if len(fs) == 2 and all(torch.is_tensor(v) for v, _ in fs):
+        for (v1, d1), (v2, d2) in (fs, fs[::-1]):
+            if set(d2) <= heads and tuple(d1) == tuple(xd) and v2.dim() > len(d2):
+                return v1, v2, tuple(d2)
+    return X.product(), None, ()
+
+
 def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=None):
     """`torch_ops.ssd_chunk`'s contract (named dims in, named dims out) on the Triton kernel.
 
@@ -319,8 +371,16 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=Non
     as views (a broadcast axis gets stride 0); only several head or channel dims are
     flattened by a copy. Layouts the kernel does not fit, and complex values, run
     `torch_ops.ssd_chunk`. With `tmap`, step t reads and writes token tmap[t]."""
+    if isinstance(Bf, Factors):
+        Bf = Bf.product()
+    X2, x2d = None, ()
+    if isinstance(X, Factors):
+        X, X2, x2d = _split(X, xd, zd, bd, cd, sd, yd)
     tensors = [t if torch.is_tensor(t) else torch.as_tensor(t, device=x0.device) for t in (z, X, Bf, Cf, x0)]
-    if not fits(zd, xd, bd, cd, sd, yd) or any([t.is_complex() for t in tensors]):
+    if not fits(zd, xd, bd, cd, sd, yd) or any([t.is_complex() for t in tensors]) or (
+            X2 is not None and X2.is_complex()):
+        if X2 is not None:
+            X = ops.product([(X, xd), (X2, x2d)])[0]
         if tmap is None:
             return ops.ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block)
         perm = tmap.long()
@@ -339,6 +399,8 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=Non
     # (it widens them on load).
     z, X, Bf, Cf, x0 = [t if t.dtype in (torch.float16, torch.bfloat16) and x0.dtype == torch.float32
                         else t.to(torch.promote_types(t.dtype, x0.dtype)) for t in tensors[:4]] + [tensors[4]]
+    if X2 is not None and not (X2.dtype in (torch.float16, torch.bfloat16) and x0.dtype == torch.float32):
+        X2 = X2.to(torch.promote_types(X2.dtype, x0.dtype))
     nh = math.prod([sizes[d] for d in heads])
 
     def canon(t, ds, rest, keep_rest: bool = True):
@@ -351,12 +413,14 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=Non
 
     zc = canon(z, zd, (), keep_rest=False)                # [b, T, H]
     Xc = canon(X, xd, chans)                              # [b, T, H, P]
+    X2c = None if X2 is None else canon(X2, x2d, (), keep_rest=False)  # [b, T, H]
     Bc = canon(Bf, bd, (n_dim,))                          # [b, T, H, N]
     Cc = canon(Cf, cd, (n_dim,))                          # [b, T, H, N]
     order = heads + chans + (n_dim,)
     xs = ops.align(x0, tuple(sd), order).reshape(b, nh, Xc.shape[-1], sizes[n_dim])
-    save = torch.is_grad_enabled() and any([t.requires_grad for t in (zc, Xc, Bc, Cc, xs)])
-    y, xf, _ = ssd_scan(zc, Xc, Bc, Cc, xs, tmap, save)
+    save = torch.is_grad_enabled() and any([t.requires_grad for t in (zc, Xc, Bc, Cc, xs)]
+                                            + ([X2c.requires_grad] if X2c is not None else []))
+    y, xf, _ = ssd_scan(zc, Xc, X2c, Bc, Cc, xs, tmap, save)
     y = ops.align(y.reshape((b, T) + tuple(sizes[d] for d in heads + chans)), heads + chans, tuple(yd))
     xf = ops.align(xf.reshape((b,) + tuple(sizes[d] for d in order)), order, tuple(sd))
     return y, xf

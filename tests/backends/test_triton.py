@@ -320,7 +320,7 @@ def _spy_copies(monkeypatch):
 
     monkeypatch.setattr(torch_module.TorchModule, "_take", counting_take)
     # Where each op takes its time map.
-    for mod, name, at in ((triton_module, "fused_scan", 11), (triton_ssd, "ssd_scan", 5)):
+    for mod, name, at in ((triton_module, "fused_scan", 11), (triton_ssd, "ssd_scan", 6)):
         original = getattr(mod, name)
 
         def spy(*args, _original=original, _at=at):

@@ -106,7 +106,7 @@ def test_op_registration():
     Bc = Bf[:, :, None].expand(2, 9, 3, 7)  # broadcast over the heads: stride 0
     Cc = Cf[:, :, None].expand(2, 9, 3, 7)
     result = torch.library.opcheck(torch.ops.ssmc.ssd_scan.default,
-                                   (z.requires_grad_(), X.requires_grad_(), Bc, Cc, x0.requires_grad_(), None, True))
+                                   (z.requires_grad_(), X.requires_grad_(), None, Bc, Cc, x0.requires_grad_(), None, True))
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
@@ -123,7 +123,7 @@ def test_mamba2_module_runs_the_ssd_kernel(monkeypatch):
     original = triton_ssd.ssd_scan
 
     def spy(*args):
-        calls.append(args[1].shape)
+        calls.append((args[1].shape, args[2] is not None))
         return original(*args)
 
     monkeypatch.setattr(triton_ssd, "ssd_scan", spy)
@@ -135,7 +135,8 @@ def test_mamba2_module_runs_the_ssd_kernel(monkeypatch):
     with torch.no_grad():
         y, xf = t(u, initial_state=x0, return_state=True)
     yr, xr = r(u.double(), initial_state=x0.double(), return_state=True)
-    assert calls and calls[0] == (2, 70, 2, 3)
+    # X = dt * u is formed in the kernel from its two factors.
+    assert calls and calls[0] == ((2, 70, 2, 3), True)
     assert (y.double() - yr).abs().max() / yr.abs().max() < 1e-4
     assert (xf.double() - xr).abs().max() / xr.abs().max() < 1e-4
 
@@ -222,3 +223,39 @@ def test_half_precision_factors_stay_half():
     assert (y.double() - want).abs().max() / want.abs().max() < 1e-5
     gB, gC = torch.autograd.grad(y.square().sum() + xf.square().sum(), [Bh, Ch])
     assert gB.dtype == gC.dtype == torch.bfloat16 and torch.isfinite(gB.float()).all()
+
+
+@pytest.mark.parametrize("chans", [3, 70])
+def test_the_kernel_forms_dt_times_u(chans):
+    """X given as its factors dt [H] and u [H, P]: the kernel forms the product itself (no X
+    written by torch), forward and backward (dt's gradient sums over the channel blocks),
+    the same as the product made first."""
+    sizes = dict(H=2, P=chans, N=5)
+    z, zd, u, ud, Bf, bd, Cf, cd, x0, sd, yd = _case(torch.float64, 2, 67, sizes, ("H",), ("H", "P"), ("N",),
+                                                      ("N",), ("H", "P", "N"), ("H", "P"))
+    dt = torch.rand(2, 67, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    leaves = [t.clone().requires_grad_() for t in (z, dt, u, Bf, Cf, x0)]
+    calls = []
+    original = triton_ssd.ssd_scan
+
+    def spy(*args):
+        calls.append(args[2] is not None)
+        return original(*args)
+
+    triton_ssd.ssd_scan, saved = spy, triton_ssd.ssd_scan
+    try:
+        X, xd = triton_ssd.factors([(leaves[1], ("H",)), (leaves[2], ("H", "P"))])
+        y, xf = triton_ssd.ssd(leaves[0], zd, X, xd, leaves[3], bd, leaves[4], cd, leaves[5], sd, yd)
+    finally:
+        triton_ssd.ssd_scan = saved
+    assert calls == [True]
+    plain = [t.clone().requires_grad_() for t in (z, dt, u, Bf, Cf, x0)]
+    y2, xf2 = ops.ssd_chunk(plain[0], zd, plain[1][..., None] * plain[2], ("H", "P"), plain[3], bd, plain[4], cd,
+                            plain[5], sd, yd)
+    assert torch.allclose(y, y2, atol=1e-11) and torch.allclose(xf, xf2, atol=1e-11)
+    g = torch.Generator().manual_seed(9)
+    wy, wx = torch.randn(y.shape, generator=g, dtype=y.dtype), torch.randn(xf.shape, generator=g, dtype=y.dtype)
+    got = torch.autograd.grad((y * wy).sum() + (xf * wx).sum(), leaves)
+    want = torch.autograd.grad((y2 * wy).sum() + (xf2 * wx).sum(), plain)
+    for name, a, b in zip("z dt u B C x0".split(), got, want):
+        assert torch.allclose(a, b, atol=1e-10, rtol=1e-9), name
