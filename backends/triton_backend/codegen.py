@@ -806,9 +806,6 @@ class _Kernel:
             k(f"    x_i = tl.load(x0 + 2 * ({xoff}) + 1, mask={both}, other=0.0)")
         else:
             k(f"    x = tl.load(x0 + {xoff}, mask={both}, other=0.0)")
-            if not chunked:
-                k("    if SAVE:")
-                k(f"        tl.store(states + b * {slots} * {sx} + {self.index(self.sdims)}, x, mask={both})")
         if self.matrix:
             k("    i_k3 = tl.arange(0, BLOCK_N)[None, None, :]")
         for name, n in zip(sts, self.statics):
@@ -883,11 +880,9 @@ class _Kernel:
                 k("        x = tl.sum(tl.where(s == BLOCK_T - 1, xs, 0.0), axis=0)[None, :, :]  # the last one")
                 self.tile[state] = "xs"
         else:
+            # Matrix structures, one token at a time (no backward kernel, so no checkpoints):
+            # x_n <- sum_k Abar[n, k] x_k + Ebar_n, the matrix tile [BLOCK_P, BLOCK_N, BLOCK_N].
             k("        # the update, in registers")
-        if chunked:
-            pass
-        elif self.matrix:
-            # x_n <- sum_k Abar[n, k] x_k + Ebar_n, the matrix tile [BLOCK_P, BLOCK_N, BLOCK_N]
             ar, ai = a if isinstance(a, tuple) else (a, None)
             er, ei = e if isinstance(e, tuple) else (e, "0.0")
             if xc:
@@ -901,22 +896,6 @@ class _Kernel:
             else:
                 k(f"        x = tl.sum({ar} * x[:, None, :], axis=2) + {er}")
                 self.tile[state] = "x"
-        elif xc:
-            ar, ai = a if isinstance(a, tuple) else (a, None)
-            er, ei = e if isinstance(e, tuple) else (e, "0.0")
-            if ai is None:
-                k(f"        x_r, x_i = {ar} * x_r + {er}, {ar} * x_i + {ei}")
-            else:
-                k(f"        x_r, x_i = {ar} * x_r - {ai} * x_i + {er}, {ar} * x_i + {ai} * x_r + {ei}")
-            self.tile[state] = ("x_r", "x_i")
-        else:
-            k(f"        x = {a} * x + {e}")
-            self.tile[state] = "x"
-        if not xc and not chunked:
-            k("        if SAVE:  # a checkpoint every CK tokens, for the backward kernel")
-            k("            if (t + 1) % CK == 0:")
-            k(f"                tl.store(states + (b * {slots} + (t + 1) // CK) * {sx} + "
-              f"{self.index(self.sdims)}, x, mask={both})")
         for n in after:
             k(f"        # {pr.var(n)} [" + ", ".join(g.fact(n, 'dims')) + "]")
             for line in self.emit(n, f"v{pr.num[n]}"):
