@@ -85,15 +85,7 @@ class TritonModule(TorchModule):
         if not self._maps_on or perm is None:
             return None
         # np.array copies: a reversed view (negative stride) cannot become a tensor.
-        perm = np.array(perm, dtype=np.int32)
-        key = (str(device), perm.tobytes())
-        cached = getattr(self, "_map_cache", {})
-        if key not in cached:
-            # One map per direction is kept (the last shapes seen).
-            cached = {k: v for k, v in cached.items() if len(k[1]) == len(key[1])}
-            cached[key] = torch.as_tensor(perm, device=device)
-            self._map_cache = cached
-        return cached[key]
+        return torch.as_tensor(np.array(perm, dtype=np.int32), device=device)
 
     @property
     def _vandermonde(self):

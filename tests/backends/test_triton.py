@@ -186,10 +186,13 @@ def test_kernel_is_a_registered_torch_library_op(stem):
     assert all(v == "SUCCESS" for v in result.values()), result
 
 
-def test_torch_compile_runs_without_graph_breaks():
-    mod = _load("mamba_block", "triton", strict=True)
-    layer = mod.MambaBlock(seed=0, **_small(mod.MambaBlock))
-    u = _inputs(mod.MambaBlock, layer)["u"]
+@pytest.mark.parametrize("stem", ["mamba_block", "vim_bidirectional"])
+def test_torch_compile_runs_without_graph_breaks(stem):
+    """Inference, including a non-causal order (index maps built per call)."""
+    mod = _load(stem, "triton", strict=True)
+    cls = getattr(mod, mod.__all__[0])
+    layer = cls(seed=0, **_small(cls))
+    u = _inputs(cls, layer)[cls.INPUTS[0][0]]
     torch._dynamo.reset()
     with torch.no_grad():
         y = layer(u)
@@ -366,7 +369,7 @@ def test_scan_orders_by_index_maps(source, monkeypatch):
             assert rel(a, b) < 1e-3
 
 
-@pytest.mark.parametrize("stem", ["mamba", "mamba2", "lru"])
+@pytest.mark.parametrize("stem", ["mamba", "mamba2", "lru", "vim_bidirectional"])
 def test_torch_compile_traces_training_without_graph_breaks(stem):
     """Forward and backward kernels are torch.library ops with fake implementations, so
     AOTAutograd traces a training step in one graph (fullgraph=True) and its gradients
