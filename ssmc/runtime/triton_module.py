@@ -71,7 +71,7 @@ class TritonModule(TorchModule):
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
         # States and static values are float32 whatever the inputs' storage.
-        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        return _wide(dtype)
 
     def _take(self, a, perm):
         return a if self._maps_on else super()._take(a, perm)

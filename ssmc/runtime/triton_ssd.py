@@ -350,6 +350,14 @@ def fits(zd, xd, bd, cd, sd, yd) -> bool:
             and set(xd) <= set(yd) and n[0] not in zd)
 
 
+def _for_kernel(t, x0):
+    """A factor as the kernel reads it: half precision as stored (widened on load) under a
+    float32 state, otherwise promoted to the state's dtype."""
+    if t.dtype in (torch.float16, torch.bfloat16) and x0.dtype == torch.float32:
+        return t
+    return t.to(torch.promote_types(t.dtype, x0.dtype))
+
+
 def _split(X: Factors, xd, zd, bd, cd, sd, yd):
     """(X1, X2, X2's dims): two tensor factors of which X2 has only head dims (it is formed
     in the kernel); otherwise the product, made in torch, and no X2."""
@@ -397,10 +405,8 @@ def ssd(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = BLOCK_T, tmap=Non
     T = max([t.shape[1] for t, ds in zip(tensors[:4], (zd, xd, bd, cd)) if t.dim() > len(ds)])
     # The kernel computes in the state's dtype; factors stored in half precision stay so
     # (it widens them on load).
-    z, X, Bf, Cf, x0 = [t if t.dtype in (torch.float16, torch.bfloat16) and x0.dtype == torch.float32
-                        else t.to(torch.promote_types(t.dtype, x0.dtype)) for t in tensors[:4]] + [tensors[4]]
-    if X2 is not None and not (X2.dtype in (torch.float16, torch.bfloat16) and x0.dtype == torch.float32):
-        X2 = X2.to(torch.promote_types(X2.dtype, x0.dtype))
+    z, X, Bf, Cf = [_for_kernel(t, x0) for t in tensors[:4]]
+    X2 = None if X2 is None else _for_kernel(X2, x0)
     nh = math.prod([sizes[d] for d in heads])
 
     def canon(t, ds, rest, keep_rest: bool = True):
