@@ -1,0 +1,1 @@
+"""Testing tools: a random spec generator, an independent evaluator, the differential harness."""
