@@ -96,7 +96,9 @@ def _write(out: Path, n: int, finding: Finding, text: str, sizes: dict, length: 
     out.mkdir(parents=True, exist_ok=True)
     slug = "-".join(finding.key())
     path = out / f"{n:04d}-{slug}.ssm"
-    head = [f"# finding: {finding}", f"# seed: {seed}", f"# sizes: {json.dumps(sizes)}", f"# length: {length}"]
+    bes = {"numpy": "numpy", "torch": "numpy,torch", "triton": "numpy,torch,triton"}.get(finding.backend, "numpy")
+    head = [f"# finding: {finding}", f"# seed: {seed}", f"# sizes: {json.dumps(sizes)}", f"# length: {length}",
+            f"# backends: {bes}"]
     path.write_text("\n".join(head) + "\n" + text + ("\n" if not text.endswith("\n") else ""))
     if finding.detail:
         path.with_suffix(".txt").write_text(finding.detail)
