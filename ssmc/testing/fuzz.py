@@ -125,6 +125,7 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
     tried = invalid_tried = skipped = written = 0
     counts: collections.Counter = collections.Counter()
+    unsupported: collections.Counter = collections.Counter()
     seen: set = set()
     i = 0
     mutants = specgen.invalid_specs_from_seed if hasattr(specgen, "invalid_specs_from_seed") else None
@@ -137,6 +138,8 @@ def main(argv=None) -> int:
         tried += 1
         if rep.skipped:
             skipped += 1
+        for u in rep.unsupported:
+            unsupported[u.split(":")[0]] += 1
         for f in rep.findings:
             counts[f.key()] += 1
         # one reproducer per kind of finding and first message
@@ -170,6 +173,9 @@ def main(argv=None) -> int:
     print(f"\n{tried} valid specs tried ({skipped} skipped as ill-conditioned draws), "
           f"{invalid_tried} mutated specs, backends {', '.join(backends)}, "
           f"{time.monotonic() - t0:.0f} s")
+    if unsupported:
+        print("beyond a backend (it falls back to torch with a notice): "
+              + ", ".join(f"{b} {n}" for b, n in sorted(unsupported.items())))
     per_backend: collections.Counter = collections.Counter()
     for (kind, be, check), n in sorted(counts.items()):
         per_backend[be] += n

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import SpecError
+from ..errors import BackendUnavailable, SpecError
 from ..frontend.parser import parse
 from .evaluator import EvalError, Spec, eval_dims, evaluate
 
@@ -61,6 +61,7 @@ class Report:
     text: str
     findings: list = field(default_factory=list)
     skipped: str = ""           # why the spec was not compared (ill-conditioned draw, ...)
+    unsupported: list = field(default_factory=list)   # backends that would fall back, and why
     checks_run: int = 0
 
     @property
@@ -220,6 +221,9 @@ def check_spec(text: str, sizes: dict | None = None, length: int = 7, batch: int
             layers[be] = lay
         except SpecError as e:
             F.append(Finding("rejected", be, "compile", _err(e), str(e)))
+        except BackendUnavailable as e:
+            # beyond this backend: it would fall back to torch with a notice (not a failure)
+            rep.unsupported.append(f"{be}: {_err(e)}")
         except Exception as e:  # noqa: BLE001
             F.append(Finding("crash", be, "compile", _err(e), _tb()))
 
