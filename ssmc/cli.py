@@ -12,14 +12,24 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import SsmcError
+from .errors import SsmcError, printable
+
+# SPEC is any path: read_source refuses what is not a regular file (a directory, a FIFO,
+# /dev/zero) as a spec error, printed like every other one (exit status 1).
+SPEC = click.argument("spec", type=click.Path())
 
 BACKENDS = ("auto", "torch", "triton", "numpy")
 
 
 def _fail(e: Exception) -> None:
-    click.echo(str(e), err=True)
+    click.echo(printable(str(e), keep="\n"), err=True)
     sys.exit(1)
+
+
+def _echo(text: str, **kwargs) -> None:
+    """Print text that holds parts of the spec (a description, a file name) with what a
+    terminal would act on (escape sequences, bidi overrides) escaped."""
+    click.echo(printable(text, keep="\n"), **kwargs)
 
 
 def _notes(fn, *args, **kwargs):
@@ -32,7 +42,7 @@ def _notes(fn, *args, **kwargs):
         result = fn(*args, **kwargs)
     for w in caught:
         if issubclass(w.category, BackendNotice):
-            click.echo(f"note: {str(w.message).removeprefix('ssmc: ')}", err=True)
+            _echo(f"note: {str(w.message).removeprefix('ssmc: ')}", err=True)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return result
@@ -51,7 +61,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@SPEC
 @click.option("--dump-ir", type=click.Path(file_okay=False), default=None,
               help="Write the IR after every pass to DIR/<block>/NN-<pass>.ssmir.")
 def check(spec: str, dump_ir: str | None) -> None:
@@ -61,12 +71,12 @@ def check(spec: str, dump_ir: str | None) -> None:
         compiled = _analyse(spec, dump_ir)
     except SsmcError as e:
         _fail(e)
-    click.echo("\n\n".join(summary(g) for g in compiled.graphs))
-    click.echo(f"\nok: {len(compiled.graphs)} block{'s' if len(compiled.graphs) != 1 else ''} in {spec}")
+    _echo("\n\n".join(summary(g) for g in compiled.graphs))
+    _echo(f"\nok: {len(compiled.graphs)} block{'s' if len(compiled.graphs) != 1 else ''} in {spec}")
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@SPEC
 def explain(spec: str) -> None:
     """Print the derived discrete-time equations and why the algorithm was chosen."""
     from .explain import explain as explain_graph
@@ -74,11 +84,11 @@ def explain(spec: str) -> None:
         compiled = _analyse(spec)
     except SsmcError as e:
         _fail(e)
-    click.echo("\n\n".join(explain_graph(g) for g in compiled.graphs))
+    _echo("\n\n".join(explain_graph(g) for g in compiled.graphs))
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@SPEC
 @click.option("--backend", "-b", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Write the module here (default: standard output).")
@@ -94,13 +104,13 @@ def compile(spec: str, backend: str, output: str | None, strict: bool) -> None: 
         _fail(e)
     if output:
         Path(output).write_text(text)
-        click.echo(f"wrote {output} ({backend} backend)", err=True)
+        _echo(f"wrote {output} ({backend} backend)", err=True)
     else:
         click.echo(text, nl=False)
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@SPEC
 @click.option("--backend", "-b", type=click.Choice(BACKENDS), default="auto", show_default=True)
 @click.option("--batch", default=2, show_default=True, help="Batch size of the random input.")
 @click.option("--length", default=256, show_default=True, help="Sequence length of the random input.")
@@ -119,10 +129,10 @@ def run(spec: str, backend: str, batch: int, length: int, seed: int) -> None:
         t_compile = time.perf_counter() - t0
     except SsmcError as e:
         _fail(e)
-    click.echo(f"compiled {spec} with the {backend} backend in {t_compile:.2f} s\n")
+    _echo(f"compiled {spec} with the {backend} backend in {t_compile:.2f} s\n")
     gen = torch.Generator().manual_seed(seed)
     for g in compiled.graphs:
-        click.echo(summary(g))
+        _echo(summary(g))
         cls = getattr(mod, g.meta["name"])
         layer = cls(seed=seed)
         d = layer.dims

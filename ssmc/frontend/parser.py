@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+import os
+import stat
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
@@ -22,6 +23,15 @@ _READABLE = {
     "POW": "'**'", "COMPLEX": "'complex'", "FROZEN": "'frozen'", "QUOTE": "\"'\"", "$END": "end of file",
 }
 
+
+# The characters str.splitlines() breaks at that a spec does not (errors.LINE_BREAK);
+# \f and \v are blanks.
+_NOT_LINE_BREAKS = frozenset("\x1c\x1d\x1e\x85\u2028\u2029")
+
+# The largest spec read (from a file, or given as text): far beyond any real spec, and
+# small enough that reading and parsing it stays quick.
+MAX_SOURCE_BYTES = 16 * 1024 * 1024
+MAX_SOURCE_CHARS = MAX_SOURCE_BYTES
 
 # Keyword terminals of the grammar, and those that begin a statement.
 _STATEMENT_KEYWORDS = frozenset({"DIMS", "INPUT", "STATE", "PARAM", "DYNAMICS", "DISCRETIZE", "RECURRENCE",
@@ -200,41 +210,77 @@ def _unquote(tok: Token) -> str:
 
 def decode(data: bytes, filename: str) -> Source:
     """Bytes of a spec file -> Source, refusing binary and non-UTF-8 files."""
+    if len(data) > MAX_SOURCE_BYTES:
+        raise SpecError(f"the spec is too large ({len(data):,} bytes; the limit is {MAX_SOURCE_BYTES:,})",
+                        None, Source("", filename), hint="a spec is a short text file")
     if b"\x00" in data:
-        off = data.index(b"\x00")
-        line = data[:off].count(b"\n") + 1
-        col = off - (data.rfind(b"\n", 0, off) + 1) + 1
-        start = data.rfind(b"\n", 0, off) + 1
-        end = data.find(b"\n", off)
-        shown = data[start: end if end >= 0 else len(data)].decode("utf-8", errors="replace")
+        # Shown as decoded text with NUL as U+2400, positioned as the parser counts lines.
+        text = data.decode("utf-8", errors="replace")
+        at = Source(text, filename).position(text.index("\x00"))
         raise SpecError("this is a binary file, not a .ssm spec (it contains a NUL byte)",
-                        Span(line, col), Source("\n" * (line - 1) + shown.replace("\x00", "\u2400"), filename),
+                        at, Source(text.replace("\x00", "\u2400"), filename),
                         hint="a spec is UTF-8 text with `ssm NAME { ... }` blocks")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        good = data[: data.find(b"\n", e.start) if b"\n" in data[e.start:] else len(data)]
-        shown = good.decode("utf-8", errors="replace")
-        raise SpecError(f"the file is not UTF-8 text (byte 0x{data[e.start]:02x} at line {line}, column {col})",
-                        Span(line, col), Source(shown, filename), hint="save the spec as UTF-8") from None
+        good = data[: e.start].decode("utf-8")
+        rest = data[e.start:].decode("utf-8", errors="replace")
+        shown = Source(good + rest, filename)
+        at = shown.position(len(good))
+        raise SpecError(f"the file is not UTF-8 text (byte 0x{data[e.start]:02x} at line {at.line}, "
+                        f"column {at.column})", at, shown, hint="save the spec as UTF-8") from None
     if text.startswith("\ufeff"):
         text = text[1:]
     return Source(text, filename)
 
 
 def read_source(path) -> Source:
-    p = Path(path)
+    """The spec at `path`. Only a regular file is read (a FIFO, a device such as /dev/zero or a
+    directory is refused without blocking on it), and at most MAX_SOURCE_BYTES of it."""
     try:
-        data = p.read_bytes()
+        name = os.fsdecode(path)
+    except TypeError:
+        raise SpecError(f"a spec path is a str or a path, not {type(path).__name__}") from None
+    shown = name.replace("\x00", "\\0")
+    if "\x00" in name:
+        raise SpecError(f"the file name '{shown}' contains a NUL character", None, None,
+                        hint="name the spec with printable characters")
+    if not name:
+        raise SpecError("no spec file named (the path is empty)")
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells what it is.
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except FileNotFoundError:
-        raise SpecError(f"no such spec file: {p}") from None
+        raise SpecError(f"no such spec file: {shown}") from None
     except IsADirectoryError:
-        raise SpecError(f"{p} is a directory, not a .ssm spec file") from None
+        raise SpecError(f"{shown} is a directory, not a .ssm spec file") from None
     except OSError as e:
-        raise SpecError(f"cannot read {p}: {e.strerror}") from None
-    return decode(data, str(path))
+        raise SpecError(f"cannot read {shown}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise SpecError(f"{shown} is a directory, not a .ssm spec file")
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+                    or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a file")
+            raise SpecError(f"{shown} is {kind}, not a regular .ssm spec file",
+                            hint="give the path of a spec file")
+        if st.st_size > MAX_SOURCE_BYTES:
+            raise SpecError(f"{shown} is too large for a spec ({st.st_size:,} bytes; the limit is "
+                            f"{MAX_SOURCE_BYTES:,})", hint="a spec is a short text file")
+        chunks, size = [], 0
+        # Read to the cap and one byte beyond, whatever the size said (the file may grow).
+        while size <= MAX_SOURCE_BYTES:
+            chunk = os.read(fd, MAX_SOURCE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise SpecError(f"cannot read {shown}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return decode(b"".join(chunks), name)
 
 
 _EXPR_RULES = ("binop", "neg", "pos", "call", "number", "imag", "name")
@@ -264,11 +310,17 @@ def parse(source: Source | str, filename: str = "<string>") -> ast.File:
         raise SpecError("the file name contains a NUL character", None,
                         Source(source.text, source.filename.replace("\x00", "\\0")),
                         hint="name the spec with printable characters")
+    if len(source.text) > MAX_SOURCE_CHARS:
+        raise SpecError(f"the spec is too large ({len(source.text):,} characters; the limit is "
+                        f"{MAX_SOURCE_CHARS:,})", None, source, hint="a spec is a short text file")
     if not source.text.strip() or all(
-            not ln.strip() or ln.lstrip().startswith("#") for ln in source.text.splitlines()):
+            not ln.strip() or ln.lstrip().startswith("#") for ln in source.lines()):
         raise SpecError("empty spec: the file holds no `ssm NAME { ... }` block", Span(1, 1), source,
                         hint="start with: ssm MyLayer { ... }")
-    text = source.text if source.text.endswith("\n") else source.text + "\n"
+    # lark counts lines at "\n" only; "\r\n" and a lone "\r" end a line too (errors.LINE_BREAK).
+    # Reading both as "\n" keeps every line and column as they are in the file.
+    text = source.text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text if text.endswith("\n") else text + "\n"
     try:
         tree = _lark().parse(text)
     except UnexpectedInput as e:
@@ -290,10 +342,13 @@ def _syntax_error(e: UnexpectedInput, source: Source) -> SpecError:
         if ch == '"':
             return SpecError("unterminated string: a description ends with '\"' on the same line",
                              Span(line, col), source, hint='close it: "one-line description"')
+        if ch in _NOT_LINE_BREAKS:
+            return SpecError(f"unexpected character {ch!r}: it does not end a line in a spec", Span(line, col),
+                             source, hint="end lines with \\n (or \\r\\n)")
         return SpecError(f"unexpected character {ch!r}", Span(line, col), source,
                          hint="expected " + _expected(e.allowed or []) if e.allowed else None)
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
-        lines = source.text.splitlines() or [""]
+        lines = source.lines() or [""]
         last = len(lines)
         return SpecError("unexpected end of file", Span(last, len(lines[-1]) + 1), source,
                          hint="a block ends with '}'")
