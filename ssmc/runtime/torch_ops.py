@@ -323,6 +323,13 @@ def fft_conv(K, u, sizes: dict, U: tuple, Y: tuple, P: tuple):
     Yx = tuple(d for d in Y if d not in P)
     b, length = u.shape[0], u.shape[1]
     uf = _flat(u, U, (P, Ux), sizes, 2)                                             # [B, L, P, U']
+    # One NaN or Inf anywhere in the FFT's input spreads over all of its output, earlier
+    # tokens included. So the FFT reads non-finite inputs as 0, and every output of a
+    # channel from its first non-finite input on is made NaN instead (what a scan gives
+    # there, or +-Inf), by adding a cumulative sum of u * 0: exactly 0 while u is finite,
+    # so the finite case costs two elementwise passes and a cumsum and is unchanged.
+    poison = torch.cumsum((uf * 0).sum(dim=-1), dim=1)                              # [B, L, P]
+    uf = torch.where(torch.isfinite(uf), uf, torch.zeros((), dtype=uf.dtype, device=uf.device))
     n = 2 * length
     Uf = torch.fft.rfft(uf, n=n, dim=1)
     Kf = torch.fft.rfft(K.to(u.dtype), n=n, dim=0)
@@ -330,7 +337,7 @@ def fft_conv(K, u, sizes: dict, U: tuple, Y: tuple, P: tuple):
         yf = Uf * Kf[..., 0].unsqueeze(0)
     else:
         yf = torch.einsum("bfpu,fpyu->bfpy", Uf, Kf)
-    y = torch.fft.irfft(yf, n=n, dim=1)[:, :length]                                 # [B, L, P, Y']
+    y = torch.fft.irfft(yf, n=n, dim=1)[:, :length] + poison.unsqueeze(-1)          # [B, L, P, Y']
     y = y.reshape(b, length, *(sizes[d] for d in P + Yx))
     return align(y, P + Yx, Y)
 
@@ -355,6 +362,20 @@ def product(factors, lead: int = 2):
     return out, dims
 
 
+def _segsum(z):
+    """S[t, s] = z_{s+1} + ... + z_t for s <= t (0 on the diagonal) along axis 2 of z [b, K, l, *zd],
+    as [b, K, t, s, *zd]; above the diagonal (s > t) the entries are 0 and meaningless.
+
+    Each entry is a cumulative sum of the masked, repeated z (Mamba-2's `segsum`), never a
+    difference cumsum(z)_t - cumsum(z)_s of two large numbers: with large steps that
+    difference loses the small exponents between them to cancellation."""
+    l = z.shape[2]
+    strict = torch.ones(l, l, dtype=torch.bool, device=z.device).tril(-1)
+    strict = strict.reshape((1, 1, l, l) + (1,) * (z.dim() - 3))
+    rep = z.unsqueeze(3).expand(z.shape[:3] + (l,) + z.shape[3:])                  # rep[t, s] = z_t
+    return torch.cumsum(torch.where(strict, rep, torch.zeros((), dtype=z.dtype, device=z.device)), dim=2)
+
+
 def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
     """The SSD form (Dao & Gu 2024) over named dims, for a stretch of tokens.
 
@@ -364,7 +385,9 @@ def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
     into blocks; within every block at once,
       y_t = sum_{s<=t in block} exp(Lc_t - Lc_s) (C_t . B_s) X_s + exp(Lc_t) C_t . x_block,
     Lc = cumsum(z) in the block, and the states entering the blocks x_block come from a
-    scan over blocks. Every exponent is <= 0 where decays are <= 1, so nothing overflows.
+    scan over blocks. Every exponent is <= 0 where decays are <= 1, so nothing overflows;
+    each exponent is a sum over its own tokens (`_segsum`), never a difference of cumsums.
+    Causal also in floating point: a NaN or Inf at token s never changes the outputs before s.
     """
     b = x0.shape[0]
     T = max(t.shape[1] for t, ds in ((z, zd), (X, xd), (Bf, bd), (Cf, cd)) if t.dim() > len(ds))
@@ -395,13 +418,29 @@ def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
         return "".join(letter[d] for d in ds)
 
     Lc = torch.cumsum(z, dim=2)                                                     # [b, K, l, *zd]
-    diff = Lc.unsqueeze(3) - Lc.unsqueeze(2)                                        # [b, K, t, s, *zd]
+    # exp(Lc_t - Lc_s) as exp(z_{s+1} + ... + z_t): no cancellation with large steps.
+    seg = _segsum(z)                                                                # [b, K, t, s, *zd]
+    # M[t, s] = (C_t . B_s) exp(Lc_t - Lc_s) for s <= t. The mask is a `where`, never a
+    # zero factor: a NaN or Inf in B_s or z_s times 0 would reach the earlier tokens t < s.
+    md = tuple(d for d in dict.fromkeys(cd + bd + zd) if d in yd or d in xd)
+    M = torch.einsum(f"BKt{sub(cd)},BKs{sub(bd)},BKts{sub(zd)}->BKts{sub(md)}", Cf, Bf, torch.exp(seg))
     causal = torch.ones(l, l, dtype=torch.bool, device=z.device).tril()
-    causal = causal.reshape((1, 1, l, l) + (1,) * len(zd))
-    decay = torch.exp(torch.where(causal, diff, torch.full_like(diff, -math.inf)))
-    y = torch.einsum(f"BKt{sub(cd)},BKs{sub(bd)},BKts{sub(zd)},BKs{sub(xd)}->BKt{sub(yd)}", Cf, Bf, decay, X)
+    M = torch.where(causal.reshape((1, 1, l, l) + (1,) * len(md)), M, torch.zeros((), dtype=M.dtype,
+                                                                                  device=M.device))
+    # The same for X: the matmul reads a non-finite X_s as 0 (so M[t, s] X_s = 0 for t < s),
+    # and every output of the block from token s on is made NaN instead, by adding a
+    # cumulative sum of X * 0 (exactly 0 while X is finite: the finite case is unchanged;
+    # later blocks get the NaN through the state, as the scan would).
+    finite = torch.isfinite(X)
+    y = torch.einsum(f"BKts{sub(md)},BKs{sub(xd)}->BKt{sub(yd)}", M,
+                     torch.where(finite, X, torch.zeros((), dtype=X.dtype, device=X.device)))
+    poison = torch.cumsum(X * 0, dim=2)
+    extra = tuple(i + 3 for i, d in enumerate(xd) if d not in yd)
+    if extra:
+        poison = poison.sum(dim=extra)
+    y = y + align(poison, tuple(d for d in xd if d in yd), tuple(yd))
     last = Lc[:, :, -1]                                                             # [b, K, *zd]
-    to_end = torch.exp(last.unsqueeze(2) - Lc)                                      # [b, K, s, *zd]
+    to_end = torch.exp(seg[:, :, -1])                                               # [b, K, s, *zd]
     inside = torch.einsum(f"BKs{sub(zd)},BKs{sub(xd)},BKs{sub(bd)}->BK{sub(sd)}", to_end, X, Bf)
     # The states after each block: a scan over blocks with decay exp(last).
     after = diag_scan(align(torch.exp(last), zd, sd), inside, x0)                   # [b, K, *sd]

@@ -11,6 +11,10 @@ from the spec's expressions, and this kernel does the rest in one pass:
                   + exp(Lc) * (C x^T)                              # the state entering the chunk
         x       = exp(Lc_T) x + (X * exp(Lc_T - Lc))^T B           # the state leaving it
 
+(each exponent Lc_t - Lc_s summed over its own tokens, `_ssd_decays`; the mask a `where`
+and non-finite X read as 0 and the outputs after them made NaN, so a NaN or Inf at a
+token never reaches the outputs before it)
+
 One program owns a batch element, a "head" (the state dims that z, B or C depend on,
 flattened) and a block of "channels" (the state dims only X depends on); every input
 is read once, no per-token state is written. Inputs are addressed through strides,
@@ -82,6 +86,21 @@ def _ssd_chunk_inputs(z, X, X2, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L,
 
 
 @triton.jit
+def _ssd_decays(zc, t, BLOCK_T: tl.constexpr):
+    """The chunk's decays: D[t, s] = exp(z_{s+1} + ... + z_t) for s <= t, 0 above the
+    diagonal (by a `where`), and w[s] = exp(z_{s+1} + ... + z_{T-1}) (the last row).
+
+    Each exponent is a cumulative sum of the masked, repeated z (Mamba-2's `segsum`),
+    not the difference Lc_t - Lc_s of two cumsums, which with large steps loses the small
+    exponents between them to cancellation. A NaN at token r stays in the rows t >= r."""
+    below = t[:, None] > t[None, :]
+    seg = tl.cumsum(tl.where(below, zc[:, None], 0.0), axis=0)  # [T, T]: 0 on and above the diagonal
+    decay = tl.where(t[:, None] >= t[None, :], tl.exp(seg), 0.0)
+    w = tl.exp(tl.sum(tl.where(t[:, None] == BLOCK_T - 1, seg, 0.0), axis=0))
+    return decay, w
+
+
+@triton.jit
 def _ssd_fwd(
     z, X, X2, Bm, Cm,  # log-decays [B, L, H], X [B, L, H, P] (times X2 [B, L, H]), B and C [B, L, H, N] (any strides)
     x0, y, xf,  # entering state [B, H, P, N], output [B, L, H, P], leaving state [B, H, P, N]
@@ -108,14 +127,19 @@ def _ssd_fwd(
             z, X, X2, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L, szb, szt, szh, sxb, sxt, sxh, sxp, s2b, s2t, s2h,
             sbb, sbt, sbh, sbn, scb, sct, sch, scn, dt, BLOCK_T, MAP, HAS_X2)
         CB = tl.dot(Cc, tl.trans(Bc), input_precision=PREC)  # [T, T]
-        # exp(Lc_t - Lc_s) on and below the diagonal; exp of a large negative number above.
-        decay = tl.exp(tl.where(causal, Lc[:, None] - Lc[None, :], -1e30))
-        M = (CB * decay).to(dt)
-        yc = tl.dot(M, Xc, input_precision=PREC) \
-            + tl.exp(Lc)[:, None] * tl.dot(Cc, tl.trans(x), input_precision=PREC)  # [T, BLOCK_P]
+        decay, w = _ssd_decays(zc, t, BLOCK_T)
+        # Masked by a `where`, not by the zero decay: a NaN or Inf in B_s times 0 would
+        # reach the earlier tokens t < s.
+        M = tl.where(causal, CB * decay, 0.0).to(dt)
+        # So for X: the dot reads a non-finite X_s as 0, and the outputs of the chunk from
+        # token s on are made NaN by a cumulative sum of X * 0 (exactly 0 while X is finite;
+        # later chunks get the NaN through the state, as a scan would).
+        fin = (Xc * 0.0) == 0.0
+        yc = tl.dot(M, tl.where(fin, Xc, 0.0).to(dt), input_precision=PREC) \
+            + tl.exp(Lc)[:, None] * tl.dot(Cc, tl.trans(x), input_precision=PREC) \
+            + tl.cumsum(Xc * 0.0, axis=0)  # [T, BLOCK_P]
         tl.store(y + ((b * L + tt[:, None]) * H + h) * P + p[None, :], yc, mask=mt[:, None] & mp[None, :])
         last = tl.sum(zc, axis=0)
-        w = tl.exp(last - Lc)  # [T]
         Xw = (Xc * w[:, None]).to(dt)
         x = tl.exp(last) * x + tl.dot(tl.trans(Xw), Bc, input_precision=PREC)  # [BLOCK_P, BLOCK_N]
     tl.store(xf + xoff, x, mask=xm)
@@ -143,7 +167,6 @@ def _ssd_bwd(
     b, h, t, p, n, mp, mn, xoff, xm = _ssd_program(H, P, N, BLOCK_T, BLOCK_P, BLOCK_N)
     dt = gxf.dtype.element_ty
     g = tl.load(gxf + xoff, mask=xm, other=0.0).to(dt)  # [BLOCK_P, BLOCK_N]
-    causal = t[:, None] >= t[None, :]
     NC = tl.cdiv(L, BLOCK_T)
     for cc in range(NC):
         c = NC - 1 - cc
@@ -157,8 +180,7 @@ def _ssd_bwd(
         xc = tl.load(states + ((b * NC + c) * H + h) * P * N + p[:, None] * N + n[None, :], mask=xm,
                      other=0.0).to(dt)  # the state entering this chunk
         eL = tl.exp(Lc)
-        w = tl.exp(last - Lc)
-        decay = tl.exp(tl.where(causal, Lc[:, None] - Lc[None, :], -1e30))  # [T, T]
+        decay, w = _ssd_decays(zc, t, BLOCK_T)  # [T, T], [T]
         CB = tl.dot(Cc, tl.trans(Bc), input_precision=PREC)
         GX = tl.dot(gyc, tl.trans(Xc), input_precision=PREC)  # [T, T]: gy_t . X_s
         M = (CB * decay).to(dt)
