@@ -194,16 +194,25 @@ class Spec:
         self.sdims = tuple(d.name for d in self.state.dims)
         self.last = self.sdims[-1]
         self.dimnames = {d.name for d in block.dims}
-        # the weights of `linear` and `conv`, per call node, named as the language says
+        # The weights of `linear` and `conv`, per call node, named as the language says:
+        # after the named value (or output) whose definition holds the call; in the input
+        # term after the state, in the step `step`; numbered per name in statement order.
         self.weight_of: dict[int, str] = {}
-        for owner, expr in [(v.name, v.value) for v in self.values.values()] + [
-                (self.output.name, self.output.value)]:
-            counts = {"linear": 0, "conv": 0}
+        counts: dict = {}
+        for stmt in block.body:
+            if isinstance(stmt, (ast.Assign, ast.Output)):
+                owner, expr = stmt.name, stmt.value
+            elif isinstance(stmt, ast.Transition):
+                owner, expr = stmt.state, stmt.input_term
+            elif isinstance(stmt, ast.Discretize):
+                owner, expr = "step", self.kw(stmt, "step")
+            else:
+                continue
             for call in _calls_in_order(expr):
-                if call.fn in counts:
-                    counts[call.fn] += 1
-                    k = counts[call.fn]
+                if call.fn in ("linear", "conv"):
                     base = f"{owner}_{'proj' if call.fn == 'linear' else 'conv'}"
+                    counts[base] = counts.get(base, 0) + 1
+                    k = counts[base]
                     self.weight_of[id(call)] = base if k == 1 else f"{base}{k}"
 
     def param_dims(self, name) -> tuple:

@@ -142,9 +142,9 @@ def main(argv=None) -> int:
             unsupported[u.split(":")[0]] += 1
         for f in rep.findings:
             counts[f.key()] += 1
-        # one reproducer per kind of finding and first message
         for f in rep.findings:
-            sig = (f.key(), f.message.split(":")[0])
+            # one reproducer per kind of failure and message (one bug often fails every check)
+            sig = (f.kind, f.backend, f.message.split(":")[0], f.message[-60:] if f.kind == "crash" else "")
             if sig in seen:
                 continue
             seen.add(sig)
