@@ -345,6 +345,13 @@ def split_loop(g: Graph, pr: TorchPrinter, token: list[int]):
     whole = set()
     for c in pr.convs:
         whole |= {c} | g.ancestors(c)
+    # A `linear` that does not read the state runs over the whole sequence before the
+    # loop, so whatever it reads must be made before the loop too (even if state-sized).
+    for n in token:
+        if g.op(n).kind == "linear":
+            anc = g.ancestors(n)
+            if meta["state"] not in anc:
+                whole |= anc
     sysn = meta["system"]
     loop: list[int] = []
     inside: set[int] = set()

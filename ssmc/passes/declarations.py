@@ -26,6 +26,20 @@ DIM_FUNCS = ("ceil", "floor", "min", "max")
 MAX_DIM = 2 ** 40
 
 
+# The keyword arguments of the generated class's constructor and of its forward() and
+# step() (ssmc/runtime/module.py, torch_module.py, triton_module.py). Dims are passed to
+# the constructor (and cross2d's rows and cols to forward) and inputs after the first to
+# forward() and step() by their names, so no dim or input may take one of these. Params,
+# values, states and outputs may take any name, module attributes included (the runtime
+# keeps params apart from the module's own attributes). The regression tests check this
+# table against the classes' signatures, so it cannot go stale unnoticed.
+MODULE_KEYWORDS = {
+    "seed": "the constructor", "generator": "the constructor", "dtype": "the constructor",
+    "device": "the constructor", "chunk_size": "the constructor", "algorithm": "the constructor",
+    "initial_state": "forward()", "return_state": "forward()", "cu_seqlens": "forward()",
+}
+
+
 def _err(g, msg, span, hint=None):
     return SpecError(msg, span, g.meta["source"], hint)
 
@@ -190,6 +204,9 @@ def check_declarations(g: Graph) -> Graph:
     for kind, name, span in meta["decls"]:
         if kind != "dim":
             check_name(g, name, span, kind)
+        if kind in ("dim", "input") and name in MODULE_KEYWORDS:
+            raise _err(g, f"'{name}' is a keyword argument of {MODULE_KEYWORDS[name]} of the generated module "
+                          f"and cannot name {_a(kind)}", span, hint=f"rename it, e.g. '{name}_'")
         if name in seen:
             first_kind, first = seen[name]
             raise _err(g, f"'{name}' is declared twice (first as a {first_kind} at line {first.line})", span,

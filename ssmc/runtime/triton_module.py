@@ -27,7 +27,7 @@ class TritonModule(TorchModule):
     BACKEND = "triton"
     _maps_on = False
 
-    def forward(self, u, *args, **kw):
+    def forward(self, u, /, *args, **kw):
         tensors = [u] + [v for v in kw.values() if isinstance(v, torch.Tensor)]
         state = kw.get("initial_state")
         tensors += list(state) if isinstance(state, (tuple, list)) else ([state] if state is not None else [])
@@ -37,7 +37,7 @@ class TritonModule(TorchModule):
         self._maps_on = kw.get("cu_seqlens") is None and self._maps_usable(length, state, kw.get("return_state", False))
         return super().forward(u, *args, **kw)
 
-    def step(self, u_t, state, **kw):
+    def step(self, u_t, /, state, **kw):
         self._grad_wanted = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         self._maps_on = False
         return super().step(u_t, state, **kw)
