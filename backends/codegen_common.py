@@ -17,6 +17,18 @@ BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
 LEAVES = ("const", "dim", "param", "input", "state", "output", "recurrence")
 
 
+def python_numbers(g: Graph) -> set[int]:
+    """Nodes that are plain Python numbers at run time: numbers and dims combined by
+    arithmetic alone (`N ** -0.5`, `1 / H`). A function of one (`sqrt(N)`) needs a
+    tensor in torch, so a backend wraps them where a tensor is expected."""
+    out: set[int] = set()
+    for n in g.topo():
+        k = g.op(n).kind
+        if k in ("const", "dim") or ((k == "neg" or k in BINARY) and all(i in out for i in g.operands(n))):
+            out.add(n)
+    return out
+
+
 def tag(g: Graph, n: int) -> str:
     dims = list(g.fact(n, "dims"))
     if g.fact(n, "time") == "token":
@@ -47,6 +59,11 @@ class Printer:
         self.convs = [n for n in g.topo() if g.op(n).kind == "conv"]
         # Variables renamed in some region of the generated code (e.g. a chunk's slice).
         self.renamed: dict[int, str] = {}
+        self.numbers = python_numbers(g)
+
+    def tensor(self, n: int) -> str:
+        """Operand n where an array function reads it (a backend may wrap plain numbers)."""
+        return self.var(n)
 
     def var(self, n: int) -> str:
         if n in self.renamed:
@@ -80,7 +97,7 @@ class Printer:
         out = tuple(g.fact(n, "dims"))
         rt = self.RT
         if k in self.UNARY:
-            return f"{self.UNARY[k]}({self.var(ins[0])})"
+            return f"{self.UNARY[k]}({self.tensor(ins[0])})"
         if k == "neg":
             return f"-{self.var(ins[0])}"
         if k in BINARY:
@@ -248,16 +265,21 @@ def init_methods(g: Graph) -> list[str]:
     return L
 
 
-def split_body(g: Graph) -> tuple[list[int], list[int], list[int]]:
-    """The direction's computations: (static, per-token before the scan, after the scan)."""
+def split_body(g: Graph, roots: tuple = ()) -> tuple[list[int], list[int], list[int]]:
+    """The direction's computations: (static, per-token before the scan, after the scan);
+    `roots` are further values a backend reads besides the system and the output."""
     meta = g.meta
-    live = set()
-    for k in (meta["system"], meta["output"]):
-        live |= g.ancestors(k)
-    init_nodes = set()
-    for p in meta["params"]:
-        init_nodes |= g.ancestors(p)
-    body = [n for n in g.topo() if n in live and n not in init_nodes and g.op(n).kind not in LEAVES]
+    # What the system and the output read, not looking into the params' initializers
+    # (those run once, in `_init_<param>`): a node both read is computed in both places.
+    live: set[int] = set(roots)
+    stack = [meta["system"], meta["output"], *roots]
+    while stack:
+        for i in g.operands(stack.pop()):
+            if i not in live:
+                live.add(i)
+                if g.op(i).kind != "param":
+                    stack.append(i)
+    body = [n for n in g.topo() if n in live and g.op(n).kind not in LEAVES]
     after = [n for n in body if meta["state"] in g.ancestors(n)]
     before = [n for n in body if n not in after]
     static = [n for n in before if g.fact(n, "time") != "token"]

@@ -73,6 +73,22 @@ class TorchPrinter(Printer):
     def lay(self, n: int) -> tuple:
         return self.layout.get(n, tuple(self.g.fact(n, "dims")))
 
+    def tensor(self, n: int) -> str:
+        # torch functions take tensors: a plain number (`sqrt(N)`, `exp(-1)`) becomes a 0-d one.
+        if n in self.numbers and n not in self.renamed:
+            return f"ops.as_tensor({self.var(n)}, _dt, _dev)"
+        return self.var(n)
+
+    def full(self, n: int, target: tuple) -> str:
+        """Operand n as a tensor with exactly the named axes `target` (a static value
+        over fewer dims, or a number, gets them as broadcast axes)."""
+        if n in self.numbers:
+            return f"ops.align({self.tensor(n)}, (), {target!r})"
+        dims = self.lay(n)
+        if dims == target or self.g.fact(n, "time") == "token":
+            return self.arg(n, target)
+        return f"{self.RT}.align({self.var(n)}, {dims!r}, {target!r})"
+
     def arg(self, n: int, target: tuple) -> str:
         dims = self.lay(n)
         v = self.var(n)
@@ -257,11 +273,17 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         yd = pr.canonical(tuple(g.fact(y, "dims")))
         pr.layout[y] = yd
         z, c = ssd["z"], ssd["c"]
-        w(f"            {pr.var(y)}, _x = {ssd_fn}({pr.var(z)}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
+        zv = pr.var(z)
+        if all(g.op(n).kind in ("const", "dim", "neg", "add", "sub", "mul", "div", "pow")
+               for n in g.ancestors(z) | {z}):
+            # A log-decay of numbers alone (`recurrence x = g x + ...` with g = 0.9) is a Python
+            # number; the SSD form takes a tensor, made in float64 so that it is not rounded.
+            zv = f"torch.tensor({zv}, dtype=torch.float64, device=_dev).to(_dt)"
+        w(f"            {pr.var(y)}, _x = {ssd_fn}({zv}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
           f"{pr.var(c)}, {pr.lay(c)!r}, _x, {sdims!r}, {yd!r}, self.ssd_block)  # [B, T, " + ", ".join(yd) + "]")
     else:
         a_tok = g.fact(abar, "time") == "token"
-        w(f"            _Abar = {pr.arg(abar, atarget)}  # ["
+        w(f"            _Abar = {pr.tensor(abar) if abar in pr.numbers else pr.arg(abar, atarget)}  # ["
           + ", ".join((("B", "T") if a_tok else ()) + atarget) + "]")
         w(f"            _Ebar = {pr.arg(ebar, sdims)}  # [" + ", ".join(("B", "T") + sdims) + "]")
         scan = "matrix_scan" if matrix else "diag_scan"
@@ -313,9 +335,10 @@ def _fft_branch(g: Graph, pr: TorchPrinter, abar: int, ebar: int, out_node: int)
     w(f"            def _readout({sname}, {uname}):")
     for n in token_nodes(y):
         w(f"                {pr.line(n)}")
-    w(f"                return {pr.var(y)}")
+    w(f"                return {pr.arg(y, tuple(form['Y']))}")
     atarget = sdims + (sdims[-1],) if form.get("matrix") else sdims
-    w(f"            _Abar = {pr.arg(abar, atarget)}  # [" + ", ".join(atarget) + "]")
+    # The kernel reads Abar over all the state's dims (a constant A gives a number).
+    w(f"            _Abar = {pr.full(abar, atarget)}  # [" + ", ".join(atarget) + "]")
     args = f"d, {form['S']!r}, {form['U']!r}, {form['Y']!r}, {form['P']!r}"
     cplx = bool(meta["state_complex"])
     matrix = ", matrix=True" if form.get("matrix") else ""

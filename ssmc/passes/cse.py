@@ -1,6 +1,7 @@
 """eliminate_common_subexpressions: one node per distinct computation.
 
-Two nodes merge when they have the same kind, attributes and operands. Nodes that
+Two nodes merge when they have the same kind, attributes and operands, and (numbers
+and dims aside) both or neither are part of a param's initializer. Nodes that
 own something (params, inputs, the state, linear/conv weights, random draws) or
 stand for the system never merge. Nodes that nothing reads any more, other than
 params (they stay module parameters), are removed.
@@ -22,7 +23,11 @@ def eliminate_common_subexpressions(g: Graph) -> Graph:
         o = g.op(n)
         if o.kind in NEVER:
             continue
-        key = (o.kind, tuple((k, repr(v)) for k, v in o.attrs), g.operands(n))
+        # An initializer's computations run once, in `_init_<param>`, the forward's at every
+        # call: they stay apart, so the forward never reads a value only an initializer
+        # computes. Numbers and dims are names in the generated code, so they may be shared.
+        init = g.fact(n, "time") == "init" and o.kind not in ("const", "dim")
+        key = (o.kind, tuple((k, repr(v)) for k, v in o.attrs), g.operands(n), init)
         if key in seen:
             g.replace_all_uses(n, seen[key])
             g.erase(n)

@@ -11,6 +11,7 @@ Example: `dims H = 4, R = ceil(H / 16)` -> meta["dims"] = [("H", 4, 4), ("R", ("
 """
 from __future__ import annotations
 
+import cmath
 import math
 import re
 from fractions import Fraction
@@ -119,6 +120,154 @@ def _dims(g: Graph) -> None:
         spans[d.name] = d.span
     g.meta["dims"] = table
     g.meta["dim_spans"] = spans
+
+
+# --- initializer arguments -------------------------------------------------------
+_NAN = float("nan")
+
+
+def _log(x: float) -> float:
+    # As numpy: log(0) = -inf, and the log of a negative real is nan.
+    return math.log(x) if x > 0 else (-math.inf if x == 0 else _NAN)
+
+
+_FUNCS = {
+    "exp": (math.exp, cmath.exp), "log": (_log, cmath.log), "expm1": (math.expm1, lambda z: cmath.exp(z) - 1),
+    "log1p": (math.log1p, lambda z: cmath.log(1 + z)), "sqrt": (math.sqrt, cmath.sqrt), "abs": (abs, abs),
+    "tanh": (math.tanh, cmath.tanh), "sigmoid": (lambda x: 0.5 * (1.0 + math.tanh(0.5 * x)), None),
+    "relu": (lambda x: max(x, 0.0), None),
+    "softplus": (lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x))), None),
+    "inv_softplus": (lambda y: math.log(math.expm1(y)), None),
+    "silu": (lambda x: x * 0.5 * (1.0 + math.tanh(0.5 * x)), None),
+    "re": (lambda x: x, lambda z: z.real), "im": (lambda x: 0.0, lambda z: z.imag),
+    "conj": (lambda x: x, lambda z: z.conjugate()),
+}
+
+
+def _number(g: Graph, n: int, used: set[str]):
+    """The value of an initializer argument made of numbers and dims (at their defaults),
+    a float or complex; "array" if it is a tensor (arange, a family, a draw); None if
+    that cannot be told here (an unknown name, a reduction)."""
+    o = g.op(n)
+    k = o.kind
+    if k == "const":
+        v = o.get("value")
+        return v if isinstance(v, complex) else float(v)
+    if k == "ref":
+        name = o.get("name")
+        if name not in g.meta["dim_spans"]:
+            return None
+        used.add(name)
+        return float(next(v for d, _, v in g.meta["dims"] if d == name))
+    if k in ("arange", "family", "random"):
+        return "array"
+    args = [_number(g, i, used) for i in g.operands(n)]
+    if any(a is None for a in args):
+        return None
+    if "array" in args:
+        return "array" if k not in ("sum", "mean") else None
+    try:
+        if k == "neg":
+            return -args[0]
+        if k in ("add", "sub", "mul", "div", "pow"):
+            a, b = args
+            if k == "pow" and isinstance(a, float) and isinstance(b, float) and a < 0 and not b.is_integer():
+                return _NAN  # as numpy's real power of a negative number
+            return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b, "pow": a ** b}[k]
+        if k in _FUNCS:
+            real, cplx = _FUNCS[k]
+            x = args[0]
+            return real(x) if isinstance(x, float) else (cplx or real)(x)
+    except (ZeroDivisionError, ValueError, OverflowError, TypeError):
+        return _NAN
+    return None
+
+
+def _finite(v) -> bool:
+    return all(math.isfinite(p) for p in ((v.real, v.imag) if isinstance(v, complex) else (v,)))
+
+
+def _show(v) -> str:
+    if isinstance(v, complex):
+        return repr(v).strip("()")
+    return repr(int(v)) if float(v).is_integer() and abs(v) < 1e16 else repr(v)
+
+
+# What each draw's arguments may be (docs/language.md, section 8).
+_ALLOWED = {
+    "normal": "normal(mean, std): a real std >= 0; the mean may be complex only for a complex param",
+    "uniform": "uniform(lo, hi): real numbers with lo < hi",
+    "log_uniform": "log_uniform(lo, hi): real numbers with 0 < lo < hi",
+    "lru_ring": "lru_ring(r_min, r_max): real numbers with 0 < r_min <= r_max <= 1",
+}
+_ARGS = {"normal": ("mean", "std"), "uniform": ("lo", "hi"), "log_uniform": ("lo", "hi"),
+         "lru_ring": ("r_min", "r_max")}
+
+
+def _check_draws(g: Graph) -> None:
+    """The constant arguments of every random draw are ones it can draw from.
+
+    Arguments that use dims are checked at the dims' defaults; other sizes passed to
+    the constructor are checked again there (by ssmc.runtime.initializers).
+    """
+    params = {g.op(p).get("name"): g.op(p) for p in g.meta["params"]}
+    dims = {d: v for d, _, v in g.meta["dims"]}
+    for n in g.nodes():
+        o = g.op(n)
+        if o.kind != "random":
+            continue
+        fn = o.get("dist")
+        names = _ARGS[fn]
+        args = g.operands(n)
+        used: set[str] = set()
+        vals = [_number(g, a, used) for a in args]
+        spans = [g.op(a).span for a in args]
+        where = ((" (at the default " if len(used) == 1 else " (at the defaults ")
+                 + ", ".join(f"{d} = {dims[d]}" for d in sorted(used)) + ")") if used else ""
+        hint = _ALLOWED[fn]
+
+        def bad(i, what):
+            raise _err(g, f"{fn}(): {what}{where}", spans[i], hint=hint)
+
+        for i, v in enumerate(vals):
+            if v == "array":
+                bad(i, f"{names[i]} must be a single number, not an array")
+            if v is None:
+                continue
+            if isinstance(v, complex) and not (fn == "normal" and i == 0):
+                bad(i, f"{names[i]} = {_show(v)} must be a real number")
+            if not _finite(v):
+                bad(i, f"{names[i]} = {_show(v)} is not a finite number")
+        a, b = vals
+        if fn == "normal":
+            if isinstance(a, complex) and not params[o.get("param")].get("complex"):
+                raise _err(g, f"normal(): the mean {_show(a)} is complex, but '{o.get('param')}' is a real param",
+                           spans[0], hint=f"declare it complex: param {o.get('param')}[...] complex = ...")
+            if b is not None and b < 0:
+                bad(1, f"std = {_show(b)} must be >= 0")
+            continue
+        if fn in ("log_uniform", "lru_ring") and a is not None and a <= 0:
+            bad(0, f"{names[0]} = {_show(a)} must be > 0")
+        if fn == "lru_ring":
+            for i, v in enumerate(vals):
+                if v is not None and v > 1:
+                    bad(i, f"{names[i]} = {_show(v)} must be <= 1 (the ring lies inside the unit circle)")
+            if a is not None and b is not None and a > b:
+                bad(1, f"r_max = {_show(b)} is below r_min = {_show(a)}")
+            continue
+        if a is not None and b is not None:
+            if not a < b:
+                bad(1, f"hi = {_show(b)} must be above lo = {_show(a)}")
+            if not math.isfinite(b - a):
+                bad(1, f"the range hi - lo = {_show(b)} - ({_show(a)}) overflows")
+    for n in g.nodes():
+        o = g.op(n)
+        # The Fourier basis comes in (cos, sin) pairs.
+        if o.kind == "family" and o.get("fn") in ("hippo_fout", "hippo_fout_B"):
+            d, span = o.get("dim")
+            if d in dims and dims[d] % 2:
+                raise _err(g, f"{o.get('fn')}({d}) needs an even size, but {d} = {dims[d]}", span,
+                           hint=f"{o.get('fn')} pairs a cosine with a sine: give {d} an even default")
 
 
 def _kwargs(g, node, allowed: dict[str, tuple | None]) -> dict[str, tuple[str, Span]]:
@@ -263,6 +412,7 @@ def check_declarations(g: Graph) -> Graph:
         raise _err(g, "`recurrence` is already discrete; remove `discretize`", disc["span"],
                    hint="or write the continuous system with `dynamics`")
     _scan(g)
+    _check_draws(g)
     structs = {name: _structure(g, s) for name, s in meta["structures"].items()}
     meta["structures"] = structs
     if tr["matrix"] not in structs:

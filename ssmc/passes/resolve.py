@@ -102,7 +102,15 @@ def resolve_names(g: Graph) -> Graph:
                 loop = chain + (name, o.get("name"))
                 raise _err(g, "cyclic definition: " + " -> ".join(loop), decl_span.get(loop[0], o.span),
                            hint="values may not depend on themselves; only the state is recurrent")
-            return follow(o.get("name"), chain + (name,))
+            n = follow(o.get("name"), chain + (name,))
+        elif o.kind == "ref" and o.get("name") in meta["dim_spans"]:
+            # `h = N`: the value is the dim's size. Refs to `h` will point at this node, so
+            # it becomes the dim now (the loop below would erase it from under them).
+            d = g.add(op("dim", o.span, name=o.get("name")))
+            g.replace_all_uses(n, d)
+            g.erase(n)
+            n = d
+        symbols[name] = n
         return n
 
     for name in list(meta["values"]):

@@ -452,7 +452,11 @@ def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
 
 def as_tensor(v, dtype, device):
     """A static value as a contiguous tensor of the compute dtype (scalars become 0-d)."""
-    t = torch.as_tensor(v, device=device)
+    if isinstance(v, (int, float, complex)):
+        # A Python number is made in float64 (complex128) first: torch would round it to float32.
+        t = torch.tensor(v, dtype=torch.complex128 if isinstance(v, complex) else torch.float64, device=device)
+    else:
+        t = torch.as_tensor(v, device=device)
     if t.is_complex():
         return t.to(torch.complex128 if dtype == torch.float64 else torch.complex64).contiguous()
     return t.to(dtype).contiguous()
