@@ -59,6 +59,40 @@ def _describe(name, dims, d, lead="batch, length") -> str:
     return f"({lead}{', ' if inner else ''}{inner})"
 
 
+def _boundaries(cls: str, cu_seqlens, total: int) -> list[int]:
+    """cu_seqlens as a list of ints rising strictly from 0 to `total`: an integer tensor
+    (any device but meta) or a sequence of ints; anything else is one ShapeError."""
+    want = f"cu_seqlens must be a 1-d integer tensor (or a list of ints) rising strictly from 0 to the total length {total}"
+    if isinstance(cu_seqlens, torch.Tensor):
+        if cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype.is_complex or cu_seqlens.dtype == torch.bool:
+            raise ShapeError(f"{cls}: {want}; got a {cu_seqlens.dtype} tensor")
+        if cu_seqlens.dim() != 1 or cu_seqlens.is_meta:
+            raise ShapeError(f"{cls}: {want}; got a tensor of shape {tuple(cu_seqlens.shape)} on {cu_seqlens.device}")
+        bounds = [int(v) for v in cu_seqlens.tolist()]
+    elif isinstance(cu_seqlens, np.ndarray) and cu_seqlens.ndim == 1 and cu_seqlens.dtype.kind in "iu":
+        bounds = [int(v) for v in cu_seqlens.tolist()]
+    elif isinstance(cu_seqlens, (list, tuple)) and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in cu_seqlens):
+        bounds = [int(v) for v in cu_seqlens]
+    else:
+        shown = repr(cu_seqlens)
+        raise ShapeError(f"{cls}: {want}; got {shown if len(shown) <= 80 else shown[:77] + '...'}")
+    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != total or any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise ShapeError(f"{cls}: {want}; got {bounds}")
+    return bounds
+
+
+def _grid_size(cls: str, name: str, v) -> int:
+    """A cross2d rows or cols size given to forward(): a positive int (or 0-d integer
+    tensor), never truncated from a float."""
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_meta and not (
+            v.dtype.is_floating_point or v.dtype.is_complex or v.dtype == torch.bool):
+        v = int(v.item())
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ShapeError(f"{cls}: {name} (a cross2d size) must be a positive int, got {v!r}")
+    return int(v)
+
+
 class ReferenceModule(nn.Module):
     """Base of generated float64 NumPy reference modules (no autograd)."""
 
@@ -135,12 +169,48 @@ class ReferenceModule(nn.Module):
             # np.array keeps 0-d arrays 0-d (ascontiguousarray would make them 1-d).
             t = torch.from_numpy(np.array(value, order="C")).to(dtype=dt, device=self._device)
             if _register:
+                # Straight into the tables, not through setattr / register_buffer: a spec's
+                # name may also be a method or attribute of the module (forward, to, training,
+                # dims, ...), and it stays the state_dict key all the same (see __setattr__).
                 if info.get("frozen"):
-                    self.register_buffer(name, t)
+                    self._buffers[name] = t
                 else:
-                    setattr(self, name, nn.Parameter(t))
+                    self._parameters[name] = nn.Parameter(t)
             else:
-                getattr(self, name).copy_(t)
+                self._tensor(name).copy_(t)
+
+    def _tensor(self, name: str) -> torch.Tensor:
+        """The param (or frozen buffer) the spec calls `name`, whatever the module's own
+        attribute of that name is."""
+        t = self._parameters.get(name)
+        return t if t is not None else self._buffers[name]
+
+    def __setattr__(self, name: str, value) -> None:
+        # A spec's param may share its name with a plain attribute (training, dims,
+        # chunk_size, ...): the attribute lives in __dict__, the param in _parameters or
+        # _buffers, and assigning one never replaces or unregisters the other.
+        if any(name == p for p, _, _ in type(self).PARAMS):
+            if isinstance(value, nn.Parameter) and name in self._parameters:
+                self._parameters[name] = value
+                return
+            if isinstance(value, torch.Tensor) and name in self._buffers:
+                self._buffers[name] = value
+                return
+            if not isinstance(value, torch.Tensor):
+                object.__setattr__(self, name, value)
+                return
+        super().__setattr__(name, value)
+
+    # torch's versions go through getattr, which finds the module's own attribute first.
+    def get_parameter(self, target: str) -> nn.Parameter:
+        """The parameter `target` (a spec's param by its name, even one like `forward`)."""
+        t = self._parameters.get(target)
+        return t if t is not None else super().get_parameter(target)
+
+    def get_buffer(self, target: str) -> torch.Tensor:
+        """The buffer `target` (a frozen param by its name, even one like `training`)."""
+        t = self._buffers.get(target)
+        return t if t is not None else super().get_buffer(target)
 
     # --- array policy: how tensors become the arrays `_direction` computes on -------
     # The NumPy reference computes on float64 / complex128 numpy arrays, detached;
@@ -148,7 +218,7 @@ class ReferenceModule(nn.Module):
     def _params(self, direction: int, compute) -> dict:
         out = {}
         for name, _, _ in self.PARAMS:
-            t = getattr(self, name).detach().cpu()
+            t = self._tensor(name).detach().cpu()
             t = t.to(torch.complex128 if t.is_complex() else torch.float64)
             a = t.numpy()
             out[name] = a[direction] if self._copies else a
@@ -179,6 +249,10 @@ class ReferenceModule(nn.Module):
         return bool(np.iscomplexobj(a))
 
     # --- inputs ----------------------------------------------------------------
+    def _sync_device(self) -> None:
+        """Make `_device` the device inputs and states must be on (the torch backend
+        follows its parameters)."""
+
     def _check(self, what: str, t, want: tuple, dims_text: str):
         cls = type(self).__name__
         if not isinstance(t, torch.Tensor):
@@ -225,29 +299,38 @@ class ReferenceModule(nn.Module):
         """Input `name` as the array the generated code computes with."""
         return self._to_array(t, compute)
 
-    def _state_in(self, state, b: int, d: dict, compute=None):
+    def _check_state(self, state, b: int, d: dict) -> tuple:
+        """The parts of a given state (x, conv tails...), each checked for its type, shape,
+        dtype and device against what the module would make (one line each)."""
         sname, sdims, scplx = self.STATE
         cls = type(self).__name__
-        want_x = (b,) + _shape(sdims, d)
-        parts = state if self.CONVS else (state,)
         if self.CONVS and (not isinstance(state, (tuple, list)) or len(state) != 1 + len(self.CONVS)):
             raise ShapeError(f"{cls}: the state is a tuple (x, conv tails...) of {1 + len(self.CONVS)} tensors; "
                              f"use init_state() or return_state=True to get one")
-        x = parts[0]
-        if not isinstance(x, torch.Tensor) or tuple(x.shape) != want_x:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ShapeError(f"{cls}: the state {sname} must have shape (batch, "
-                             + ", ".join(f"{n}={d[n]}" for n in sdims) + f"), got {got}")
-        if x.is_complex() and not scplx:
-            raise ShapeError(f"{cls}: the state {sname} is real, got a complex tensor")
-        out = [self._to_array(x, compute, complex_=scplx)]
-        for (wname, ch, k), tail in zip(self.CONVS, parts[1:]):
+        parts = tuple(state) if self.CONVS else (state,)
+        inner = ", ".join(f"{n}={d[n]}" for n in sdims)
+        wants = [(f"the state {sname}", (b,) + _shape(sdims, d), f"(batch, {inner})", scplx)]
+        for wname, ch, k in self.CONVS:
             kk = k if isinstance(k, int) else d[k]
             want = (b, kk - 1) + _shape(ch, d)
-            if not isinstance(tail, torch.Tensor) or tuple(tail.shape) != want:
-                raise ShapeError(f"{cls}: the conv tail of {wname} must have shape {want}")
-            out.append(self._to_array(tail, compute))
-        return tuple(out)
+            wants.append((f"the conv tail of {wname}", want, str(want), False))
+        floats = "float16, bfloat16, float32 or float64" + (" (or complex64, complex128)" if scplx else "")
+        for (what, want, text, cplx), t in zip(wants, parts):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ShapeError(f"{cls}: {what} must have shape {text}, got {got}")
+            if t.is_complex() and not cplx:
+                raise ShapeError(f"{cls}: {what} is real, got a complex tensor ({t.dtype})")
+            if not (t.dtype in _FLOATS or (cplx and t.dtype in (torch.complex64, torch.complex128))):
+                raise ShapeError(f"{cls}: {what} must be {floats}, got {t.dtype}")
+            if t.device != self._device:
+                raise ShapeError(f"{cls}: {what} must be on {self._device}, got {t.device}")
+        return parts
+
+    def _state_in(self, state, b: int, d: dict, compute=None):
+        parts = self._check_state(state, b, d)
+        scplx = self.STATE[2]
+        return tuple(self._to_array(t, compute, complex_=scplx and i == 0) for i, t in enumerate(parts))
 
     def _state_out(self, state):
         ts = tuple(self._from_array(s) for s in state)
@@ -284,7 +367,7 @@ class ReferenceModule(nn.Module):
         col_major = grid.T.reshape(-1)
         return [row_major, row_major[::-1], col_major, col_major[::-1]]
 
-    def forward(self, u, *, initial_state=None, return_state: bool = False, cu_seqlens=None, **kw):
+    def forward(self, u, /, *, initial_state=None, return_state: bool = False, cu_seqlens=None, **kw):
         """y = layer(u); with return_state=True, (y, final state).
 
         cu_seqlens: for a packed batch u of shape (1, total, ...), the cumulative sequence
@@ -296,10 +379,11 @@ class ReferenceModule(nn.Module):
             return self._forward_packed(u, cu_seqlens, initial_state, return_state, kw)
         d = dict(self.dims)
         sc = self.SCAN
+        grid = {}
         if sc["order"] == "cross2d":
             for key in (sc["rows"], sc["cols"]):
                 if key in kw:
-                    d[key] = int(kw.pop(key))
+                    d[key] = grid[key] = _grid_size(type(self).__name__, key, kw.pop(key))
         inputs, dtype, b, L = self._inputs(u, kw, d, single=False)
         multi = len(self.directions) > 1
         if multi and (initial_state is not None or return_state):
@@ -307,6 +391,10 @@ class ReferenceModule(nn.Module):
                              f"scan; this one is {sc['order']}")
         compute = self._compute_dtype(dtype)
         state = self._state_in(initial_state, b, d, compute) if initial_state is not None else None
+        if b == 0:
+            return self._empty_batch(
+                lambda u1, st, kw1: self.forward(u1, initial_state=st, return_state=return_state, **kw1, **grid),
+                u, initial_state, kw)
         ys = []
         final = None
         for i, perm in enumerate(self._orders(L, d)):
@@ -327,19 +415,15 @@ class ReferenceModule(nn.Module):
             raise ShapeError(f"{cls}: with cu_seqlens, {self.INPUTS[0][0]} must be a packed batch of shape "
                              f"(1, total length, ...), got "
                              + (str(tuple(u.shape)) if isinstance(u, torch.Tensor) else type(u).__name__))
-        bounds = [int(v) for v in torch.as_tensor(cu_seqlens).reshape(-1).tolist()]
         total = u.shape[1]
-        if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != total or any(
-                b <= a for a, b in zip(bounds, bounds[1:])):
-            raise ShapeError(f"{cls}: cu_seqlens must rise strictly from 0 to the total length {total}, "
-                             f"got {bounds}")
+        bounds = _boundaries(cls, cu_seqlens, total)
         spans = list(zip(bounds, bounds[1:]))
         n = len(spans)
         parts = None
         if initial_state is not None:
-            parts = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,)
-            if any(not isinstance(p, torch.Tensor) or p.shape[0] != n for p in parts):
-                raise ShapeError(f"{cls}: with cu_seqlens, initial_state needs one row per sequence ({n})")
+            # One row per sequence, checked whole (the groups below pick rows from it).
+            self._sync_device()
+            parts = self._check_state(initial_state, n, self.dims)
         # Sequences of equal length run together as one batch.
         groups: dict[int, list[int]] = {}
         for i, (a, b) in enumerate(spans):
@@ -368,6 +452,21 @@ class ReferenceModule(nn.Module):
         stacked = tuple(torch.cat([f[k] for f in finals], dim=0) for k in range(len(finals[0])))
         return y, (stacked if self.CONVS else stacked[0])
 
+    def _empty_batch(self, call, u, state, kw):
+        """An empty batch: `call` on one row of zeros, joined to the (empty, checked) inputs
+        and state so autograd still reaches them, and none of its rows kept. Every backend and
+        algorithm then gives outputs and states of the right shape, dtype and device."""
+        def pad(t):
+            return torch.cat([t, t.new_zeros((1,) + tuple(t.shape[1:]))], dim=0)
+
+        if state is not None:
+            state = tuple(pad(p) for p in state) if self.CONVS else pad(state)
+        out = call(pad(u), state, {k: pad(v) for k, v in kw.items()})
+
+        def cut(o):
+            return tuple(cut(x) for x in o) if isinstance(o, tuple) else o[:0]
+        return cut(out)
+
     def _result(self, y, dtype: torch.dtype) -> torch.Tensor:
         """The output tensor in the input's dtype (its complex counterpart if complex)."""
         if self._is_complex(y):
@@ -384,7 +483,7 @@ class ReferenceModule(nn.Module):
             return sum(ys[1:], ys[0]) / len(ys)
         return self._stack(ys)
 
-    def step(self, u_t, state, **kw):
+    def step(self, u_t, /, state, **kw):
         """One token, u_t (batch, *input dims) -> (y_t, new state); or several new tokens,
         u_t (batch, T, *input dims) -> (y (batch, T, ...), new state). The state keeps its size."""
         if self.SCAN["order"] != "causal":
@@ -395,6 +494,8 @@ class ReferenceModule(nn.Module):
         inputs, dtype, b, _ = self._inputs(u_t, kw, d, single=True)
         compute = self._compute_dtype(dtype)
         st = self._state_in(state, b, d, compute)
+        if b == 0:
+            return self._empty_batch(lambda u1, st1, kw1: self.step(u1, st1, **kw1), u_t, state, kw)
         p = self._params(0, compute)
         self._dir_index = 0
         y, final = self._direction(p, d, {k: v[:, None] for k, v in inputs.items()}, st, True)

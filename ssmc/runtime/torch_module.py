@@ -84,7 +84,7 @@ class TorchModule(ReferenceModule):
     def _params(self, direction: int, compute) -> dict:
         out = {}
         for name, _, _ in self.PARAMS:
-            t = getattr(self, name)
+            t = self._tensor(name)
             t = t.to(complex_of(compute) if t.is_complex() else compute)
             out[name] = t[direction] if self._copies else t
         return out
@@ -119,9 +119,12 @@ class TorchModule(ReferenceModule):
     def _is_complex(a) -> bool:
         return a.is_complex()
 
-    def _check(self, what, t, want, dims_text):
+    def _sync_device(self) -> None:
         # Follow the module: its parameters' device is where inputs must be.
         self._device = self._ref_device
+
+    def _check(self, what, t, want, dims_text):
+        self._sync_device()
         return super()._check(what, t, want, dims_text)
 
     def init_state(self, batch: int, dtype: torch.dtype = torch.float32):
