@@ -124,8 +124,9 @@ def summary(g: Graph) -> str:
         out.append(f"    {r[0]:<{w0}}  {r[1]:<{w1}}  {r[2]:>{w2}}  {r[3]}".rstrip())
     out.append(f"    {'total trainable':<{w0 + w1 + 2}}  {total:>{w2},}  (real numbers; complex counts twice)")
     cls = meta["classification"]
-    per_token = [k for k in ("A", "step", "input_coef", "readout") if cls.get(k) == "token"]
-    words = {"A": "state matrix", "step": "step", "input_coef": "input coefficient", "readout": "readout"}
+    per_token = [k for k in ("A", "step", "input_coef", "forcing", "readout") if cls.get(k) == "token"]
+    words = {"A": "state matrix", "step": "step", "input_coef": "input coefficient", "forcing": "forcing term",
+             "readout": "readout"}
     system = "LTI" if cls["lti"] else "selective (per-token: " + (", ".join(words[k] for k in per_token)
                                                                or "nonlinear readout") + ")"
     sysop = g.op(meta["system"])
@@ -189,6 +190,12 @@ def explain(g: Graph) -> str:
                f"{_time_word(g, abar)}")
     out.append(f"  Ebar{show.sub(ebar)} = {inline(ebar, top=True)}    [{', '.join(g.fact(ebar, 'dims'))}] "
                f"{_time_word(g, ebar)}")
+    ssd = meta.get("ssd")
+    if ssd and not (g.op(abar).kind == "exp" and g.operands(abar)[0] == ssd["z"]):
+        # The decay is not written as exp(z): the SSD form runs on the logarithm it was given.
+        z = ssd["z"]
+        out.append(f"  log(Abar){show.sub(z)} = {inline(z, top=True)}    [{', '.join(g.fact(z, 'dims'))}] "
+                   f"{_time_word(g, z)} (the SSD form's log-decay)")
     y = meta["output"]
     out.append("output (from the state after each token's update):")
     out.append(f"  {g.op(y).get('name')}_t = {show(g.operands(y)[0], top=True)}    [{', '.join(g.fact(y, 'dims'))}]")
@@ -206,8 +213,9 @@ def explain(g: Graph) -> str:
     out.append(f"scan: {sc['order']}: {orders[sc['order']]}")
     cls = meta["classification"]
     out.append("system: " + ("LTI" if cls["lti"] else "selective"))
+    # The forcing (a per-token term of E that does not multiply the input) only where there is one.
     for key, word in (("A", "state matrix"), ("step", "step"), ("input_coef", "input coefficient"),
-                      ("readout", "readout coefficient")):
+                      ("forcing", "forcing term"), ("readout", "readout coefficient")):
         if cls.get(key) is not None:
             out.append(f"  {word:<20} {cls[key].replace('token', 'per-token')}")
     out.append(f"  {'readout':<20} {'linear' if cls['readout_linear'] else 'nonlinear'} in the state")

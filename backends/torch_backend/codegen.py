@@ -201,7 +201,8 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
     L = class_header(g, "rt.TorchModule")
     w = L.append
     L.extend(init_methods(g))
-    static, token, after = split_body(g)
+    # The SSD form reads its log-decay, which choose_algorithm may have added beside Abar.
+    static, token, after = split_body(g, roots=(meta["ssd"]["z"],) if meta.get("ssd") else ())
     pre, loop, exits, post = split_loop(g, pr, token + after)
     xdtype = "rt.torch_module.complex_of(_dt)" if meta["state_complex"] else "_dt"
     first = g.op(meta["inputs"][0]).get("name")

@@ -52,7 +52,8 @@ def print_graph(g: Graph) -> str:
     if "classification" in meta:
         c = meta["classification"]
         lines.append("system " + ("LTI" if c["lti"] else "selective") + " " +
-                     " ".join(f"{k}={c[k]}" for k in ("A", "step", "input_coef", "readout", "readout_linear")))
+                     " ".join(f"{k}={c[k]}" for k in ("A", "step", "input_coef", "readout", "readout_linear"))
+                     + (f" forcing={c['forcing']}" if c.get("forcing") else ""))
     if "algorithm" in meta:
         lines.append(f"algorithm {meta['algorithm']['name']}")
     for n in order:

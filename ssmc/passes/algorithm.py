@@ -3,25 +3,39 @@
   LTI, readout linear                        -> "fft_conv": y = K * u + skip, with the kernel
         K_k[P, Y', U'] = sum_S' W[P, Y', S'] Abar[P, S']^k c[P, S', U'] computed once, applied by FFT
         (for dense, DPLR and block-diagonal A, matrix powers of Abar over the state's last dim)
-  selective, scalar A                         -> "ssd"        (Mamba-2's chunked matmul form)
+  selective, decay free of the readout's N    -> "ssd"        (Mamba-2's chunked matmul form)
   selective (or LTI outside the kernel form)  -> "chunked_scan" / "chunked_matrix_scan"
+
+The SSD form does not depend on spelling: N is the dim the readout sums over (the
+state's dims may come in any order: x[Hd, P, N] or x[N, Hd, P]); the structure may be
+scalar or a diagonal A that does not vary along N; the decay Abar may be an exp(...)
+(dynamics with zoh/zoh_euler, or written so) or any decay known to be positive, whose
+logarithm the pass then adds to the graph (sigmoid(v) -> -softplus(-v), a product ->
+the sum of the logs, a static constant like 1 - 2 ** (-5 - arange(H)) -> log of it).
+Where a form is not chosen, the reason says why ("SSD not chosen: ...").
 
 For the kernel form the pass also records which dims of the input pass straight through
 to the state and the output ("channels" P: no reduction and no mixing over them), so
 the kernel is per channel (S4D: one length-L filter per H) rather than a full
 input-by-output matrix; the other input, state and output dims are mixed (S5: U' = H).
 
-The NumPy reference always runs the sequential recurrence (it is the oracle); the
-choice is advisory for the other backends, which may still scan short sequences.
+The NumPy reference always runs the sequential recurrence (it is the oracle, and reads
+Abar as written); the choice is advisory for the other backends, which may still scan
+short sequences.
 
 Guarantees afterwards: meta["algorithm"] = {"name", "reason"}; for "fft_conv" also
 meta["lti_kernel"] = {"P", "S", "U", "Y"} (tuples of dim names) and "matrix"; for "ssd" also
-meta["ssd"] = {"z" (log-decay), "xside", "bside" (factors of Ebar without / with the
-state's last dim), "sign", "c", "product" (C * x), "readout" (its sum over N)}.
+meta["ssd"] = {"z" (log-decay: Abar = exp(z)), "n" (the readout's summed dim N), "xside",
+"bside" (factors of Ebar without / with N), "sign", "c", "product" (C * x), "readout" (its
+sum over N)}. Nodes the pass adds (the log-decay) are read only by the fast backends.
 """
 from __future__ import annotations
 
-from ..ir.graph import Graph
+import math
+
+from ..ir.graph import Graph, op
+from .shapes import annotate_shapes
+from .time import annotate_time
 
 _KERNEL_OPS = ("add", "sub", "mul", "div", "neg", "sum", "mean", "re", "im", "conj", "const", "dim", "param",
                "input", "state", "output", "exp", "log", "sqrt", "abs", "expm1", "log1p", "phi1", "arange",
@@ -77,38 +91,171 @@ def _mul_leaves(g: Graph, n: int, sign: int = 1) -> tuple[list[int], int]:
     return [n], sign
 
 
+def _interval(g: Graph, n: int) -> tuple[float, float] | None:
+    """Bounds of a static value computed from numbers and dims alone (None otherwise, or when
+    unknown). Dims may be set when the module is made, so a dim is only known to be >= 1."""
+    o = g.op(n)
+    k = o.kind
+    if g.fact(n, "complex"):
+        return None
+    if k == "const":
+        v = o.get("value")
+        return (float(v), float(v)) if isinstance(v, (int, float)) else None
+    if k == "dim":
+        return (1.0, math.inf)
+    if k == "arange":
+        return (0.0, math.inf)
+    args = [_interval(g, i) for i in g.operands(n)]
+    if not args or any(a is None for a in args):
+        return None
+    a = args[0]
+    b = args[1] if len(args) > 1 else None
+    try:
+        if k == "neg":
+            r = (-a[1], -a[0])
+        elif k == "add":
+            r = (a[0] + b[0], a[1] + b[1])
+        elif k == "sub":
+            r = (a[0] - b[1], a[1] - b[0])
+        elif k == "mul":
+            ps = [x * y for x in a for y in b]
+            r = (min(ps), max(ps))
+        elif k == "div":
+            if b[0] <= 0 <= b[1]:
+                return None
+            ps = [x / y for x in a for y in b]
+            r = (min(ps), max(ps))
+        elif k == "pow":
+            if a[0] <= 0:
+                return None
+            # a ** b = exp(b log a), monotone in each of b and log a.
+            ps = [y * math.log(x) if x != math.inf else (math.inf if y > 0 else -math.inf if y < 0 else 0.0)
+                  for x in a for y in b]
+            r = (_exp(min(ps)), _exp(max(ps)))
+        elif k in ("exp", "sigmoid", "softplus", "tanh", "sqrt", "log"):
+            if (k == "log" and a[0] <= 0) or (k == "sqrt" and a[0] < 0):
+                return None
+            f = {"exp": _exp, "log": lambda v: math.log(v) if v != math.inf else math.inf,
+                 "sqrt": math.sqrt, "tanh": math.tanh,
+                 "sigmoid": lambda v: 1 / (1 + _exp(-v)), "softplus": lambda v: v if v > 30 else math.log1p(_exp(v))}[k]
+            r = (f(a[0]), f(a[1]))
+        else:
+            return None
+    except (OverflowError, ValueError, ZeroDivisionError):
+        return None
+    return None if any(math.isnan(v) for v in r) else r
+
+
+def _exp(v: float) -> float:
+    return math.inf if v > 700 else math.exp(v)
+
+
+def _positive(g: Graph, n: int) -> bool:
+    """Whether a real value is > 0 for every parameter value and input (by its form)."""
+    o = g.op(n)
+    k = o.kind
+    if g.fact(n, "complex"):
+        return False
+    if k in ("exp", "sigmoid", "softplus"):
+        return True
+    if k in ("mul", "div", "add"):
+        return all(_positive(g, i) for i in g.operands(n))
+    if k == "pow":
+        return _positive(g, g.operands(n)[0])
+    r = _interval(g, n)
+    return r is not None and r[0] > 0
+
+
+def _log_plan(g: Graph, n: int):
+    """log(n) as a plan of new nodes, or None when n is not known to be positive. exp(z) gives
+    z itself, sigmoid(v) gives -softplus(-v) (exact where sigmoid underflows), products and
+    quotients the sums and differences of the logs of their factors, a positive number its
+    logarithm. A plan is ("node", m) (an existing node), ("exp_arg", m) (the operand of the
+    exp node m), ("const", value) or (kind, *plans)."""
+    k = g.op(n).kind
+    if g.fact(n, "complex"):
+        return None
+    if k == "exp":
+        return ("exp_arg", n)
+    if k == "const" and _positive(g, n):
+        return ("const", math.log(g.op(n).get("value")))
+    if k == "sigmoid":
+        return ("neg", ("softplus", ("neg", ("node", g.operands(n)[0]))))
+    if k in ("mul", "div"):
+        a, b = (_log_plan(g, i) for i in g.operands(n))
+        if a is None or b is None:
+            return None
+        return ("add" if k == "mul" else "sub", a, b)
+    return ("log", ("node", n)) if _positive(g, n) else None
+
+
+def _build(g: Graph, plan, span, new: list[int]) -> int:
+    """The nodes of a plan (see _log_plan); new ones are appended to `new`."""
+    kind, *args = plan
+    if kind == "node":
+        return args[0]
+    if kind == "exp_arg":
+        return g.operands(args[0])[0]
+    if kind == "const":
+        m = g.add(op("const", span, value=args[0]))
+    else:
+        m = g.add(op(kind, span), *(_build(g, a, span, new) for a in args))
+    new.append(m)
+    return m
+
+
+_READOUT = "the readout does not read the state as sum(C * x, N) for one dim N"
+
+
 def _ssd_form(g: Graph) -> tuple[dict | None, str]:
-    """Mamba-2's SSD form: Abar = exp(Z) with Z free of the state's last dim N, Ebar a
-    product of factors with N (the "B side") and without (the "X side"), and the state
-    read only through sum(C * x, N)."""
+    """Mamba-2's SSD form: the state read only through sum(C * x, N) for one state dim N,
+    Abar = exp(Z) with the log-decay Z free of N (an exp(...) as written, or the log of a
+    decay known to be positive: sigmoid(v), a positive constant, products of these), and
+    Ebar a product of factors with N (the "B side") and without (the "X side"). The state's
+    dims may come in any order; the structure may be scalar or a diagonal A free of N.
+    Returns a plan: the log-decay is built by choose_algorithm once the form is chosen."""
     meta = g.meta
     sysn = meta["system"]
     abar, ebar = g.operands(sysn)
-    n_dim = meta["state_dims"][-1]
-    if g.op(abar).kind != "exp":
-        return None, "the state matrix's discretization is not an exponential"
-    (z,) = g.operands(abar)
+    sdims = tuple(meta["state_dims"])
+    state = meta["state"]
+    users = g.users(state)
+    if len(users) != 1 or g.op(users[0][0]).kind != "mul":
+        return None, _READOUT
+    m = users[0][0]
+    musers = g.users(m)
+    if len(musers) != 1 or g.op(musers[0][0]).kind != "sum" or len(g.op(musers[0][0]).get("dims")) != 1:
+        return None, _READOUT
+    n_dim = g.op(musers[0][0]).get("dims")[0][0]
+    c = [i for i in g.operands(m) if i != state]
+    if n_dim not in sdims or len(c) != 1 or g.op(c[0]).kind in ("const", "dim"):
+        return None, _READOUT
+    structure = g.op(sysn).get("structure")
+    if g.op(abar).kind == "exp" and structure == "scalar":
+        plan = ("exp_arg", abar)
+    elif g.fact(abar, "complex"):
+        return None, "the state matrix's decay is complex"
+    else:
+        plan = _log_plan(g, abar)
+        if plan is None:
+            return None, ("the decay is not known to be positive (write it as exp(...), sigmoid(...) or a "
+                          "positive constant to get its logarithm)")
+    zdims = g.fact(g.operands(abar)[0] if plan[0] == "exp_arg" else abar, "dims")
+    if n_dim in zdims:
+        return None, (f"the decay varies along {n_dim}, the dim the readout sums over (a {structure} state "
+                      f"matrix over {n_dim}, not a scalar per {', '.join(d for d in sdims if d != n_dim) or 'state'})")
     leaves, sign = _mul_leaves(g, ebar)
     bside = [f for f in leaves if n_dim in g.fact(f, "dims")]
     xside = [f for f in leaves if n_dim not in g.fact(f, "dims")]
     if any(g.op(f).kind in ("const", "dim") for f in bside) or not bside:
         return None, f"the input term has no factor over {n_dim}"
-    covered = set(g.fact(z, "dims")).union(*(g.fact(f, "dims") for f in leaves))
-    if not set(meta["state_dims"]) <= covered or not set(g.fact(z, "dims")) <= set(meta["state_dims"]):
+    if not xside:
+        return None, f"the input term has no factor without {n_dim}"
+    covered = set(zdims).union(*(g.fact(f, "dims") for f in leaves))
+    if not set(sdims) <= covered or not set(zdims) <= set(sdims):
         return None, "the input term is broadcast over some state dims"
-    state = meta["state"]
-    users = g.users(state)
-    if len(users) != 1 or g.op(users[0][0]).kind != "mul":
-        return None, "the readout does not read the state as sum(C * x, N)"
-    m = users[0][0]
-    musers = g.users(m)
-    if len(musers) != 1 or g.op(musers[0][0]).kind != "sum" \
-            or [d for d, _ in g.op(musers[0][0]).get("dims")] != [n_dim]:
-        return None, "the readout does not read the state as sum(C * x, N)"
-    c = [i for i in g.operands(m) if i != state]
-    if len(c) != 1 or g.op(c[0]).kind in ("const", "dim"):
-        return None, "the readout does not read the state as sum(C * x, N)"
-    return dict(z=z, xside=xside, bside=bside, sign=sign, c=c[0], product=m, readout=musers[0][0]), ""
+    return dict(z=plan, n=n_dim, xside=xside, bside=bside, sign=sign, c=c[0], product=m,
+                readout=musers[0][0]), ""
 
 
 def choose_algorithm(g: Graph) -> Graph:
@@ -116,7 +263,7 @@ def choose_algorithm(g: Graph) -> Graph:
     g = g.copy()
     cls = g.meta["classification"]
     structure = g.op(g.meta["system"]).get("structure")
-    per_token = [k for k in ("A", "step", "input_coef", "readout") if cls.get(k) == "token"]
+    per_token = [k for k in ("A", "step", "input_coef", "forcing", "readout") if cls.get(k) == "token"]
     chunked = ("a chunked scan: state-sized values exist one chunk of tokens at a time, the recurrence runs "
                "within each chunk and carries the state across chunk boundaries")
     if cls["lti"]:
@@ -136,23 +283,30 @@ def choose_algorithm(g: Graph) -> Graph:
     elif not cls["readout_linear"] and not per_token:
         name = "chunked_scan" if structure in ("diagonal", "scalar") else "chunked_matrix_scan"
         reason = f"the readout is not linear in the state, so no convolution form exists: {chunked}"
-    elif structure == "scalar":
+    elif structure in ("scalar", "diagonal"):
         form, why = _ssd_form(g)
         if form is not None:
             name = "ssd"
-            reason = (f"selective ({', '.join(per_token) or 'readout'} per-token) with a scalar-times-identity state "
-                      "matrix: the SSD chunked matmul form (Mamba-2) applies: within a chunk, outputs by masked "
-                      "matmuls of the log-decays, C and B; across chunks, the state carried by one recurrence step")
+            new: list[int] = []
+            abar = g.operands(g.meta["system"])[0]
+            written = form["z"][0] == "exp_arg" and form["z"][1] == abar
+            form["z"] = _build(g, form["z"], g.op(abar).span, new)
+            annotate_shapes(g, new)
+            annotate_time(g, new)
+            shape = ("a scalar-times-identity state matrix" if structure == "scalar" else
+                     f"a diagonal state matrix that does not vary along {form['n']}")
+            decay = "" if written else "; the decay is not written as exp(...), so its logarithm is formed (log(Abar))"
+            reason = (f"selective ({', '.join(per_token) or 'readout'} per-token) with {shape}: the SSD chunked "
+                      "matmul form (Mamba-2) applies: within a chunk, outputs by masked matmuls of the log-decays, "
+                      "C and B; across chunks, the state carried by one recurrence step" + decay)
             g.meta["ssd"] = form
         else:
             name = "chunked_scan"
-            reason = f"selective with a scalar state matrix, but {why}: {chunked}"
-    elif structure == "diagonal":
-        name = "chunked_scan"
-        reason = f"selective ({', '.join(per_token)} per-token) with a diagonal state matrix: {chunked}"
+            reason = (f"selective ({', '.join(per_token) or 'readout'} per-token) with a {structure} state matrix: "
+                      f"{chunked}; SSD not chosen: {why}")
     else:
         name = "chunked_matrix_scan"
         reason = (f"selective ({', '.join(per_token)} per-token) with a {structure} state matrix: {chunked}, "
-                  "with matrix products")
+                  f"with matrix products; SSD not chosen: the state matrix is {structure}, not scalar or diagonal")
     g.meta["algorithm"] = dict(name=name, reason=reason)
     return g

@@ -3,17 +3,29 @@ classified LTI or selective.
 
 The input term E is translated to sympy with the primary input as a symbol `u`.
 Values computed by `linear(...)` or `conv(...)`, params, other inputs and dims are
-opaque coefficients; sum/mean/re/im/conj are linear and pass through. E must be
-`c * u` with c free of u (no `u * u`, no `exp(u)`, no `+ 1`); an E that never uses
-u directly but is driven by per-token features (`B * silu(conv(...))`) is accepted.
+opaque coefficients; sum/mean/re/im/conj are linear and pass through.
+
+Named values are coefficients (the contract, section 7). The check first inlines them
+(so `w = 2 * u; E = B * w` stays linear in u with a static coefficient and an LTI system
+stays LTI); when that view is not linear, each named value other than E itself is taken
+as an opaque coefficient and only what E writes out is checked: `B * u` with
+`B = sum(W_B * u, H)` is linear (a per-token coefficient), `u * u` or `exp(u)` written
+in E is not.
+
+E = c * u + f: the forcing f (the part without u) must be per-token, like
+`B * u + linear(u, N)` or `B * silu(conv(...))` (a term driven only by features); a part
+that depends on no input at all (`B * u + 1`, `+ b` for a param b) is an error: a
+constant forcing is not an input term, and it would make an LTI system affine.
 
 The same translation of the output in the state symbol `x` tells whether the
 readout is linear in the state and whether its coefficient is per-token.
 
-Guarantees afterwards: meta["classification"] = {"A", "step", "input_coef", "readout":
-"static" | "token", "readout_linear": bool, "lti": bool, "driven_by": "input" | "features"}.
+Guarantees afterwards: meta["classification"] = {"A", "step", "input_coef", "forcing",
+"readout": "static" | "token" (forcing: "token" | None), "readout_linear": bool,
+"lti": bool, "driven_by": "input" | "features"}; an LTI system has no forcing.
 
 Example: E = B * u with B = linear(u, N): coefficient B (per-token) -> selective.
+Example: E = B * u + linear(u, N): coefficient B, per-token forcing -> selective.
 """
 from __future__ import annotations
 
@@ -34,10 +46,26 @@ def _err(g, msg, span, hint=None):
 class _ToSympy:
     """IR subtree -> sympy, with chosen leaves as symbols and opaque nodes as symbols."""
 
-    def __init__(self, g: Graph, leaf: int, leaf_symbol: sp.Symbol):
+    def __init__(self, g: Graph, leaf: int, leaf_symbol: sp.Symbol, opaque: frozenset = frozenset()):
         self.g, self.leaf, self.sym = g, leaf, leaf_symbol
+        # Nodes taken as coefficients whatever their kind (named values, in the second view).
+        self.opaque = opaque
         self.memo: dict[int, sp.Expr] = {}
         self.symbols: dict[sp.Symbol, int] = {}
+
+    def visible(self, root: int) -> list[int]:
+        """The nodes written in root's expression, in id order: through linear/conv calls (a
+        `u * u` inside one is still written there) but not into named values of `opaque` nor
+        into a param's initializer."""
+        seen, stack = set(), [root]
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n != self.leaf and self.g.op(n).kind != "param" and n not in self.opaque:
+                stack.extend(self.g.operands(n))
+        return sorted(seen)
 
     def __call__(self, n: int) -> sp.Expr:
         if n in self.memo:
@@ -48,7 +76,7 @@ class _ToSympy:
         elif o.kind == "const":
             v = o.get("value")
             r = sp.nsimplify(v) if not isinstance(v, complex) else sp.Symbol(f"c{n}")
-        elif o.kind in _OPAQUE:
+        elif o.kind in _OPAQUE or n in self.opaque:
             s = sp.Symbol(f"v{n}")
             self.symbols[s] = n
             r = s
@@ -84,14 +112,28 @@ def _nonlinear_in(expr: sp.Expr, s: sp.Symbol) -> bool:
     return s in d.free_symbols
 
 
+def _first_nonlinear(conv: "_ToSympy", nodes: list[int], u: sp.Symbol) -> int | None:
+    """The first node (in id order: innermost first) whose value is not linear in u."""
+    for n in nodes:
+        if _nonlinear_in(conv(n), u):
+            return n
+    return None
+
+
+def _static_part(g: Graph, conv: "_ToSympy", expr: sp.Expr, u: sp.Symbol) -> sp.Expr:
+    """The part of expr that depends on no input: its addends at u = 0 free of per-token values."""
+    off = sp.expand_mul(expr.subs(u, 0))
+    return sp.simplify(sp.Add(*[t for t in sp.Add.make_args(off) if _time(g, conv.symbols, t) != "token"]))
+
+
 def _offset_span(g: Graph, e: int, conv: "_ToSympy", u: sp.Symbol, espan):
-    """Where the first addend of E (through + - and unary -) that is not zero at u = 0 is written."""
+    """Where the first addend of E (through + - and unary -) with a part that depends on no input is written."""
     n = _offset_term(g, e, conv, u)
     return g.op(n).span if n != e else espan
 
 
 def _offset_term(g: Graph, e: int, conv: "_ToSympy", u: sp.Symbol) -> int:
-    """The first addend of E (through + - and unary -) that is not zero at u = 0; else E itself."""
+    """The first addend of E (through + - and unary -) with a part that depends on no input; else E."""
     terms, stack = [], [e]
     while stack:
         n = stack.pop()
@@ -101,7 +143,7 @@ def _offset_term(g: Graph, e: int, conv: "_ToSympy", u: sp.Symbol) -> int:
             terms.append(n)
     whole = g.op(e).span
     for n in terms:
-        if sp.simplify(conv(n).subs(u, 0)) != 0:
+        if _static_part(g, conv, conv(n), u) != 0:
             # A name resolved to its declaration has lost the place it was used; point at E then.
             return n if _inside(g.op(n).span, whole) else e
     return e
@@ -128,12 +170,23 @@ def check_linearity(g: Graph) -> Graph:
     u_node = meta["inputs"][0]
     u_name = g.op(u_node).get("name")
     u = sp.Symbol("u")
-    conv = _ToSympy(g, u_node, u)
-    expr = conv(e)
-    sub = sorted(g.ancestors(e) | {e})
     # Where E is written in the transition (a bare name's node carries its declaration's span).
     espan = (meta.get("transition") or {}).get("term_span") or g.op(e).span
+    # First with named values inlined; if that is not linear, with every named value but E
+    # itself as a coefficient (the contract: named values are coefficients).
+    conv = _ToSympy(g, u_node, u)
+    bad = _first_nonlinear(conv, sorted(g.ancestors(e) | {e}), u)
+    if bad is not None:
+        named = frozenset(n for n in meta["values"].values() if n not in (e, u_node))
+        conv = _ToSympy(g, u_node, u, opaque=named)
+        bad = _first_nonlinear(conv, conv.visible(e), u)
+        if bad is not None:
+            raise _err(g, f"the input term is not linear in the input '{u_name}'", g.op(bad).span or espan,
+                       hint=f"write it as coefficient * {u_name}, with a coefficient that does not "
+                            f"use '{u_name}' directly (a named value or a linear(...) of it is fine)")
+    expr = conv(e)
     driven_by = "input"
+    forcing = None
     if u not in expr.free_symbols:
         if g.fact(e, "time") != "token":
             raise _err(g, "the input term does not depend on any input", espan,
@@ -141,29 +194,30 @@ def check_linearity(g: Graph) -> Graph:
         driven_by = "features"
         coef_time = "token"
     else:
-        for n in sub:
-            if _nonlinear_in(conv(n), u):
-                raise _err(g, f"the input term is not linear in the input '{u_name}'", g.op(n).span,
-                           hint=f"write it as coefficient * {u_name}, with a coefficient that does not "
-                                f"use '{u_name}' directly (a linear(...) of it is fine)")
-        if sp.simplify(expr.subs(u, 0)) != 0:
-            raise _err(g, f"the input term has a part that does not depend on the input '{u_name}'",
-                       _offset_span(g, e, conv, u, espan),
-                       hint=f"every term must be multiplied by '{u_name}' (no constant offset)")
         coef_time = _time(g, conv.symbols, sp.diff(expr, u))
+        if sp.simplify(expr.subs(u, 0)) != 0:
+            # What does not multiply u is a forcing term: per-token (the token's features) is fine.
+            forcing = "token"
+    if _static_part(g, conv, expr, u) != 0:
+        raise _err(g, f"the input term has a part that does not depend on the input '{u_name}' "
+                      f"nor on any per-token value (a constant forcing)",
+                   _offset_span(g, e, conv, u, espan),
+                   hint=f"every term must multiply '{u_name}' or be per-token, like linear({u_name}, "
+                        f"{meta['state_dims'][-1]}) (no constant offset)")
     # The readout: linear in the state?
     xs = sp.Symbol("x")
     rconv = _ToSympy(g, meta["state"], xs)
     y = rconv(meta["output"])
     readout_linear = not _nonlinear_in(y, xs)
     readout_time = _time(g, rconv.symbols, sp.diff(y, xs)) if xs in y.free_symbols else "static"
-    cls = dict(A=g.fact(a, "time"), input_coef=coef_time, readout=readout_time,
+    cls = dict(A=g.fact(a, "time"), input_coef=coef_time, forcing=forcing, readout=readout_time,
                readout_linear=readout_linear, driven_by=driven_by)
     if g.op(meta["system"]).kind == "dynamics":
         cls["step"] = g.fact(ops[2], "time")
     else:
         cls["step"] = None
-    cls["lti"] = all(cls[k] in ("static", None) for k in ("A", "step", "input_coef", "readout")) and readout_linear
+    cls["lti"] = all(cls[k] in ("static", None) for k in ("A", "step", "input_coef", "forcing", "readout")) \
+        and readout_linear
     spans = {"A": meta["transition"].get("matrix_span"), "step": (meta.get("discretize") or {}).get("step_span")}
     for k, n in (("A", a),) + ((("step", ops[2]),) if len(ops) > 2 else ()):
         if meta["state"] in g.ancestors(n):
