@@ -106,7 +106,10 @@ def _module_from(text: str, source: Source, backend: str) -> types.ModuleType:
     # torch.compile's tracing of globals) find it.
     sys.modules[mod.__name__] = mod
     mod.__dict__["__file__"] = f"<ssmc:{source.filename}>"
-    code = compile(text, mod.__dict__["__file__"], "exec")
+    # dont_inherit: the module runs as the same text written to a file would (this file's
+    # `from __future__ import annotations` would make Triton kernels' `_tl.constexpr`
+    # annotations strings, which Triton's interpreter does not read as constexpr).
+    code = compile(text, mod.__dict__["__file__"], "exec", dont_inherit=True)
     exec(code, mod.__dict__)
     mod.__dict__["__ssmc_source__"] = text
     mod.__dict__["__ssmc_backend__"] = backend

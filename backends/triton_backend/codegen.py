@@ -42,6 +42,8 @@ views (interleaved real and imaginary parts).
 """
 from __future__ import annotations
 
+import re
+
 from ...errors import SsmcError
 from ...ir.graph import Graph
 from ..codegen_common import module_header
@@ -61,6 +63,66 @@ _COMPLEX_OK = ("add", "sub", "mul", "div", "neg", "exp", "phi1", "re", "im", "co
 
 class Unsupported(SsmcError):
     """The spec uses something the Triton backend does not generate yet."""
+
+
+_FOLD = {"neg": lambda a: -a, "add": lambda a, b: a + b, "sub": lambda a, b: a - b,
+         "mul": lambda a, b: a * b, "div": lambda a, b: a / b}
+
+
+def _constant(g: Graph, n: int) -> float | None:
+    """The value of a real compile-time constant (`2`, `-1`, `1 / 2`: the IR keeps `-1` as
+    neg(1), computed in torch), or None."""
+    o = g.op(n)
+    if o.kind == "const":
+        v = o.get("value")
+        return None if isinstance(v, complex) else float(v)
+    if o.kind not in _FOLD:
+        return None
+    vals = [_constant(g, i) for i in g.operands(n)]
+    if any(v is None for v in vals):
+        return None
+    try:
+        return float(_FOLD[o.kind](*vals))
+    except (ZeroDivisionError, OverflowError):
+        return None
+
+
+# Integer powers up to this are written as products (exact, like numpy's); above, as a
+# magnitude exp(c log|x|) with the sign of x^c.
+_PRODUCT_POWER = 8
+
+
+def _power(x: str, c: float, name: str) -> tuple[list[str], str]:
+    """(lines, expression) for x ** c with a compile-time exponent c, as numpy computes it:
+    an integer c as products (a negative x is fine; exp(c log x) would be nan), halves by
+    tl.sqrt, other c by exp(c log x) (nan for a negative x, as numpy's)."""
+    if c == 0:
+        # 1 everywhere, x's tile shape (x ** 0 == 1 for every x, nan and inf included).
+        return [], f"tl.where({x} == {x}, 1.0, 1.0)"
+    if c == int(c):
+        m = abs(int(c))
+        if m <= _PRODUCT_POWER:
+            text = " * ".join([x] * m)
+        else:
+            mag = f"tl.exp({float(m)!r} * tl.log(tl.abs({x})))"
+            text = f"tl.where({x} < 0.0, -{mag}, {mag})" if m % 2 else mag
+            lines = [f"{name}_p = {text}"]
+            return lines, (f"1.0 / {name}_p" if c < 0 else f"{name}_p")
+        return [], ((f"1.0 / ({text})" if " " in text else f"1.0 / {text}") if c < 0 else text)
+    if abs(c) == 0.5:
+        return [], (f"tl.sqrt({x})" if c > 0 else f"1.0 / tl.sqrt({x})")
+    return [], f"tl.exp({c!r} * tl.log({x}))"
+
+
+def _power_runtime(x: str, e: str, name: str) -> tuple[list[str], str]:
+    """(lines, expression) for x ** e with an exponent known only at run time: |x|^e with
+    the sign (-1)^e where x < 0 and e is an integer, nan where x < 0 and it is not
+    (numpy's), and x ** 0 == 1."""
+    lines = [f"{name}_m = tl.exp({e} * tl.log(tl.abs({x})))",
+             f"{name}_n = {e} == tl.floor({e})  # an integer exponent: defined for a negative base",
+             f"{name}_o = ({e} - 2.0 * tl.floor(0.5 * {e})) == 1.0  # odd",
+             f"{name}_s = tl.where({name}_n, tl.where({name}_o, -{name}_m, {name}_m), tl.exp({e} * tl.log({x})))"]
+    return lines, f"tl.where({e} == 0.0, 1.0, tl.where({x} < 0.0, {name}_s, {name}_m))"
 
 
 def _host_side(g: Graph, loop: list[int]) -> set[int]:
@@ -110,9 +172,11 @@ def _plan(g: Graph, loop: list[int]):
     reduced = set()
     for n in [n for n in loop if n not in host]:
         o = g.op(n)
-        if any(g.fact(i, "complex") for i in g.operands(n)) and o.kind not in _COMPLEX_OK:
+        complex_in = any(g.fact(i, "complex") for i in g.operands(n))
+        if complex_in and o.kind not in _COMPLEX_OK:
             raise Unsupported(f"{o.kind}() of a complex value")
-        if o.kind not in _UNARY and o.kind not in _BINARY and o.kind not in ("sum", "mean", "pow"):
+        if o.kind not in _UNARY and o.kind not in _BINARY and o.kind not in ("sum", "mean", "pow") \
+                and not (complex_in and o.kind in _COMPLEX_OK):
             raise Unsupported(f"{o.kind}() inside the recurrence")
         if o.kind in ("sum", "mean"):
             dims = [d for d, _ in o.get("dims")]
@@ -145,7 +209,14 @@ def supports(compiled) -> tuple[bool, str]:
 
 
 class _Kernel:
-    """Builds the kernel text for one block."""
+    """Builds the kernel text for one block.
+
+    The only names from the spec in a kernel are its dims', as `s_<dim>` (the size) and
+    `i_<dim>` (the tile's index along it), and no other kernel name starts with `s_` or
+    `i_`: a dim may be called anything (`k3`, `rows`, `L`, `BLOCK_T`). Values are
+    `v<node>`, inputs `in<k>`, `st<k>`, `out<k>`; Triton itself is `_triton` / `_tl`
+    (`_namespaced`), so a block called `tl` or `triton` shadows nothing.
+    """
 
     def __init__(self, g: Graph, pr: TorchPrinter, needed, loop, exits):
         self.g, self.pr = g, pr
@@ -194,10 +265,12 @@ class _Kernel:
         return lines
 
     def colsum(self, expr: str) -> str:
-        """A sum over the tile's columns (the reduced state dim), kept as an axis of size 1."""
+        """A sum over the tile's columns (the reduced state dim), kept as an axis of size 1.
+        Padding columns (BLOCK_N > the dim's size) are left out: they hold a value of
+        zeros (x ** 0, 1 + x, exp(x) of a masked 0 are not 0)."""
         if self.chunked:
-            return f"tl.sum({expr}, axis=2)[:, :, None]"
-        return f"tl.sum({expr}, axis=1)[:, None]"
+            return f"tl.sum(tl.where(m_cols, {expr}, 0.0), axis=2)[:, :, None]"
+        return f"tl.sum(tl.where(m_cols, {expr}, 0.0), axis=1)[:, None]"
 
     def index(self, dims: tuple) -> str:
         """Offset of a tile over `dims` in a contiguous tensor laid out in that order."""
@@ -238,6 +311,9 @@ class _Kernel:
         ops_ = g.operands(n)
         if not self.cplx(n) and not any(self.cplx(i) for i in ops_):
             self.tile[n] = name
+            if k == "pow":
+                lines, text = self.power(n, name)
+                return lines + [f"{name} = {text}"]
             return [f"{name} = {self.real_expr(n)}"]
         a = [self.ref(i) for i in ops_]
         parts = [x if isinstance(x, tuple) else (x, None) for x in a]
@@ -306,13 +382,21 @@ class _Kernel:
             return _UNARY[o.kind].format(ins[0])
         if o.kind in _BINARY:
             return f"{ins[0]} {_BINARY[o.kind]} {ins[1]}"
-        if o.kind == "pow":
-            (_, e) = g.operands(n)
-            if g.op(e).kind == "const" and g.op(e).get("value") == 2:
-                return f"{ins[0]} * {ins[0]}"
-            return f"tl.exp({ins[1]} * tl.log({ins[0]}))"
         total = self.colsum(ins[0])
         return total if o.kind == "sum" else f"{total} / s_{self.col}"
+
+    def power(self, n: int, name: str, minus_one: bool = False) -> tuple[list[str], str]:
+        """(lines, expression) for the real power node n (`x ** c`), or with `minus_one` for
+        x ** (c - 1), its derivative's power."""
+        x, e = (self.ref(i) for i in self.g.operands(n))
+        base, ex = self.g.operands(n)
+        c = _constant(self.g, ex)
+        if c is not None:
+            return _power(x, c - 1 if minus_one else c, name)
+        if _constant(self.g, base) is not None:
+            # A number as the base (`2 ** v`): a tile of the exponent's shape.
+            x = f"({x} + 0.0 * {e})"
+        return _power_runtime(x, f"({e} - 1.0)" if minus_one else e, name)
 
     def ref(self, n: int):
         o = self.g.op(n)
@@ -332,9 +416,9 @@ class _Kernel:
         for j, d in enumerate(lead):
             stride = " * ".join([f"s_{e}" for e in lead[j + 1:]] + [f"s_{col}", f"s_{col}"])
             terms.append(f"i_{d}[:, :, None] * {stride}")
-        terms += [f"i_{col}[:, :, None] * s_{col}", "i_k3"]
+        terms += [f"i_{col}[:, :, None] * s_{col}", "k_in"]
         offset = f"{base} + " + " + ".join(terms)
-        mask = ("m_rows[:, :, None] & " if lead else "") + "m_cols[:, :, None] & (i_k3 < s_" + col + ")"
+        mask = ("m_rows[:, :, None] & " if lead else "") + f"m_cols[:, :, None] & (k_in < s_{col})"
         if self.cplx(n):
             self.tile[n] = (f"{name}_r", f"{name}_i")
             return [f"{name}_r = tl.load({ptr} + 2 * ({offset}), mask={mask}, other=0.0)",
@@ -371,13 +455,9 @@ class _Kernel:
             if self.cplx(n) or any(self.cplx(i) for i in g.operands(n)):
                 if kind not in _COMPLEX_OK:
                     return False
-            elif kind not in _VJP and not (kind == "pow" and self._square(n)):
+            elif kind not in _VJP and kind != "pow":
                 return False
         return True
-
-    def _square(self, n: int) -> bool:
-        e = self.g.operands(n)[1]
-        return self.g.op(e).kind == "const" and self.g.op(e).get("value") == 2
 
     def cls(self, n: int) -> tuple[bool, bool]:
         """(has rows, has the column) of node n's tile."""
@@ -403,11 +483,21 @@ class _Kernel:
         a = [self.ref(i) for i in ops_]
         res = self.tile[n]
         fields = dict(G=gname, a=a[0], b=a[1] if len(a) > 1 else None, r=res, col=self.col)
-        if k == "pow":
-            out = [_VJP["square"][0].format(**fields), None]
-        else:
-            out = [f.format(**fields) for f in _VJP[k]]
+        out = [f.format(**fields) for f in _VJP[k]]
         return [(i, c) for i, c in zip(ops_, out) if c is not None and g.op(i).kind not in ("const", "dim")]
+
+    def pow_vjp(self, n: int, G: str, tmp: str) -> tuple[list[str], list[tuple[int, str]]]:
+        """(lines, [(operand, contribution)]) for the real power r = x ** e: dx = G e x^(e-1);
+        de = G r log(x), 0 where x == 0 and e >= 0 (torch's), none for a constant e."""
+        g = self.g
+        (xn, en), (x, e) = g.operands(n), (self.ref(i) for i in g.operands(n))
+        c = _constant(g, en)
+        lines, p = self.power(n, f"{tmp}_d", minus_one=True)
+        out = [] if c == 0 else [(xn, f"({G}) * {e if c is None else repr(c)} * ({p})")]
+        if c is None:
+            lines.append(f"{tmp}_l = tl.where(({x} == 0.0) & ({e} >= 0.0), 0.0, {self.tile[n]} * tl.log({x}))")
+            out.append((en, f"({G}) * {tmp}_l"))
+        return lines, [(i, t) for i, t in out if g.op(i).kind not in ("const", "dim")]
 
     def cvjp(self, n: int, G, tmp: str) -> tuple[list[str], list[tuple[int, object]]]:
         """(lines, [(operand, contribution)]): the derivative of node n given its gradient G,
@@ -670,8 +760,8 @@ class _Kernel:
         def backprop(n: int) -> None:
             G = grads[n]
             complex_ = self.cplx(n) or any(self.cplx(i) for i in g.operands(n))
-            if complex_:
-                lines, contribs = self.cvjp(n, G, f"d{pr.num[n]}")
+            if complex_ or g.op(n).kind == "pow":
+                lines, contribs = (self.cvjp if complex_ else self.pow_vjp)(n, G, f"d{pr.num[n]}")
                 for line in lines:
                     k(ind + line)
             else:
@@ -746,14 +836,15 @@ class _Kernel:
         for v, n in zip(sts, self.statics):
             lay = pr.lay(n)
             off = self.index(lay)
+            # Every contribution was summed down to the static's own shape as it was added
+            # (`add`), so the accumulator's other rows and columns are broadcast copies:
+            # one program's first row and column (first_only) adds it, summed no further.
             mask = f"({self.mask(lay)}) & (Z1 == 0.0){self.first_only(n)}"
             if self.cplx(n):
                 for part, plus in (("_r", ""), ("_i", " + 1")):
-                    k(f"    g{v}_sum{part} = {self.reduce(f'g{v}_acc{part}', (True, True), self.cls(n))}")
-                    k(f"    tl.atomic_add(g{v} + 2 * ({off}){plus} + Z1.to(tl.int32), g{v}_sum{part} + Z1, mask={mask})")
+                    k(f"    tl.atomic_add(g{v} + 2 * ({off}){plus} + Z1.to(tl.int32), g{v}_acc{part} + Z1, mask={mask})")
             else:
-                k(f"    g{v}_sum = {self.reduce(f'g{v}_acc', (True, True), self.cls(n))}")
-                k(f"    tl.atomic_add(g{v} + {off} + Z1.to(tl.int32), g{v}_sum + Z1, mask={mask})")
+                k(f"    tl.atomic_add(g{v} + {off} + Z1.to(tl.int32), g{v}_acc + Z1, mask={mask})")
         return K
 
     def first_only(self, n: int) -> str:
@@ -807,7 +898,7 @@ class _Kernel:
         else:
             k(f"    x = tl.load(x0 + {xoff}, mask={both}, other=0.0)")
         if self.matrix:
-            k("    i_k3 = tl.arange(0, BLOCK_N)[None, None, :]")
+            k("    k_in = tl.arange(0, BLOCK_N)[None, None, :]  # the column a matrix entry reads")
         for name, n in zip(sts, self.statics):
             lay = pr.lay(n)
             loader = (self.matrix_load(name, "0", f"{name}_v", n) if self.is_matrix(n)
@@ -995,6 +1086,15 @@ def half_inputs(g: Graph, kernel_loop: set | None, has_backward: bool) -> tuple[
     return tuple(names)
 
 
+def _namespaced(kernel: str) -> str:
+    """Kernel text with Triton under the generated module's private names (`_tl`,
+    `_triton`): a module-level name of the spec's, a block's class called `tl` or
+    `triton`, must not rebind what the kernels use. Names from the spec in the kernel
+    text (dims as `s_<dim>`, comments) are never followed by a dot, so the rewrite
+    touches only Triton's."""
+    return re.sub(r"(?<![\w.])tl\.", "_tl.", kernel).replace("@triton.jit", "@_triton.jit")
+
+
 def render(compiled) -> str:
     """Python source: the PyTorch module, plus a fused Triton kernel per block."""
     ok, why = supports(compiled)
@@ -1006,7 +1106,7 @@ def render(compiled) -> str:
     def fused(g, pr, needed, loop, exits):
         kernel = _Kernel(g, pr, needed, loop, exits)
         kern, launch = kernel.source()
-        kernels.append("\n".join(kern))
+        kernels.append(_namespaced("\n".join(kern)))
         built.append(kernel)
         return launch
 
@@ -1027,6 +1127,6 @@ def render(compiled) -> str:
         classes.append(text.replace("(rt.TorchModule):", base, 1))
     head = module_header(compiled, "triton", "generated Triton kernels",
                          ("from ssmc.runtime import torch_ops as ops", "import ssmc.runtime.triton_module",
-                          "import triton", "import triton.language as tl",
+                          "import triton as _triton", "import triton.language as _tl",
                           "from ssmc.runtime.triton_lib import _ssmc_compose, _ssmc_compose_complex  # noqa: F401"))
     return "\n\n\n".join([head, *kernels, *classes])

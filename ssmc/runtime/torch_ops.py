@@ -100,6 +100,9 @@ def solve(q, p):
 
 def matvec(m, v):
     m, v = _common(m, v)
+    if v.shape[-1] == 1 and m.shape[-1] != 1:
+        # A vector broadcast over the matrix dim (`x' = A x + u` with u[H], A dense over N).
+        v = v.expand(*v.shape[:-1], m.shape[-1])
     return (m @ v.unsqueeze(-1)).squeeze(-1)
 
 

@@ -196,7 +196,10 @@ def fused_scan(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], sizes: li
     `save`, for the backward kernel). With `tmap` (int32 [L]), step t of the recurrence
     reads and writes token tmap[t]: a scan order without reordered copies of the inputs.
     A torch.library op, so torch.compile sees one node."""
-    xf = torch.empty_like(x0)
+    # The kernel addresses every state through raw contiguous offsets: a permuted or sliced
+    # initial state (whose empty_like would keep its strides) is read and written as a copy.
+    x0 = x0.contiguous()
+    xf = torch.empty(x0.shape, dtype=x0.dtype, device=x0.device)
     outs = _outputs(x0, out_shapes, out_ranks)
     states = _states(x0, sizes, save)
     mapped = tmap is not None
@@ -207,7 +210,7 @@ def fused_scan(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], sizes: li
 
 @fused_scan.register_fake
 def _fused_scan_fake(key, x0, inputs, sizes, batch, rows, cols, square, out_shapes, out_ranks, save, tmap):
-    return [torch.empty_like(x0), *_outputs(x0, out_shapes, out_ranks), _states(x0, sizes, save)]
+    return [x0.new_empty(x0.shape), *_outputs(x0, out_shapes, out_ranks), _states(x0, sizes, save)]
 
 
 def _setup(ctx, inputs, output):
@@ -238,7 +241,7 @@ def fused_scan_backward(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], 
 
 @fused_scan_backward.register_fake
 def _fused_scan_backward_fake(key, x0, inputs, states, tmap, sizes, batch, rows, cols, square, gxf, gouts):
-    return [torch.empty_like(x0), *[t.new_empty(t.shape) for t in inputs]]
+    return [x0.new_empty(x0.shape), *[t.new_empty(t.shape) for t in inputs]]
 
 
 def _backward(ctx, grads):
