@@ -306,7 +306,8 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         w("        # per-token values after the scan, over the whole sequence")
         for n in post:
             w(f"        {pr.line(n)}")
-    w(f"        return {pr.var(out_node)}, (_x, *tails)")
+    # The output in its declared dims' order (the loop may have laid it out in the state's).
+    w(f"        return {pr.arg(g.operands(out_node)[0], tuple(g.fact(out_node, 'dims')))}, (_x, *tails)")
     return "\n".join(line for line in bind_dims(g, L) if line == "" or line.strip()) + "\n"
 
 
@@ -391,6 +392,10 @@ def split_loop(g: Graph, pr: TorchPrinter, token: list[int]):
     exits = [n for n in loop
              if n == g.operands(meta["output"])[0]
              or any(u not in inside and u != sysn and g.op(u).kind != "output" for u, _ in g.users(n))]
+    # An output that is the bare state (`output y = x`) reads the per-token states, which
+    # the loop makes one chunk at a time: they leave it as a loop result too.
+    if g.operands(meta["output"])[0] == meta["state"]:
+        exits.append(meta["state"])
     pre = [n for n in token if n not in inside and not (g.ancestors(n) & (inside | {meta["state"]}))]
     post = [n for n in token if n not in inside and n not in pre]
     return pre, loop, exits, post
