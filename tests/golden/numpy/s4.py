@@ -16,19 +16,20 @@ class S4(rt.ReferenceModule):
     # Each dim: its default, as an expression over earlier dims (data, never code).
     DIMS = (
         ('H', ('num', 64)),  # H = 64
-        ('N', ('num', 32)),  # N = 32
+        ('N', ('num', 64)),  # N = 64
+        ('M', ('div', ('dim', 'N'), ('num', 2))),  # M = N / 2
         ('R', ('num', 1)),  # R = 1
     )
     INPUTS = (('u', ('H',)),)
     STATE = ('x', ('H', 'N'), True)
     OUTPUT = ('y', ('H',))
     PARAMS = (
-        ('Lambda', 'param', {'dims': ('H', 'N'), 'complex': True, 'frozen': False}),
-        ('P', 'param', {'dims': ('H', 'N', 'R'), 'complex': True, 'frozen': False}),
-        ('Q', 'param', {'dims': ('H', 'N', 'R'), 'complex': True, 'frozen': False}),
-        ('B', 'param', {'dims': ('H', 'N'), 'complex': True, 'frozen': False}),
+        ('Lambda', 'param', {'dims': ('H', 'M'), 'complex': True, 'frozen': False}),
+        ('P', 'param', {'dims': ('H', 'M', 'R'), 'complex': True, 'frozen': False}),
+        ('Q', 'param', {'dims': ('H', 'M', 'R'), 'complex': True, 'frozen': False}),
+        ('B', 'param', {'dims': ('H', 'M'), 'complex': True, 'frozen': False}),
         ('log_dt', 'param', {'dims': ('H',), 'complex': False, 'frozen': False}),
-        ('C', 'param', {'dims': ('H', 'N'), 'complex': True, 'frozen': False}),
+        ('C', 'param', {'dims': ('H', 'M'), 'complex': True, 'frozen': False}),
         ('D', 'param', {'dims': ('H',), 'complex': False, 'frozen': False}),
     )
     CONVS = ()
@@ -36,27 +37,27 @@ class S4(rt.ReferenceModule):
     ALGORITHM = 'fft_conv'
 
     def _init_Lambda(self, d, gen):
-        N = d['N']
-        _2 = rt.init.hippo_legs_diag(N)  # [N]
+        M = d['M']
+        _2 = rt.init.hippo_legs_diag(M)  # [M]
         return _2
 
     def _init_P(self, d, gen):
-        N = d['N']
-        _5 = np.arange(N, dtype=np.float64)  # [N]
-        _6 = 0.5 + _5  # [N]
-        _7 = np.sqrt(_6)  # [N]
-        _35 = np.sqrt(N)  # []
-        _36 = _7 / _35  # [N]
-        return rt.align(_36, ('N',), ('H', 'N', 'R'))
+        M = d['M']
+        _5 = np.arange(M, dtype=np.float64)  # [M]
+        _6 = 0.5 + _5  # [M]
+        _7 = np.sqrt(_6)  # [M]
+        _47 = np.sqrt(M)  # []
+        _48 = _7 / _47  # [M]
+        return rt.align(_48, ('M',), ('H', 'M', 'R'))
 
     def _init_Q(self, d, gen):
-        N = d['N']
-        _8 = np.arange(N, dtype=np.float64)  # [N]
-        _9 = 0.5 + _8  # [N]
-        _10 = np.sqrt(_9)  # [N]
-        _35 = np.sqrt(N)  # []
-        _38 = _10 / _35  # [N]
-        return rt.align(_38, ('N',), ('H', 'N', 'R'))
+        M = d['M']
+        _8 = np.arange(M, dtype=np.float64)  # [M]
+        _9 = 0.5 + _8  # [M]
+        _10 = np.sqrt(_9)  # [M]
+        _47 = np.sqrt(M)  # []
+        _50 = _10 / _47  # [M]
+        return rt.align(_50, ('M',), ('H', 'M', 'R'))
 
     def _init_B(self, d, gen):
         return 1.0
@@ -68,8 +69,8 @@ class S4(rt.ReferenceModule):
         return _16
 
     def _init_C(self, d, gen):
-        H, N = d['H'], d['N']
-        _20 = rt.init.normal((H, N, ), 0, 1, generator=gen, complex=True)  # [H, N]
+        H, M = d['H'], d['M']
+        _20 = rt.init.normal((H, M, ), 0, 1, generator=gen, complex=True)  # [H, M]
         return _20
 
     def _init_D(self, d, gen):
@@ -79,7 +80,7 @@ class S4(rt.ReferenceModule):
 
     def _direction(self, p, d, inputs, state, need_final=True):
         # One causal pass over the sequence (already reordered for this direction).
-        H, N = d['H'], d['N']
+        H, N, M = d['H'], d['N'], d['M']
         Lambda = p['Lambda']
         P = p['P']
         Q = p['Q']
@@ -92,33 +93,76 @@ class S4(rt.ReferenceModule):
         _x = state[0] if state is not None else np.zeros((_B, H, N, ), dtype=np.complex128)
         tails = list(state[1:]) if state is not None else [None] * 0
         # static values
-        _25 = np.exp(log_dt)  # [H]
-        A = rt.dplr(Lambda, P, Q)  # [H, N, N]
-        _41 = rt.align(_25, ('H',), ('H', 'N', 'N')) * A  # [H, N, N]
-        _42 = np.eye(N)  # [N, N]
-        _43 = 0.5 * _41  # [H, N, N]
-        _44 = _42 + _43  # [H, N, N]
-        _45 = _42 - _43  # [H, N, N]
-        _46 = rt.solve(_45, _44)  # [H, N, N]
-        _48 = rt.solve(_45, _42)  # [H, N, N]
+        _24 = np.arange(H, dtype=np.float64)  # [H]
+        _25 = 0 * _24  # [H]
+        _26 = np.arange(N, dtype=np.float64)  # [N]
+        _27 = np.arange(M, dtype=np.float64)  # [M]
+        _28 = rt.align(_26, ('N',), ('N', 'M')) - _27  # [N, M]
+        _29 = np.abs(_28)  # [N, M]
+        _30 = 1 - _29  # [N, M]
+        _31 = rt.relu(_30)  # [N, M]
+        J = rt.align(_25, ('H',), ('H', 'N', 'M')) + _31  # [H, N, M]
+        _33 = np.arange(H, dtype=np.float64)  # [H]
+        _34 = 0 * _33  # [H]
+        _35 = np.arange(N, dtype=np.float64)  # [N]
+        _36 = np.arange(M, dtype=np.float64)  # [M]
+        _37 = rt.align(_35, ('N',), ('N', 'M')) - _36  # [N, M]
+        _38 = J * rt.align(Lambda, ('H', 'M'), ('H', 'N', 'M'))  # [H, N, M]
+        _39 = np.conj(Lambda)  # [H, M]
+        _40 = J * rt.align(B, ('H', 'M'), ('H', 'N', 'M'))  # [H, N, M]
+        _41 = np.conj(B)  # [H, M]
+        _42 = J * rt.align(C, ('H', 'M'), ('H', 'N', 'M'))  # [H, N, M]
+        _43 = np.conj(C)  # [H, M]
+        _44 = np.exp(log_dt)  # [H]
+        _52 = _37 - M  # [N, M]
+        _53 = np.abs(_52)  # [N, M]
+        _54 = 1 - _53  # [N, M]
+        _55 = rt.relu(_54)  # [N, M]
+        Jc = rt.align(_34, ('H',), ('H', 'N', 'M')) + _55  # [H, N, M]
+        _57 = Jc * rt.align(_39, ('H', 'M'), ('H', 'N', 'M'))  # [H, N, M]
+        _58 = _38 + _57  # [H, N, M]
+        Lf = np.sum(_58, axis=(-1,))  # [H, N]
+        _60 = rt.align(J, ('H', 'N', 'M'), ('H', 'N', 'M', 'R')) * rt.align(P, ('H', 'M', 'R'), ('H', 'N', 'M', 'R'))  # [H, N, M, R]
+        _61 = np.conj(P)  # [H, M, R]
+        _62 = rt.align(Jc, ('H', 'N', 'M'), ('H', 'N', 'M', 'R')) * rt.align(_61, ('H', 'M', 'R'), ('H', 'N', 'M', 'R'))  # [H, N, M, R]
+        _63 = _60 + _62  # [H, N, M, R]
+        Pf = np.sum(_63, axis=(-2,))  # [H, N, R]
+        _65 = rt.align(J, ('H', 'N', 'M'), ('H', 'N', 'M', 'R')) * rt.align(Q, ('H', 'M', 'R'), ('H', 'N', 'M', 'R'))  # [H, N, M, R]
+        _66 = np.conj(Q)  # [H, M, R]
+        _67 = rt.align(Jc, ('H', 'N', 'M'), ('H', 'N', 'M', 'R')) * rt.align(_66, ('H', 'M', 'R'), ('H', 'N', 'M', 'R'))  # [H, N, M, R]
+        _68 = _65 + _67  # [H, N, M, R]
+        Qf = np.sum(_68, axis=(-2,))  # [H, N, R]
+        _70 = Jc * rt.align(_41, ('H', 'M'), ('H', 'N', 'M'))  # [H, N, M]
+        _71 = _40 + _70  # [H, N, M]
+        Bf = np.sum(_71, axis=(-1,))  # [H, N]
+        _73 = Jc * rt.align(_43, ('H', 'M'), ('H', 'N', 'M'))  # [H, N, M]
+        _74 = _42 + _73  # [H, N, M]
+        Cf = np.sum(_74, axis=(-1,))  # [H, N]
+        A = rt.dplr(Lf, Pf, Qf)  # [H, N, N]
+        _83 = rt.align(_44, ('H',), ('H', 'N', 'N')) * A  # [H, N, N]
+        _84 = np.eye(N)  # [N, N]
+        _85 = 0.5 * _83  # [H, N, N]
+        _86 = _84 + _85  # [H, N, N]
+        _87 = _84 - _85  # [H, N, N]
+        _88 = rt.solve(_87, _86)  # [H, N, N]
+        _90 = rt.solve(_87, _84)  # [H, N, N]
         # per-token values
-        _24 = B * rt.align(u, ('H',), ('H', 'N'))  # [B, L, H, N]
-        _31 = D * u  # [B, L, H]
-        _47 = rt.align(_25, ('H',), ('H', 'N')) * _24  # [B, L, H, N]
-        _49 = rt.matvec(_48, _47)  # [B, L, H, N]
+        _45 = D * u  # [B, L, H]
+        _77 = Bf * rt.align(u, ('H',), ('H', 'N'))  # [B, L, H, N]
+        _89 = rt.align(_44, ('H',), ('H', 'N')) * _77  # [B, L, H, N]
+        _91 = rt.matvec(_90, _89)  # [B, L, H, N]
         # the recurrence (bilinear, dplr), one token at a time
         # x_t = Abar_t @ x_{t-1} + Ebar_t
-        _Abar = _46  # [H, N, N]
-        _Ebar = _49  # [B, L, H, N]
+        _Abar = _88  # [H, N, N]
+        _Ebar = _91  # [B, L, H, N]
         _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))
         for _t in range(_L):
             _x = rt.matvec(_Abar, _x) + _Ebar[:, _t]
             _xs[:, _t] = _x
         x = _xs  # [B, L, H, N]
         # the readout, from the state after each token's update
-        _27 = C * x  # [B, L, H, N]
-        _28 = np.sum(_27, axis=(-1,))  # [B, L, H]
-        _29 = np.real(_28)  # [B, L, H]
-        _30 = 2 * _29  # [B, L, H]
-        _32 = _30 + _31  # [B, L, H]
-        return _32, (_x, *tails)
+        _78 = Cf * x  # [B, L, H, N]
+        _79 = np.sum(_78, axis=(-1,))  # [B, L, H]
+        _80 = np.real(_79)  # [B, L, H]
+        _81 = _80 + _45  # [B, L, H]
+        return _81, (_x, *tails)
