@@ -474,6 +474,8 @@ class Run:
             k = s.kw(st, "blocks")
             nb = self.sizes[k.id] if isinstance(k, ast.Name) else int(k.value)
             n = self.sizes[s.last]
+            if n % nb:
+                raise EvalError(f"block_diagonal: {n} is not divisible by blocks = {nb}")
             bs = n // nb
             blk = (np.arange(n)[:, None] // bs) == (np.arange(n)[None, :] // bs)
             A = np.where(blk, A, 0)

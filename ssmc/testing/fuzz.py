@@ -59,8 +59,17 @@ def _statements(text: str) -> list[int]:
     return out
 
 
-def reduce(text: str, sizes: dict, length: int, key: tuple, backends, budget_s: float = 60.0):
-    """Delete statements and shrink length/sizes while a finding with `key` remains."""
+def signature(f: Finding) -> tuple:
+    """What makes two findings the same failure: kind, backend, and the message's gist
+    (a crash's exception and its last words; a mismatch's quantity)."""
+    gist = f.message.split(":")[0]
+    tail = f.message.rsplit(":", 1)[-1][-40:] if f.kind == "crash" else ""
+    return (f.kind, f.backend, gist, tail)
+
+
+def reduce(text: str, sizes: dict, length: int, finding: Finding, backends, budget_s: float = 60.0):
+    """Delete statements and shrink length/sizes while the same failure remains."""
+    want = signature(finding)
     deadline = time.monotonic() + budget_s
 
     def still(t, s, L):
@@ -70,7 +79,7 @@ def reduce(text: str, sizes: dict, length: int, key: tuple, backends, budget_s: 
             rep = check_spec(t, s, L, backends=backends)
         except Exception:  # noqa: BLE001 - the harness itself crashed: not the same finding
             return False
-        return any(f.key() == key for f in rep.findings)
+        return not rep.skipped and any(signature(f) == want for f in rep.findings)
 
     changed = True
     while changed and time.monotonic() < deadline:
@@ -143,14 +152,14 @@ def main(argv=None) -> int:
         for f in rep.findings:
             counts[f.key()] += 1
         for f in rep.findings:
-            # one reproducer per kind of failure and message (one bug often fails every check)
-            sig = (f.kind, f.backend, f.message.split(":")[0], f.message[-60:] if f.kind == "crash" else "")
+            # one reproducer per kind of failure (one bug often fails every check)
+            sig = signature(f)
             if sig in seen:
                 continue
             seen.add(sig)
             text, sizes, length = gs.text, dict(gs.sizes), gs.length
             if not args.no_reduce:
-                text, sizes, length = reduce(text, sizes, length, f.key(), backends)
+                text, sizes, length = reduce(text, sizes, length, f, backends)
             written += 1
             p = _write(out, written, f, text, sizes, length, seed)
             print(f"finding {f} -> {p}", flush=True)
@@ -160,7 +169,7 @@ def main(argv=None) -> int:
                 f = check_invalid(text)
                 if f is not None:
                     counts[f.key()] += 1
-                    sig = (f.key(), f.message.split(":")[0])
+                    sig = signature(f)
                     if sig not in seen:
                         seen.add(sig)
                         written += 1
