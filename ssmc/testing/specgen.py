@@ -160,10 +160,12 @@ class Ex:
     learn: bool = False       # contains linear(...) or conv(...) (must sit in a named value)
     direct: frozenset = frozenset()   # inputs used directly (not through a named value)
     prec: int = ATOM
+    const: bool = False       # a number: no param, input, state or arange in it
+    constfn: bool = False     # holds a function applied to a number (`tanh(3)`, `sqrt(N)`)
 
 
 # the imaginary unit
-J = Ex("1j", cplx=True)
+J = Ex("1j", cplx=True, const=True)
 
 
 def _dims_of(a: tuple, b: tuple) -> tuple:
@@ -176,7 +178,8 @@ def _par(e: Ex, need: int) -> str:
 
 def _join(*es: Ex, **kw) -> dict:
     out = dict(cplx=any(e.cplx for e in es), tok=any(e.tok for e in es), state=any(e.state for e in es),
-               learn=any(e.learn for e in es), direct=frozenset().union(*(e.direct for e in es)))
+               learn=any(e.learn for e in es), direct=frozenset().union(*(e.direct for e in es)),
+               const=all(e.const for e in es), constfn=any(e.constfn for e in es))
     out.update(kw)
     return out
 
@@ -184,7 +187,7 @@ def _join(*es: Ex, **kw) -> dict:
 def num(v, text: str | None = None) -> Ex:
     """A number literal (negative ones are a unary minus)."""
     t = text or _fmt(v)
-    return Ex(t, prec=UNARY if t.startswith("-") else ATOM)
+    return Ex(t, prec=UNARY if t.startswith("-") else ATOM, const=True)
 
 
 def _fmt(v: float) -> str:
@@ -211,6 +214,8 @@ def call(fn: str, *args: Ex, dims: tuple | None = None, cplx: bool | None = None
     """`fn(args..., extra...)`; dims default to the first argument's."""
     text = f"{fn}({', '.join([a.text for a in args] + list(extra))})"
     kw = _join(*args, dims=args[0].dims if dims is None else dims, prec=ATOM)
+    if kw["const"]:
+        kw["constfn"] = True
     if cplx is not None:
         kw["cplx"] = cplx
     return Ex(text, **kw)
@@ -462,6 +467,9 @@ class _Gen:
         """A named value `NAME = EXPR (: STRUCTURE)`; returns a reference to it."""
         name = self.fresh(hint)
         text = f"{name} = {e.text}" + (f" : {structure}" if structure else "")
+        self.note(e)
+        if e.const:
+            self.tags.add("const:value")
         self.stmts.append(Stmt("value", text, name, role))
         ref = Ex(name, dims=e.dims, cplx=e.cplx, tok=e.tok, state=e.state)
         # a square matrix (dense / block_diagonal / dplr state matrix) is no operand of
@@ -471,6 +479,11 @@ class _Gen:
         if e.learn and "linear(" in e.text:
             self.tags.add("linear")
         return ref
+
+    def note(self, e: Ex):
+        """Tags of what an expression holds that the tags of its parts do not say."""
+        if e.constfn:
+            self.tags.add("fn:const")
 
     def maybe_value(self, e: Ex, hint: str, p: float = 0.4) -> Ex:
         """Hoist `e` into a named value (always when it holds linear/conv: their weights
@@ -499,15 +512,7 @@ class _Gen:
         if k == "num":
             return num(0, self.ch.choice(["0.5", "2", "1.3", "0.25", "3", "1e-1", "0.75", "1.5e0"]))
         if k == "param":
-            reuse = [n for n, (d, c) in self.params.items() if not c and set(d) <= set(allowed)
-                     and n in self.generic_params]
-            if reuse and self.ch.chance(0.3):
-                n = self.ch.choice(sorted(reuse))
-                return Ex(n, dims=self.params[n][0])
-            dims = self.ch.subset(allowed)
-            p = self.param(dims, self.coef_init(dims), hint=self.ch.choice(["w", "p", "a", "k"]))
-            self.generic_params.add(p.text)
-            return p
+            return self.param_leaf(allowed)
         if k == "arange":
             d = self.ch.choice(allowed)
             self.tags.add("arange")
@@ -518,16 +523,37 @@ class _Gen:
         if k == "dimnum":
             d = self.ch.choice(sorted(self.dims))
             self.tags.add("dimnum")
-            return Ex(d)
+            return Ex(d, const=True)
         if k == "pi":
-            return Ex("pi")
+            return Ex("pi", const=True)
         if k == "value":
             self.tags.add("value:ref")
             return self.ch.choice(vals)
         self.tags.add("value:state")
         return Ex(self.state, dims=self.sdims, tok=True, state=True)
 
+    def param_leaf(self, allowed: tuple) -> Ex:
+        """A real param over some of `allowed` with a bounded initializer (or one made
+        before)."""
+        reuse = [n for n, (d, c) in self.params.items() if not c and set(d) <= set(allowed)
+                 and n in self.generic_params]
+        if reuse and self.ch.chance(0.3):
+            n = self.ch.choice(sorted(reuse))
+            return Ex(n, dims=self.params[n][0])
+        dims = self.ch.subset(allowed)
+        p = self.param(dims, self.coef_init(dims), hint=self.ch.choice(["w", "p", "a", "k"]))
+        self.generic_params.add(p.text)
+        return p
+
     def real(self, allowed: tuple, depth: int, tok: bool = False, st_: bool = False, learn: bool = False) -> Ex:
+        """`_real`, mostly not a bare number: tanh(3) computes nothing worth testing
+        often (it is valid, and tagged fn:const / const:value where it stays)."""
+        e = self._real(allowed, depth, tok, st_, learn)
+        if e.const and self.ch.chance(0.8):
+            e = binop(self.ch.choice(["+", "*"]), e, self.param_leaf(allowed))
+        return e
+
+    def _real(self, allowed: tuple, depth: int, tok: bool = False, st_: bool = False, learn: bool = False) -> Ex:
         """A bounded real expression tree over every function of section 7, dims drawn
         from `allowed`; per-token only if `tok`, reading the state only if `st_`,
         `linear` / `conv` only if `learn` (the caller names the result). Domains:
@@ -615,7 +641,7 @@ class _Gen:
         if k == 0:
             d = self.ch.choice(sorted(self.dims))
             self.tags.add("dimnum")
-            return Ex(d)
+            return Ex(d, const=True)
         if k == 1:
             return num(0, self.ch.choice(["2", "0.5", "3"]))
         e = self.real(allowed, depth, tok, st_, learn)
@@ -656,7 +682,7 @@ class _Gen:
         if st_ and self.cplx and set(self.sdims) <= set(allowed):
             self.tags.add("value:state")
             return Ex(self.state, dims=self.sdims, cplx=True, tok=True, state=True)
-        return binop("*", Ex("0.5j", cplx=True), sub())
+        return binop("*", Ex("0.5j", cplx=True, const=True), sub())
 
     def reduction(self, allowed, depth, tok, st_, learn) -> Ex:
         """`sum(e, D...)` / `mean(e, D...)` over dims that `e` has (section 4)."""
@@ -746,6 +772,7 @@ class _Gen:
         self.make_inputs()
         A = self.state_matrix()
         E = self.input_term()
+        self.note(E)
         sign = ch.choice(["+", "+", "-"])
         if sign == "-":
             self.tags.add("input:subtracted")
@@ -754,6 +781,7 @@ class _Gen:
         else:
             self.stmts.append(Stmt("dynamics", f"dynamics {self.state}' = {A} {self.state} {sign} {E.text}"))
             step = self.step()
+            self.note(step)
             self.stmts.append(Stmt("discretize", f"discretize {self.rule}, step = {step.text}"))
         self.scan()
         self.output()
@@ -1324,8 +1352,12 @@ class _Gen:
             self.tags.add("out:extra")
         if ch.chance(0.15):
             G = self.extra_dim(1, 3, hint="G")
+            if out.cplx:
+                # a real weight applied to a complex readout: the output stays complex
+                self.tags.add("linear:complex")
             out = Ex(f"linear({out.text}, {G})", dims=(G,), tok=True, state=True, learn=True)
             self.tags.add("linear:out")
+        self.note(out)
         y = self.fresh(ch.choice(["y", "out", "yo"]))
         self.stmts.append(Stmt("output", f"output {y} = {out.text}", y))
 
