@@ -40,7 +40,7 @@ from .time import annotate_time
 _KERNEL_OPS = ("add", "sub", "mul", "div", "neg", "sum", "mean", "re", "im", "conj", "const", "dim", "param",
                "input", "state", "output", "exp", "log", "sqrt", "abs", "expm1", "log1p", "phi1", "arange",
                "pow", "tanh", "sigmoid", "softplus", "inv_softplus", "silu", "relu", "family",
-               "matvec", "solve", "eye", "expm", "phi1m", "dplr", "blockdiag")
+               "matvec", "solve", "eye", "expm", "phi1m", "dplr", "blockdiag", "linear")
 
 
 def _kernel_form(g: Graph) -> tuple[dict | None, str]:
@@ -68,6 +68,9 @@ def _kernel_form(g: Graph) -> tuple[dict | None, str]:
     for n in token_side:
         if g.op(n).kind in ("sum", "mean"):
             reduced |= {d for d, _ in g.op(n).get("dims")}
+        elif g.op(n).kind == "linear":
+            # A linear(...) (no bias in an LTI input term) mixes every dim of its operand.
+            reduced |= set(g.fact(g.operands(n)[0], "dims"))
     sd, ud, yd = tuple(meta["state_dims"]), tuple(g.fact(u, "dims")), tuple(g.fact(y, "dims"))
     channels = tuple(d for d in sd if d in ud and d in yd and d not in reduced)
     matrix = structure not in ("diagonal", "scalar")

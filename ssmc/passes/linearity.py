@@ -3,7 +3,9 @@ classified LTI or selective.
 
 The input term E is translated to sympy with the primary input as a symbol `u`.
 Values computed by `linear(...)` or `conv(...)`, params, other inputs and dims are
-opaque coefficients; sum/mean/re/im/conj are linear and pass through.
+opaque coefficients; sum/mean/re/im/conj are linear and pass through. Where that makes
+E linear, a `linear(e, ...)` without bias is first read as W * e instead (W static), so
+`x' = A x + linear(u, N)` with static A is LTI, exactly like `sum(W * u, H)`.
 
 Named values are coefficients (the contract, section 7). The check first inlines them
 (so `w = 2 * u; E = B * w` stays linear in u with a static coefficient and an LTI system
@@ -46,10 +48,14 @@ def _err(g, msg, span, hint=None):
 class _ToSympy:
     """IR subtree -> sympy, with chosen leaves as symbols and opaque nodes as symbols."""
 
-    def __init__(self, g: Graph, leaf: int, leaf_symbol: sp.Symbol, opaque: frozenset = frozenset()):
+    def __init__(self, g: Graph, leaf: int, leaf_symbol: sp.Symbol, opaque: frozenset = frozenset(),
+                 linear_maps: bool = False):
         self.g, self.leaf, self.sym = g, leaf, leaf_symbol
-        # Nodes taken as coefficients whatever their kind (named values, in the second view).
+        # Nodes taken as coefficients whatever their kind (named values, in the last view).
         self.opaque = opaque
+        # A linear(e) without bias as W * e (W a static coefficient) where e is linear in the
+        # leaf: `linear(u, N)` is then linear in u like `sum(W * u, H)`.
+        self.linear_maps = linear_maps
         self.memo: dict[int, sp.Expr] = {}
         self.symbols: dict[sp.Symbol, int] = {}
 
@@ -76,6 +82,9 @@ class _ToSympy:
         elif o.kind == "const":
             v = o.get("value")
             r = sp.nsimplify(v) if not isinstance(v, complex) else sp.Symbol(f"c{n}")
+        elif self.linear_maps and o.kind == "linear" and o.get("bias") is None \
+                and not _nonlinear_in(self(g.operands(n)[0]), self.sym):
+            r = sp.Symbol(f"W{n}") * self(g.operands(n)[0])
         elif o.kind in _OPAQUE or n in self.opaque:
             s = sp.Symbol(f"v{n}")
             self.symbols[s] = n
@@ -172,10 +181,17 @@ def check_linearity(g: Graph) -> Graph:
     u = sp.Symbol("u")
     # Where E is written in the transition (a bare name's node carries its declaration's span).
     espan = (meta.get("transition") or {}).get("term_span") or g.op(e).span
-    # First with named values inlined; if that is not linear, with every named value but E
-    # itself as a coefficient (the contract: named values are coefficients).
-    conv = _ToSympy(g, u_node, u)
-    bad = _first_nonlinear(conv, sorted(g.ancestors(e) | {e}), u)
+    # First with named values inlined and linear(...) maps without bias read as static
+    # coefficients (so `linear(u, N)` is as LTI as `sum(W * u, H)`); if that is not linear,
+    # with linear(...) results as coefficients (`B * u` with B = linear(u, N)); if that is
+    # not linear either, with every named value but E itself as a coefficient (the
+    # contract: named values are coefficients).
+    ancestors = sorted(g.ancestors(e) | {e})
+    conv = _ToSympy(g, u_node, u, linear_maps=True)
+    bad = _first_nonlinear(conv, ancestors, u)
+    if bad is not None:
+        conv = _ToSympy(g, u_node, u)
+        bad = _first_nonlinear(conv, ancestors, u)
     if bad is not None:
         named = frozenset(n for n in meta["values"].values() if n not in (e, u_node))
         conv = _ToSympy(g, u_node, u, opaque=named)

@@ -45,6 +45,8 @@ def agree(text: str, monkeypatch=None, ssd: bool | None = None, length: int = 13
     (name,) = ref.__all__
     R, T = getattr(ref, name), getattr(tm, name)
     r, t = R(seed=3, **dims), T(seed=3, chunk_size=4, **dims)
+    # An LTI system runs its FFT form at every length here (the default waits for 32 tokens).
+    t.fft_min_length = 1
     d = r.dims
     gen = torch.Generator().manual_seed(0)
     ins = {n: torch.randn((2, length) + tuple(d[x] for x in ds), generator=gen, dtype=torch.float64)
@@ -143,12 +145,28 @@ def test_per_token_forcing_is_accepted(term):
 
 
 def test_forcing_makes_an_otherwise_lti_system_selective():
-    """With static A, B and C the input-linear part is LTI, but the forcing (which has a bias)
-    is not a convolution of u: the FFT kernel form would be wrong, so no fft_conv."""
-    text = selective("W_B", "B * u + linear(u, N)")
+    """With static A, B and C the input-linear part is LTI, but a forcing with a bias is not
+    a convolution of u: the FFT kernel form would be wrong, so no fft_conv."""
+    text = selective("W_B", "B * u + linear(u, N, bias = true)")
     cls = _graph(text).meta["classification"]
     assert cls["input_coef"] == "static" and cls["forcing"] == "token" and not cls["lti"]
     assert agree(text, length=40) != "fft_conv"
+
+
+@pytest.mark.parametrize("term", [
+    "linear(u, N)",
+    "B * u + linear(u, N)",
+    "sum(W_B * u, H)",                                   # the same model as linear(u, N)
+    "linear(u, H, N)",                                   # mixes H: no per-channel kernel
+    "B * u - linear(2 * u, N)",
+], ids=["linear", "plus-linear", "sum", "linear-mixing", "minus-linear-of-2u"])
+def test_linear_map_of_the_input_is_lti(term):
+    """A linear(...) without bias is a static linear map: with static A, the system is LTI
+    whether it is spelled linear(u, N) or sum(W * u, H), and runs in the FFT form."""
+    text = selective("W_B", term)
+    cls = _graph(text).meta["classification"]
+    assert cls["lti"] and cls["input_coef"] == "static" and cls["forcing"] is None
+    assert agree(text, length=40) == "fft_conv"
 
 
 def test_named_alias_of_the_input_stays_lti():
