@@ -6,7 +6,8 @@
    `N ** -0.5`; a named value `c = 0.5 * N` and `param P[H] = 0.5 * N`): it was
    computed only in the initializer and the forward read an undefined name.
 3. A constant state matrix (`A = -1 : diagonal`, `A = 0.5 : scalar`,
-   `A = -0.5 + 1j : diagonal`), with every discretization rule and with `recurrence`.
+   `A = -0.5 + 1j : diagonal`), with every discretization rule and with `recurrence`;
+   in the convolution form, also a static one over fewer dims than the state (`a[N]`).
 4. A named value that is a dim (`h = N` as the step): the verifier found a node with
    no op.
 5. Initializer arguments that cannot be drawn from (`uniform(1, 1)`, `normal(0, -1)`,
@@ -63,6 +64,11 @@ def both(text: str, **dims):
         yn, yt = mn(u, **kw), mt(u, **kw)
     assert yn.shape == yt.shape
     torch.testing.assert_close(yt, yn, rtol=TOL, atol=TOL)
+    if mt.ALGORITHM == "fft_conv":
+        # An LTI system: also its convolution form, which short sequences do not take.
+        mt.fft_min_length = 1
+        with torch.no_grad():
+            torch.testing.assert_close(mt(u, **kw), yn, rtol=TOL, atol=TOL)
     return mn, yn, u
 
 
@@ -316,6 +322,31 @@ def test_a_constant_state_matrix_with_a_selective_step():
     dt = softplus(u @ w["dt_proj"].T)[..., None]
     xs = scan(np.exp(-dt), dt * (u @ w["B_proj"].T)[:, :, None, :] * u[..., None])
     np.testing.assert_allclose(y.numpy(), np.sum((u @ w["C_proj"].T)[:, :, None, :] * xs, -1), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("decl, structure", [
+    ("param a[N] = log(0.5 + arange(N))", "diagonal"),
+    ("param a[] = log(0.5)", "diagonal"),
+    ("param a[] = log(0.5)", "scalar"),
+])
+def test_a_state_matrix_over_fewer_dims_than_the_state_in_convolution_form(decl, structure):
+    # The LTI kernel reads Abar over all the state's dims: [N] or [] had to be broadcast.
+    text = spec(f"""
+        input u[H]
+        state x[H, N]
+        {decl}
+        A = -exp(a) : {structure}
+        dynamics x' = A x + u
+        discretize zoh, step = 0.1
+        scan causal
+        output y = sum(x, N)
+    """)
+    m, y, u = both(text)
+    assert m.ALGORITHM == "fft_conv"
+    a = np.broadcast_to(-np.exp(weights(m)["a"]), (3, 4))
+    z = 0.1 * a
+    xs = scan(np.exp(z), (np.expm1(z) / a) * u.numpy()[..., None])
+    np.testing.assert_allclose(y.numpy(), xs.sum(-1), rtol=TOL, atol=TOL)
 
 
 # --- 4. named values that are dims ------------------------------------------------------
