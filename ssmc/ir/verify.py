@@ -15,9 +15,12 @@ _ORDER = ("check_declarations", "resolve_names", "infer_shapes", "infer_time", "
 
 def verify(g: Graph, after: str) -> None:
     done = set(_ORDER[: _ORDER.index(after) + 1]) if after in _ORDER else set(_ORDER)
+    pred = g.nx.pred
     for n in g.nodes():
+        # networkx re-creates an erased node, without its op, when an edge is added to it.
+        assert "op" in g.nx.nodes[n], f"after {after}: node {n} has no op (an edge to an erased node)"
         o = g.op(n)
-        slots = sorted(k for _, _, k in g.nx.in_edges(n, keys=True))
+        slots = sorted(k for keys in pred[n].values() for k in keys)
         assert slots == list(range(len(slots))), f"after {after}: node {n} ({o.kind}) has operand slots {slots}"
         if "resolve_names" in done:
             assert o.kind != "ref", f"after {after}: unresolved ref {o.get('name')} at node {n}"
