@@ -37,6 +37,9 @@ class TorchPrinter(Printer):
         # dim order (then any others), so state-sized tensors never need a transposed
         # copy before the scan; everything else keeps its dims' order.
         self.layout: dict[int, tuple] = {}
+        # Operands renamed to views in their dims' order while one node is printed
+        # (`_in_dims_order`), each with its variable before that renaming.
+        self.unaligned: dict[int, str] = {}
         self.order = {d: i for i, d in enumerate(g.meta["state_dims"])}
         # A product read only by a sum over some of its dims is one contraction
         # (einsum): the product's full-size temporary is never made.
@@ -91,7 +94,8 @@ class TorchPrinter(Printer):
 
     def arg(self, n: int, target: tuple) -> str:
         dims = self.lay(n)
-        v = self.var(n)
+        # The variable in its layout `dims` (not a view `_in_dims_order` made in another order).
+        v = self.unaligned.get(n) or self.var(n)
         if dims == target:
             return v
         if self.g.fact(n, "time") != "token" and dims == target[len(target) - len(dims):]:
@@ -173,6 +177,7 @@ class TorchPrinter(Printer):
         for i in g.operands(n):
             dims = tuple(g.fact(i, "dims"))
             if self.lay(i) != dims and i not in self.renamed:
+                self.unaligned[i] = self.var(i)
                 self.renamed[i] = f"ops.align({self.var(i)}, {self.lay(i)!r}, {dims!r})"
                 added.append(i)
         try:
@@ -180,6 +185,7 @@ class TorchPrinter(Printer):
         finally:
             for i in added:
                 del self.renamed[i]
+                del self.unaligned[i]
 
 
 def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", factors_fn: str = "ops.product") -> str:
