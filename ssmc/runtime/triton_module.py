@@ -32,7 +32,8 @@ class TritonModule(TorchModule):
         state = kw.get("initial_state")
         tensors += list(state) if isinstance(state, (tuple, list)) else ([state] if state is not None else [])
         self._grad_wanted = torch.is_grad_enabled() and (
-            any(t.requires_grad for t in tensors) or any(p.requires_grad for p in self.parameters()))
+            any(t.requires_grad for t in tensors if isinstance(t, torch.Tensor))
+            or any(p.requires_grad for p in self.parameters()))
         length = u.shape[1] if isinstance(u, torch.Tensor) and u.dim() >= 2 else 0
         self._maps_on = kw.get("cu_seqlens") is None and self._maps_usable(length, state, kw.get("return_state", False))
         return super().forward(u, *args, **kw)

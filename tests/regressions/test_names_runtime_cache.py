@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -295,6 +296,28 @@ def test_bad_initial_states_are_one_line_shape_errors(backend):
         layer(up, cu_seqlens=[0, 2, 6], initial_state=torch.zeros(2, 5, 3))
     with pytest.raises(ssmc.ShapeError, match="got torch.bool"):
         layer(up, cu_seqlens=[0, 2, 6], initial_state=torch.zeros(2, 2, 3, dtype=torch.bool))
+
+
+def test_triton_checks_states_and_empty_batches_alike():
+    """The Triton module's own forward looks at the arguments first: a state that is not a
+    tensor used to fail there with an AttributeError."""
+    if not torch.cuda.is_available():
+        # Triton reads this when it is first imported (as tests/backends/test_triton.py does).
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("triton was imported without its interpreter")
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    pytest.importorskip("triton")
+    try:
+        layer = ssmc.loads(SMALL, backend="triton", strict=True).T(seed=0)
+    except ssmc.BackendUnavailable:
+        pytest.skip("triton cannot run here")
+    u = torch.randn(2, 5, 2)
+    for x0 in ([[0.0]], torch.zeros(2, 2, 3, dtype=torch.bool), torch.zeros(2, 2, 3, device="meta")):
+        with pytest.raises(ssmc.ShapeError, match="the state x must") as info:
+            layer(u, initial_state=x0)
+        _one_line(info)
+    y = layer(u[:0])
+    assert y.shape == (0, 5, 2)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
