@@ -324,3 +324,50 @@ def test_fft_whatever_the_spelling(state, term, output):
     text = S4D.replace("STATE", state).replace("TERM", term).replace("OUTPUT", output)
     text = text.replace("  dt = exp", "  w = u\n  dt = exp")
     assert agree(text, length=70) == "fft_conv"
+
+
+# --- the newly found SSD forms: gradients, chaining and step() --------------------------
+
+NEW_SSD = {
+    "retnet-state-swapped": RETNET.replace("DECAY", "1 - 2 ** (-5 - arange(Hd))").replace("STATE", "x[Hd, Dv, Dk]"),
+    "gate": RETNET.replace("DECAY", "sigmoid(linear(u, Hd))").replace("STATE", "x[Hd, Dk, Dv]"),
+    "mamba2-n-first-diagonal": MAMBA2.replace("STATE", "x[N, Hd, P]").replace("STRUCTURE", "diagonal")
+    .replace("RULE", "zoh"),
+}
+
+
+@pytest.mark.parametrize("name", list(NEW_SSD))
+def test_new_ssd_forms_gradients_and_state(monkeypatch, name):
+    _, tm = _modules(NEW_SSD[name])
+    (cls,) = [getattr(tm, n) for n in tm.__all__]
+    assert cls.ALGORITHM == "ssd"
+    small = {d: 2 for d, _ in cls.DIMS}
+    layer = cls(seed=0, dtype=torch.float64, chunk_size=2, **small)
+    layer.ssd_block = 2
+    d = layer.dims
+    (uname, udims), = cls.INPUTS
+    gen = torch.Generator().manual_seed(1)
+    u = torch.randn((1, 5) + tuple(d[x] for x in udims), generator=gen, dtype=torch.float64)
+    names = [n for n, _ in layer.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    x0 = layer.init_state(1, dtype=torch.float64)
+    x0 = (torch.randn_like(x0) * 0.5).requires_grad_()
+
+    def f(u, x0, *ps):
+        return torch.func.functional_call(layer, dict(zip(names, ps)), (u,), {"initial_state": x0})
+
+    calls = []
+    real = torch_ops.ssd_chunk
+    monkeypatch.setattr(torch_ops, "ssd_chunk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert torch.autograd.gradcheck(f, (u.clone().requires_grad_(), x0, *params), eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert calls
+    with torch.no_grad():
+        y, last = layer(u, return_state=True)
+        y1, s1 = layer(u[:, :3], return_state=True)
+        y2, s2 = layer(u[:, 3:], initial_state=s1, return_state=True)
+        assert _rel(torch.cat([y1, y2], 1), y) < 1e-12 and _rel(s2, last) < 1e-12
+        st, ys = layer.init_state(1, dtype=torch.float64), []
+        for i in range(u.shape[1]):
+            yt, st = layer.step(u[:, i], st)
+            ys.append(yt)
+        assert _rel(torch.stack(ys, 1), y) < 1e-12 and _rel(st, last) < 1e-12
