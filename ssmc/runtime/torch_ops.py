@@ -134,11 +134,13 @@ def causal_conv(e, weight, bias, tail):
     k = weight.shape[-1]
     b, L = e.shape[0], e.shape[1]
     ch = e.shape[2:]
-    flat = e.reshape(b, L, -1)
+    # The channel count spelled out, never -1: a tail of width 1 (`conv(e, 1)`) or an empty
+    # batch or sequence has no elements to infer it from.
+    flat = e.reshape(b, L, math.prod(ch))
     if tail is None:
         tail = flat.new_zeros(b, k - 1, flat.shape[-1])
     else:
-        tail = tail.reshape(b, k - 1, -1).to(flat.dtype)
+        tail = tail.reshape(b, k - 1, flat.shape[-1]).to(flat.dtype)
     full = torch.cat([tail, flat], dim=1)
     w = weight.reshape(-1, 1, k).to(flat.dtype)
     y = F.conv1d(full.transpose(1, 2), w, None if bias is None else bias.reshape(-1).to(flat.dtype),
