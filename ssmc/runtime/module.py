@@ -332,6 +332,14 @@ class ReferenceModule(nn.Module):
         scplx = self.STATE[2]
         return tuple(self._to_array(t, compute, complex_=scplx and i == 0) for i, t in enumerate(parts))
 
+    def _check_init_state(self, batch, dtype) -> None:
+        cls = type(self).__name__
+        if isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer)) or batch < 0:
+            raise ShapeError(f"{cls}.init_state(): batch must be an int >= 0, got {batch!r}")
+        if dtype not in _FLOATS:
+            raise ShapeError(f"{cls}.init_state(): dtype must be float16, bfloat16, float32 or float64 "
+                             f"(a complex state takes the matching complex dtype), got {dtype!r}")
+
     def _state_out(self, state):
         ts = tuple(self._from_array(s) for s in state)
         return ts if self.CONVS else ts[0]
@@ -339,6 +347,7 @@ class ReferenceModule(nn.Module):
     # --- the public API ----------------------------------------------------------
     def init_state(self, batch: int, dtype: torch.dtype = torch.float64):
         """The zero state for `batch` sequences (with zero conv tails if the spec has conv)."""
+        self._check_init_state(batch, dtype)
         sname, sdims, scplx = self.STATE
         d = self.dims
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64

@@ -143,6 +143,7 @@ class TorchModule(ReferenceModule):
 
     def init_state(self, batch: int, dtype: torch.dtype = torch.float32):
         """The zero state (float32 / complex64 by default) for `batch` sequences."""
+        self._check_init_state(batch, dtype)
         sname, sdims, scplx = self.STATE
         d = self.dims
         device = self._ref_device

@@ -290,6 +290,13 @@ def test_bad_initial_states_are_one_line_shape_errors(backend):
         with pytest.raises(ssmc.ShapeError, match=message) as info:
             layer.step(u[:, 0], x0)
         _one_line(info)
+    # init_state makes only states that forward accepts.
+    for batch, dtype, message in ((-1, torch.float32, "batch must be an int >= 0"), (2.5, torch.float32, "batch"),
+                                  (True, torch.float32, "batch"), (2, torch.int64, "dtype must be float16"),
+                                  (2, torch.bool, "dtype must be")):
+        with pytest.raises(ssmc.ShapeError, match=message) as info:
+            layer.init_state(batch, dtype)
+        _one_line(info)
     # With cu_seqlens the state has one row per sequence, and is checked whole.
     up = torch.randn(1, 6, 2)
     with pytest.raises(ssmc.ShapeError, match=r"must have shape \(batch, H=2, N=3\), got \(2, 5, 3\)"):
