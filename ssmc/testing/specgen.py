@@ -737,8 +737,12 @@ class _Gen:
         return Ex(f"conv({e.text}, {', '.join(extra)})", dims=e.dims, tok=True, learn=True, direct=e.direct)
 
     def conv_width(self) -> str:
+        """K: an integer 1..4 (1: no look-back, a tail of 0 tokens) or a dim 2..4."""
         if self.ch.chance(0.5):
-            return str(self.ch.integer(1, 4))
+            k = self.ch.integer(1, 4)
+            if k == 1:
+                self.tags.add("conv:k1")
+            return str(k)
         d = self.new_dim(self.ch.integer(2, 4), "K", derived=0.2)
         self.reserved_dims.add(d)
         return d
@@ -1071,8 +1075,12 @@ class _Gen:
             Q = P
             self.tags.add("dplr:PP")
         else:
+            qc = ch.chance(0.8)
+            if not qc:
+                # P and Q need not both be complex (Lambda must be)
+                self.tags.add("dplr:realQ")
             Q = self.param(tuple(ch.subset(others, 0, 1)) + (N, R), pinit if rec else "normal(0, 0.2)", hint="Q",
-                           cplx=ch.chance(0.8))
+                           cplx=qc)
         return Ex(f"dplr({lam.text}, {P.text}, {Q.text})", dims=_dims_of(lam.dims, (N,)), cplx=True)
 
     # ---- the step (section 10) ---------------------------------------------
@@ -1550,7 +1558,7 @@ def _mutate(b: _Built, g: _Gen, ch: _Chooser) -> tuple[str, str]:
     elif kind == "syntax":
         s = ch.choice(stmts)
         pos = ch.integer(0, len(s.text))
-        s.text = s.text[:pos] + ch.choice([" * + ", " @ ", " = = ", " $ ", " ** ", ",,"]) + s.text[pos:]
+        s.text = s.text[:pos] + ch.choice([" * * ", " @ ", " = = ", " $ ", " / / ", ",,", " ? "]) + s.text[pos:]
         what = "syntax error"
     elif kind == "unbalanced":
         s = ch.choice([s for s in stmts if ")" in s.text] or stmts)
@@ -1644,8 +1652,9 @@ def _mutate(b: _Built, g: _Gen, ch: _Chooser) -> tuple[str, str]:
         a = [s for s in stmts if s.role == "A"][0]
         lhs, rhs = a.text.split(" = ", 1)
         expr, structure = rhs.rsplit(" : ", 1)
-        n = b.dims[b.sdims[-1]]
-        bad = next(k for k in (3, 5, 7) if n % k)
+        # a block count that divides N neither at the sizes nor at the spec's defaults
+        n, nd = b.dims[b.sdims[-1]], g.defaults[b.sdims[-1]]
+        bad = next(k for k in (3, 5, 7, 11, 13) if n % k and nd % k)
         a.text = f"{lhs} = {expr} : block_diagonal(blocks = {bad})"
         what = f"block_diagonal(blocks = {bad}) on N = {n}"
     elif kind == "empty_state":
