@@ -329,7 +329,9 @@ class _Gen:
         return name
 
     def _base_for(self, size: int, mult: int = 1) -> str:
-        """An existing base dim of that size (and multiple), or a new one."""
+        """An existing base dim of that size (and multiple), or a new one (at most 4:
+        every size passed is small)."""
+        size = min(size, 4)
         have = [d for d, v in self.base.items() if v == size and self.mult[d] % mult == 0]
         if have and self.ch.chance(0.5):
             return self.ch.choice(sorted(have))
@@ -839,9 +841,6 @@ class _Gen:
                 size_n = ch.integer(1, 4) if not matrix else ch.integer(2, 4)
             n = self.new_dim(size_n, ch.choice(["N", "Sz", "M", "Nk"]), mult=mult)
         sd = lead + [n]
-        if ch.chance(0.3):
-            # the matrix dim need not be the first declared: a state x[N2, H] has matrix dim H
-            pass
         self.sdims = tuple(sd)
         self.N = n
         self.state = self.fresh(ch.choice(["x", "h", "s", "xs"]))
