@@ -172,7 +172,8 @@ def _positive(g: Graph, n: int) -> bool:
 def _log_plan(g: Graph, n: int):
     """log(n) as a plan of new nodes, or None when n is not known to be positive. exp(z) gives
     z itself, sigmoid(v) gives -softplus(-v) (exact where sigmoid underflows), products and
-    quotients the sums and differences of the logs of their factors, a positive number its
+    quotients the sums and differences of the logs of their factors, a ** b gives b log(a),
+    a positive number its
     logarithm. A plan is ("node", m) (an existing node), ("exp_arg", m) (the operand of the
     exp node m), ("const", value) or (kind, *plans)."""
     k = g.op(n).kind
@@ -189,6 +190,10 @@ def _log_plan(g: Graph, n: int):
         if a is None or b is None:
             return None
         return ("add" if k == "mul" else "sub", a, b)
+    if k == "pow" and not g.fact(g.operands(n)[1], "complex"):
+        # log(a ** b) = b log(a): no power that could underflow to 0 before its logarithm.
+        a = _log_plan(g, g.operands(n)[0])
+        return None if a is None else ("mul", ("node", g.operands(n)[1]), a)
     return ("log", ("node", n)) if _positive(g, n) else None
 
 

@@ -227,6 +227,14 @@ def test_ssd_whatever_the_state_dim_order(monkeypatch, state, structure, rule):
     assert agree(text, monkeypatch, ssd=True, length=11) == "ssd"
 
 
+def test_ssd_with_a_forcing_term(monkeypatch):
+    """A per-token forcing beside B * u is one more factor over N: the SSD form still applies."""
+    text = (MAMBA2.replace("STATE", "x[Hd, P, N]").replace("STRUCTURE", "scalar").replace("RULE", "zoh_euler")
+            .replace("B * u\n", "B * u + linear(u, Hd, P, N)\n"))
+    assert _graph(text).meta["classification"]["forcing"] == "token"
+    assert agree(text, monkeypatch, ssd=True, length=11) == "ssd"
+
+
 RETNET = """\
 ssm RetNet {
   dims    Hd = 2, Dk = 3, Dv = 2, D = 4
@@ -253,7 +261,9 @@ ssm RetNet {
     "sigmoid(linear(u, Hd))",                            # a per-token gate (GLA-like)
     "exp(-softplus(g_raw)) * sigmoid(linear(u, Hd))",
     "0.5 / (1 + exp(g_raw))",
-], ids=["retnet", "exp-log", "constant", "exp-constant", "sigmoid-param", "sigmoid-gate", "product", "quotient"])
+    "sigmoid(linear(u, Hd)) ** 2",
+], ids=["retnet", "exp-log", "constant", "exp-constant", "sigmoid-param", "sigmoid-gate", "product", "quotient",
+        "power"])
 @pytest.mark.parametrize("state", ["x[Hd, Dk, Dv]", "x[Hd, Dv, Dk]"])
 def test_ssd_for_a_positive_decay(monkeypatch, decay, state):
     text = RETNET.replace("DECAY", decay).replace("STATE", state)
