@@ -107,6 +107,9 @@ def matvec(m, v):
 
 
 def dplr(lam, p, q):
+    # A real P or Q meets a complex Lambda (or the other way round): promoted to the common
+    # dtype, as einsum does not mix them.
+    lam, p, q = _common(lam, p, q)
     n = lam.shape[-1]
     eye = torch.eye(n, dtype=lam.dtype, device=lam.device)
     return lam.unsqueeze(-1) * eye - torch.einsum("...nr,...mr->...nm", p, q.conj())
@@ -122,8 +125,12 @@ def block_diagonal(a, blocks: int):
 
 def linear(e, weight, bias, n_in: int, out_shape: tuple):
     if e.dtype != weight.dtype:
-        # A half-precision input the module kept as it is (a Triton module): promoted here.
-        e = e.to(torch.promote_types(e.dtype, weight.dtype))
+        # A half-precision input the module kept as it is (a Triton module), or a complex
+        # value read by a real weight (real meets complex: promoted, section 7): both sides
+        # in the common dtype.
+        common = torch.promote_types(e.dtype, weight.dtype)
+        e, weight = e.to(common), weight.to(common)
+        bias = None if bias is None else bias.to(common)
     lead = e.shape[: e.dim() - n_in]
     y = F.linear(e.reshape(*lead, -1), weight, bias)
     return y.reshape(*lead, *out_shape)
