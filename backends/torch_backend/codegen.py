@@ -386,9 +386,14 @@ def split_loop(g: Graph, pr: TorchPrinter, token: list[int]):
     sysn = meta["system"]
     loop: list[int] = []
     inside: set[int] = set()
+    # Values made after the loop from its results (a linear of a state-sized value, and
+    # whatever reads one): nothing in the loop may read them, however large it is.
+    later: set[int] = set()
     for n in token:
         k = g.op(n).kind
-        if k in ("linear", "conv") or n in whole:
+        if k in ("linear", "conv") or n in whole or any(i in later for i in g.operands(n)):
+            if meta["state"] in g.ancestors(n):
+                later.add(n)
             continue
         big = len(g.fact(n, "dims")) >= nstate
         from_loop = any(i in inside or g.op(i).kind == "state" for i in g.operands(n))
