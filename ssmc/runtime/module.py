@@ -62,7 +62,7 @@ def _describe(name, dims, d, lead="batch, length") -> str:
 def _boundaries(cls: str, cu_seqlens, total: int) -> list[int]:
     """cu_seqlens as a list of ints rising strictly from 0 to `total`: an integer tensor
     (any device but meta) or a sequence of ints; anything else is one ShapeError."""
-    want = f"cu_seqlens must be a 1-d integer tensor (or a list of ints) rising strictly from 0 to the total length {total}"
+    want = f"cu_seqlens must rise strictly from 0 to the total length {total}, as a 1-d integer tensor or a list of ints"
     if isinstance(cu_seqlens, torch.Tensor):
         if cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype.is_complex or cu_seqlens.dtype == torch.bool:
             raise ShapeError(f"{cls}: {want}; got a {cu_seqlens.dtype} tensor")
