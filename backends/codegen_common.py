@@ -240,6 +240,10 @@ def class_header(g: Graph, base: str) -> list[str]:
     convs = tuple((g.op(n).get("weight"), tuple(g.fact(n, "dims")), g.op(n).get("width")[0])
                   for n in g.topo() if g.op(n).kind == "conv")
     w(f"    CONVS = {convs!r}")
+    sys_op = g.op(meta["system"])
+    if sys_op.get("structure") == "block_diagonal":
+        # (dim, block count: a number or a dim): checked when the dims are given at construction.
+        w(f"    BLOCKS = {((meta['state_dims'][-1], sys_op.get('blocks')),)!r}")
     w(f"    SCAN = {scan!r}")
     w(f"    ALGORITHM = {meta['algorithm']['name']!r}")
     return L

@@ -47,6 +47,14 @@ def resolve_dims(cls, given: dict) -> dict[str, int]:
         if v <= 0:
             raise ValueError(f"{cls.__name__}(): dim {name} must be positive, got {v}")
         env[name] = int(v)
+    # A block-diagonal state matrix needs its dim split into equal blocks (the compiler
+    # checked the defaults; dims given here may break that).
+    for name, blocks in cls.BLOCKS:
+        k = env[blocks] if isinstance(blocks, str) else blocks
+        if env[name] % k:
+            count = f"{blocks} = {k}" if isinstance(blocks, str) else f"{k}"
+            raise ValueError(f"{cls.__name__}(): dim {name} = {env[name]} is not divisible by the block count of "
+                             f"its block_diagonal state matrix (blocks = {count})")
     return env
 
 
@@ -106,6 +114,7 @@ class ReferenceModule(nn.Module):
     OUTPUT: tuple = ()
     PARAMS: tuple = ()
     CONVS: tuple = ()
+    BLOCKS: tuple = ()
     SCAN: dict = {}
     ALGORITHM = ""
 
