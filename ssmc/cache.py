@@ -45,6 +45,9 @@ def _notice(message: str) -> None:
 
 def _unsafe(st: os.stat_result) -> str | None:
     """Why a file or directory with this status must not be trusted (None: it may be)."""
+    if os.name != "posix":
+        # Elsewhere (Windows) the mode bits do not describe who may write; ACLs do.
+        return None
     getuid = getattr(os, "getuid", None)
     if getuid is not None and st.st_uid != getuid():
         return f"is owned by another user (uid {st.st_uid})"
