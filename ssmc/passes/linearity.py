@@ -27,7 +27,8 @@ Guarantees afterwards: meta["classification"] = {"A", "step", "input_coef", "for
 "lti": bool, "driven_by": "input" | "features"}; an LTI system has no forcing.
 
 Example: E = B * u with B = linear(u, N): coefficient B (per-token) -> selective.
-Example: E = B * u + linear(u, N): coefficient B, per-token forcing -> selective.
+Example: E = B * u + linear(u, N) with B = linear(u, N): coefficient B, per-token forcing
+         -> selective; with a param B instead: coefficient B + W, no forcing -> LTI.
 """
 from __future__ import annotations
 
