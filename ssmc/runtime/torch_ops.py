@@ -337,11 +337,13 @@ def fft_conv(K, u, sizes: dict, U: tuple, Y: tuple, P: tuple):
     uf = _flat(u, U, (P, Ux), sizes, 2)                                             # [B, L, P, U']
     # One NaN or Inf anywhere in the FFT's input spreads over all of its output, earlier
     # tokens included. So the FFT reads non-finite inputs as 0, and every output of a
-    # channel from its first non-finite input on is made NaN instead (what a scan gives
-    # there, or +-Inf), by adding a cumulative sum of u * 0: exactly 0 while u is finite,
-    # so the finite case costs two elementwise passes and a cumsum and is unchanged.
-    poison = torch.cumsum((uf * 0).sum(dim=-1), dim=1)                              # [B, L, P]
-    uf = torch.where(torch.isfinite(uf), uf, torch.zeros((), dtype=uf.dtype, device=uf.device))
+    # channel from its first non-finite input on gets the NaN or Inf instead (as with the
+    # scan), by adding a cumulative sum of u - u_read: exactly 0 while u is finite, so the
+    # finite case is unchanged, without a host sync, for a few elementwise passes.
+    read = torch.nan_to_num(uf, nan=0.0, posinf=0.0, neginf=0.0)
+    spoilt = uf - read
+    spoilt = torch.cumsum(spoilt[..., 0] if spoilt.shape[-1] == 1 else spoilt.sum(dim=-1), dim=1)  # [B, L, P]
+    uf = read
     n = 2 * length
     Uf = torch.fft.rfft(uf, n=n, dim=1)
     Kf = torch.fft.rfft(K.to(u.dtype), n=n, dim=0)
@@ -349,7 +351,7 @@ def fft_conv(K, u, sizes: dict, U: tuple, Y: tuple, P: tuple):
         yf = Uf * Kf[..., 0].unsqueeze(0)
     else:
         yf = torch.einsum("bfpu,fpyu->bfpy", Uf, Kf)
-    y = torch.fft.irfft(yf, n=n, dim=1)[:, :length] + poison.unsqueeze(-1)          # [B, L, P, Y']
+    y = torch.fft.irfft(yf, n=n, dim=1)[:, :length] + spoilt.unsqueeze(-1)          # [B, L, P, Y']
     y = y.reshape(b, length, *(sizes[d] for d in P + Yx))
     return align(y, P + Yx, Y)
 
@@ -375,17 +377,15 @@ def product(factors, lead: int = 2):
 
 
 def _segsum(z):
-    """S[t, s] = z_{s+1} + ... + z_t for s <= t (0 on the diagonal) along axis 2 of z [b, K, l, *zd],
-    as [b, K, t, s, *zd]; above the diagonal (s > t) the entries are 0 and meaningless.
+    """S[..., t, s] = z_{s+1} + ... + z_t for s <= t (0 on the diagonal) of z [..., l] (time last),
+    as [..., t, s]; above the diagonal (s > t) the entries are 0.
 
     Each entry is a cumulative sum of the masked, repeated z (Mamba-2's `segsum`), never a
     difference cumsum(z)_t - cumsum(z)_s of two large numbers: with large steps that
     difference loses the small exponents between them to cancellation."""
-    l = z.shape[2]
-    strict = torch.ones(l, l, dtype=torch.bool, device=z.device).tril(-1)
-    strict = strict.reshape((1, 1, l, l) + (1,) * (z.dim() - 3))
-    rep = z.unsqueeze(3).expand(z.shape[:3] + (l,) + z.shape[3:])                  # rep[t, s] = z_t
-    return torch.cumsum(torch.where(strict, rep, torch.zeros((), dtype=z.dtype, device=z.device)), dim=2)
+    l = z.shape[-1]
+    rep = z.unsqueeze(-1).expand(z.shape + (l,))                                    # rep[t, s] = z_t
+    return torch.cumsum(rep.tril(-1), dim=-2)
 
 
 def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
@@ -431,29 +431,28 @@ def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
 
     Lc = torch.cumsum(z, dim=2)                                                     # [b, K, l, *zd]
     # exp(Lc_t - Lc_s) as exp(z_{s+1} + ... + z_t): no cancellation with large steps.
-    seg = _segsum(z)                                                                # [b, K, t, s, *zd]
-    # M[t, s] = (C_t . B_s) exp(Lc_t - Lc_s) for s <= t. The mask is a `where`, never a
-    # zero factor: a NaN or Inf in B_s or z_s times 0 would reach the earlier tokens t < s.
-    md = tuple(d for d in dict.fromkeys(cd + bd + zd) if d in yd or d in xd)
-    M = torch.einsum(f"BKt{sub(cd)},BKs{sub(bd)},BKts{sub(zd)}->BKts{sub(md)}", Cf, Bf, torch.exp(seg))
+    decay = torch.exp(_segsum(z.movedim(2, -1)))                                    # [b, K, *zd, t, s]
+    # C_t . B_s for s <= t, masked by a `where`, not by a zero factor: a NaN or Inf in
+    # B_s times 0 would reach the earlier tokens t < s. (Above the diagonal the decays
+    # are exp(0) = 1, finite also where z is not, so the masked C . B is all it takes.)
+    cb = tuple(d for d in dict.fromkeys(cd + bd) if d in yd or d in xd or d in zd)
+    CB = torch.einsum(f"BKt{sub(cd)},BKs{sub(bd)}->BK{sub(cb)}ts", Cf, Bf)
     causal = torch.ones(l, l, dtype=torch.bool, device=z.device).tril()
-    M = torch.where(causal.reshape((1, 1, l, l) + (1,) * len(md)), M, torch.zeros((), dtype=M.dtype,
-                                                                                  device=M.device))
-    # The same for X: the matmul reads a non-finite X_s as 0 (so M[t, s] X_s = 0 for t < s),
-    # and every output of the block from token s on is made NaN instead, by adding a
-    # cumulative sum of X * 0 (exactly 0 while X is finite: the finite case is unchanged;
-    # later blocks get the NaN through the state, as the scan would).
-    finite = torch.isfinite(X)
-    y = torch.einsum(f"BKts{sub(md)},BKs{sub(xd)}->BKt{sub(yd)}", M,
-                     torch.where(finite, X, torch.zeros((), dtype=X.dtype, device=X.device)))
-    poison = torch.cumsum(X * 0, dim=2)
+    CB = torch.where(causal, CB, torch.zeros((), dtype=CB.dtype, device=CB.device))
+    # The same for X: the matmul reads a non-finite X_s as 0 (so that 0 * X_s = 0 for
+    # t < s), and the outputs of the block from token s on get the NaN or Inf instead, by
+    # adding a cumulative sum of X - X_read (exactly 0 while X is finite: the finite case
+    # is unchanged; later blocks get it through the state, as with the scan).
+    Xr = torch.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
+    y = torch.einsum(f"BK{sub(cb)}ts,BK{sub(zd)}ts,BKs{sub(xd)}->BKt{sub(yd)}", CB, decay, Xr)
+    spoilt = torch.cumsum(X - Xr, dim=2)
     extra = tuple(i + 3 for i, d in enumerate(xd) if d not in yd)
     if extra:
-        poison = poison.sum(dim=extra)
-    y = y + align(poison, tuple(d for d in xd if d in yd), tuple(yd))
+        spoilt = spoilt.sum(dim=extra)
+    y = y + align(spoilt, tuple(d for d in xd if d in yd), tuple(yd))
     last = Lc[:, :, -1]                                                             # [b, K, *zd]
-    to_end = torch.exp(seg[:, :, -1])                                               # [b, K, s, *zd]
-    inside = torch.einsum(f"BKs{sub(zd)},BKs{sub(xd)},BKs{sub(bd)}->BK{sub(sd)}", to_end, X, Bf)
+    to_end = decay[..., -1, :]                                                      # [b, K, *zd, s]
+    inside = torch.einsum(f"BK{sub(zd)}s,BKs{sub(xd)},BKs{sub(bd)}->BK{sub(sd)}", to_end, X, Bf)
     # The states after each block: a scan over blocks with decay exp(last).
     after = diag_scan(align(torch.exp(last), zd, sd), inside, x0)                   # [b, K, *sd]
     entering = torch.cat([x0.unsqueeze(1), after[:, :-1]], dim=1)

@@ -11,9 +11,9 @@ from the spec's expressions, and this kernel does the rest in one pass:
                   + exp(Lc) * (C x^T)                              # the state entering the chunk
         x       = exp(Lc_T) x + (X * exp(Lc_T - Lc))^T B           # the state leaving it
 
-(each exponent Lc_t - Lc_s summed over its own tokens, `_ssd_decays`; the mask a `where`
-and non-finite X read as 0 and the outputs after them made NaN, so a NaN or Inf at a
-token never reaches the outputs before it)
+(each exponent Lc_t - Lc_s summed over its own tokens, `_ssd_decays`; the mask a `where`,
+non-finite X read as 0 and added back to the outputs from their token on, so a NaN or
+Inf at a token never reaches the outputs before it)
 
 One program owns a batch element, a "head" (the state dims that z, B or C depend on,
 flattened) and a block of "channels" (the state dims only X depends on); every input
@@ -132,12 +132,12 @@ def _ssd_fwd(
         # reach the earlier tokens t < s.
         M = tl.where(causal, CB * decay, 0.0).to(dt)
         # So for X: the dot reads a non-finite X_s as 0, and the outputs of the chunk from
-        # token s on are made NaN by a cumulative sum of X * 0 (exactly 0 while X is finite;
-        # later chunks get the NaN through the state, as a scan would).
-        fin = (Xc * 0.0) == 0.0
-        yc = tl.dot(M, tl.where(fin, Xc, 0.0).to(dt), input_precision=PREC) \
+        # token s on get the NaN or Inf by a cumulative sum of X - X_read (exactly 0 while
+        # X is finite; later chunks get it through the state, as with a scan).
+        Xr = tl.where((Xc * 0.0) == 0.0, Xc, 0.0)
+        yc = tl.dot(M, Xr.to(dt), input_precision=PREC) \
             + tl.exp(Lc)[:, None] * tl.dot(Cc, tl.trans(x), input_precision=PREC) \
-            + tl.cumsum(Xc * 0.0, axis=0)  # [T, BLOCK_P]
+            + tl.cumsum(Xc - Xr, axis=0)  # [T, BLOCK_P]
         tl.store(y + ((b * L + tt[:, None]) * H + h) * P + p[None, :], yc, mask=mt[:, None] & mp[None, :])
         last = tl.sum(zc, axis=0)
         Xw = (Xc * w[:, None]).to(dt)
