@@ -381,3 +381,14 @@ def test_new_ssd_forms_gradients_and_state(monkeypatch, name):
             yt, st = layer.step(u[:, i], st)
             ys.append(yt)
         assert _rel(torch.stack(ys, 1), y) < 1e-12 and _rel(st, last) < 1e-12
+
+
+@pytest.mark.parametrize("output", [
+    "sum(C * x, N)",
+    "linear(x, H)",                                      # the readout as a linear map of the state
+    "linear(x, H, bias = true) + linear(u, H)",
+], ids=["sum", "linear-of-state", "linear-of-state-and-input"])
+def test_fft_for_a_readout_written_with_linear(output):
+    text = selective("W_B", "B * u").replace("y = sum(C * x, N)", f"y = {output}")
+    assert _graph(text).meta["classification"]["lti"]
+    assert agree(text, length=40) == "fft_conv"
