@@ -25,6 +25,8 @@ import ssmc
 from tests.oracles import papers
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+# Triton kernels run through the interpreter here (decided when the kernels are defined).
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def _load(stem: str, backend: str = "torch", **kw):
@@ -140,7 +142,6 @@ def _recurrence(z, X, B, C, x0):
 @pytest.fixture
 def triton_ssd(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    os.environ.setdefault("TRITON_INTERPRET", "1")
     pytest.importorskip("triton")
     from ssmc.runtime import triton_ssd as module
     return module
