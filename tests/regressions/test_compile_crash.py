@@ -24,6 +24,9 @@ import math
 import os
 import warnings
 
+# Triton reads TRITON_INTERPRET when it is imported: its kernels run on the CPU interpreter.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import numpy as np
 import pytest
 import torch
@@ -483,3 +486,46 @@ def test_arguments_are_checked_again_with_the_sizes_passed():
     build(text, "numpy")                       # N = 4 at the default
     with pytest.raises(ValueError, match="lo < hi"):
         build(text, "numpy", N=8)
+
+
+# --- the Triton backend shares the torch backend's host code ---------------------------------
+
+@pytest.mark.parametrize("text", [
+    spec("""
+        input u[H]
+        state x[H, N]
+        param A_log[H, N] = log(0.5 * ones)
+        param W[H] = -0.5 * ones
+        A = -exp(A_log) : diagonal
+        B = linear(u, N) * N ** -0.5
+        C = linear(u, N) / sqrt(N)
+        dt = softplus(linear(u, H)) * sqrt(H)
+        dynamics x' = A x + B * u
+        discretize zoh, step = dt
+        scan causal
+        output y = sum(C * x, N) + W * u
+    """),
+    spec("""
+        input u[H]
+        state x[H, N] complex
+        h = N
+        A = -0.5 + 1j : diagonal
+        dynamics x' = A x + u
+        discretize bilinear, step = 1 / h
+        scan causal
+        output y = re(sum(x, N))
+    """),
+], ids=["selective", "constant"])
+def test_triton(text):
+    pytest.importorskip("triton")
+    mn = build(text, "numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mod = ssmc.loads(text, backend="triton", strict=True)
+    mt = mod.T(seed=0, dtype=torch.float64)
+    u, _ = inputs(mn)
+    with torch.no_grad():
+        expect = mn(u)
+        torch.testing.assert_close(mt(u), expect, rtol=TOL, atol=TOL)
+        mt.fft_min_length = 1
+        torch.testing.assert_close(mt(u), expect, rtol=TOL, atol=TOL)
