@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -63,6 +64,9 @@ def signature(f: Finding) -> tuple:
     """What makes two findings the same failure: kind, backend, and the message's gist
     (a crash's exception and its last words; a mismatch's quantity)."""
     gist = f.message.split(":")[0]
+    if f.kind in ("rejected", "unlocated"):
+        # the error's own words, less the names in quotes (a reduced spec keeps the reason)
+        gist = re.sub(r"'[^']*'", "'_'", f.message)
     tail = f.message.rsplit(":", 1)[-1][-40:] if f.kind == "crash" else ""
     return (f.kind, f.backend, gist, tail)
 
