@@ -74,7 +74,9 @@ def phi1(z):
 
 
 def expm(m):
-    return torch.linalg.matrix_exp(m)
+    # matrix_exp views its batch dims as one: a permuted product of broadcast operands
+    # (Abar = exp(dt * A) with dt and A in other dims orders) may not be viewable so.
+    return torch.linalg.matrix_exp(m.contiguous())
 
 
 def phi1m(m):
