@@ -1311,8 +1311,8 @@ class _Gen:
         k = ch.integer(0, 3)
         cd = ch.subset(self.sdims, 0)
         if k == 0:
-            C = self.param(cd, self.coef_init(cd, self.cplx), hint=ch.choice(["C", "Cq"]),
-                           cplx=self.cplx and ch.chance(0.7))
+            cx = self.cplx and ch.chance(0.7)
+            C = self.param(cd, self.coef_init(cd, cx), hint=ch.choice(["C", "Cq"]), cplx=cx)
         elif k == 1 and cd:
             C = self.value(Ex(f"linear({self.input_leaf().text}, {', '.join(cd)})", dims=cd, tok=True, learn=True),
                            ch.choice(["C", "Ct"]))
