@@ -16,7 +16,7 @@ from __future__ import annotations
 from ...ir import functions as F
 from ...ir.graph import Graph
 from ..codegen_common import BINARY, Printer, bind_dims, class_header, direction_prologue, init_methods, module_header, \
-    split_body, tag
+    split_body
 
 
 class TorchPrinter(Printer):
@@ -271,8 +271,9 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
     for n in [n for n in loop if state_node not in g.ancestors(n)]:
         w(f"            {_chunk_line(pr, n)}")
     if ssd:
+        # The SSD form reads tensors: a factor or a C that is a number (`C = N ** -0.5`) becomes one.
         def factors(nodes):
-            return "[" + ", ".join(f"({pr.var(f)}, {pr.lay(f)!r})" for f in nodes) + "]"
+            return "[" + ", ".join(f"({pr.tensor(f)}, {pr.lay(f)!r})" for f in nodes) + "]"
         sign = "-" if ssd["sign"] < 0 else ""
         w(f"            _X, _xd = {factors_fn}({factors(ssd['xside'])})")
         w(f"            _Bf, _bd = ops.product({factors(ssd['bside'])})")
@@ -287,7 +288,7 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
             # number; the SSD form takes a tensor, made in float64 so that it is not rounded.
             zv = f"torch.tensor({zv}, dtype=torch.float64, device=_dev).to(_dt)"
         w(f"            {pr.var(y)}, _x = {ssd_fn}({zv}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
-          f"{pr.var(c)}, {pr.lay(c)!r}, _x, {sdims!r}, {yd!r}, self.ssd_block)  # [B, T, " + ", ".join(yd) + "]")
+          f"{pr.tensor(c)}, {pr.lay(c)!r}, _x, {sdims!r}, {yd!r}, self.ssd_block)  # [B, T, " + ", ".join(yd) + "]")
     else:
         a_tok = g.fact(abar, "time") == "token"
         w(f"            _Abar = {pr.tensor(abar) if abar in pr.numbers else pr.arg(abar, atarget)}  # ["
@@ -307,7 +308,8 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         body = ["    " + line if line.strip() else line for line in L[loop_start:]]
         L[loop_start:] = ["        if self._fused_ready():", *fused, "        else:", *body]
     for n in exits:
-        w(f"        {pr.var(n)} = ops.cat_time(_e{pr.num[n]})  {tag(g, n)}")
+        # Tagged with the layout the loop gave it (the state's dims order), not its dims' order.
+        w(f"        {pr.var(n)} = ops.cat_time(_e{pr.num[n]})  # [" + ", ".join(("B", "L") + pr.lay(n)) + "]")
     if post:
         w("        # per-token values after the scan, over the whole sequence")
         for n in post:
