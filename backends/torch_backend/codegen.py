@@ -51,7 +51,7 @@ class TorchPrinter(Printer):
             (m,) = g.operands(n)
             ops = g.operands(m) if g.op(m).kind == "mul" else ()
             if (ops and len(g.users(m)) == 1 and sysn not in [u for u, _ in g.users(m)]
-                    and all(g.op(i).kind not in ("const", "dim") for i in ops)
+                    and all(i not in self.numbers for i in ops)
                     and all(len(set(g.fact(i, "dims"))) == len(g.fact(i, "dims")) for i in ops)):
                 self.fused.add(m)
         # A product read only by another product is folded into it, so the factors can be

@@ -34,7 +34,7 @@ import torch
 import ssmc
 
 TOL = 1e-10
-B, L = 2, 5
+B_, L = 2, 5
 
 
 def spec(body: str, dims: str = "H = 3, N = 4") -> str:
@@ -53,8 +53,8 @@ def inputs(m, seed=1):
     g = torch.Generator().manual_seed(seed)
     sizes = m.dims
     (first, fdims), *rest = m.INPUTS
-    u = torch.randn((B, L) + tuple(sizes[d] for d in fdims), generator=g, dtype=torch.float64)
-    kw = {name: torch.rand((B, L) + tuple(sizes[d] for d in dd), generator=g, dtype=torch.float64)
+    u = torch.randn((B_, L) + tuple(sizes[d] for d in fdims), generator=g, dtype=torch.float64)
+    kw = {name: torch.rand((B_, L) + tuple(sizes[d] for d in dd), generator=g, dtype=torch.float64)
           for name, dd in rest}
     return u, kw
 
@@ -180,6 +180,32 @@ def test_a_function_of_numbers_anywhere(where, expr):
         scan causal
         output y = sum(C * x, N) + abs({expr}) * u
     """))
+
+
+@pytest.mark.parametrize("B, C", [("linear(u, N)", "(H * N) ** 0.25"), ("2", "N ** 0.5"), ("sqrt(N)", "exp(-1)")])
+def test_a_number_as_the_input_or_readout_coefficient(B, C):
+    # sum(C * x, N) with a number C was one contraction (einsum) of a number; with a scalar
+    # A and a per-token step it is the SSD form, which read C and B's factors as tensors.
+    text = spec(f"""
+        input u[H]
+        state x[H, N]
+        A = -1 : scalar
+        B = {B}
+        C = {C}
+        dt = softplus(linear(u, H)) * 0.1
+        dynamics x' = A x + B * u
+        discretize zoh_euler, step = dt
+        scan causal
+        output y = sum(C * x, N)
+    """)
+    m, y, u = both(text)
+    w, u = weights(m), u.numpy()
+    H, N = 3, 4
+    b = u @ w["B_proj"].T if "linear" in B else np.full((B_, L, N), eval(B, {"sqrt": math.sqrt, "N": N}))
+    c = eval(C, {"exp": math.exp, "H": H, "N": N})
+    dt = (softplus(u @ w["dt_proj"].T) * 0.1)[..., None]
+    xs = scan(np.exp(-dt), dt * b[:, :, None, :] * u[..., None])
+    np.testing.assert_allclose(y.numpy(), c * xs.sum(-1), rtol=TOL, atol=TOL)
 
 
 # --- 2. computations an initializer and the forward share ----------------------------------
