@@ -257,7 +257,8 @@ def init_methods(g: Graph) -> list[str]:
     for p in g.meta["params"]:
         o = g.op(p)
         (root,) = g.operands(p)
-        sub = [n for n in g.topo() if n in g.ancestors(root) | {root}]
+        tree = g.ancestors(root) | {root}
+        sub = [n for n in g.topo() if n in tree]
         w("")
         w(f"    def _init_{o.get('name')}(self, d, gen):")
         w(f"        {dims_locals(g)}")
