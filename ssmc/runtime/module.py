@@ -180,7 +180,7 @@ class ReferenceModule(nn.Module):
             if _register:
                 # Straight into the tables, not through setattr / register_buffer: a spec's
                 # name may also be a method or attribute of the module (forward, to, training,
-                # dims, ...), and it stays the state_dict key all the same (see __setattr__).
+                # directions, ...), and it stays the state_dict key all the same (see __setattr__).
                 if info.get("frozen"):
                     self._buffers[name] = t
                 else:
@@ -195,8 +195,8 @@ class ReferenceModule(nn.Module):
         return t if t is not None else self._buffers[name]
 
     def __setattr__(self, name: str, value) -> None:
-        # A spec's param may share its name with a plain attribute (training, dims,
-        # chunk_size, ...): the attribute lives in __dict__, the param in _parameters or
+        # A spec's param may share its name with a plain attribute (training,
+        # directions, chunk_size, ...): the attribute lives in __dict__, the param in _parameters or
         # _buffers, and assigning one never replaces or unregisters the other.
         if any(name == p for p, _, _ in type(self).PARAMS):
             if isinstance(value, nn.Parameter) and name in self._parameters:
