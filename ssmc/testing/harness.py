@@ -88,7 +88,7 @@ def _rel(y, ref) -> float:
 def _np(t):
     if isinstance(t, (tuple, list)):
         return type(t)(_np(v) for v in t)
-    return t.detach().cpu().numpy()
+    return t.detach().resolve_conj().resolve_neg().cpu().numpy()
 
 
 class _Case:
