@@ -178,6 +178,26 @@ def test_module_names_work_or_are_located_spec_errors(name, role, backend, no_ca
         assert got is layer.state_dict(keep_vars=True)[name]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["training", "forward", "directions", "chunk_size", "parameters"])
+def test_params_named_like_module_attributes_survive_assignment_and_copies(name, backend, no_cache):
+    """load_state_dict(assign=True) sets params by setattr, deepcopy restores __dict__, and
+    gradients reach the param: none of it mixes up the param and the module's attribute."""
+    import copy
+    mod = ssmc.loads(_spec("PAR", name), backend=backend)
+    a, b = mod.T(seed=0), mod.T(seed=1)
+    b.load_state_dict(a.state_dict(), assign=True)
+    assert b.training is True and isinstance(b.get_parameter(name), torch.nn.Parameter)
+    b.eval()
+    assert b.training is False
+    c = copy.deepcopy(b)
+    q, w = _inputs((1, 3, 2))
+    torch.testing.assert_close(c(q, w=w), a(q, w=w))
+    if backend == "torch":
+        a(q, w=w).square().sum().backward()
+        assert a.get_parameter(name).grad is not None
+
+
 def test_module_keywords_table_matches_the_classes_signatures():
     """The check pass's table of names no dim or input may take is exactly the generated
     classes' keyword arguments (those not reserved words anyway)."""
