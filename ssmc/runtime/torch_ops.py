@@ -390,6 +390,14 @@ def _segsum(z):
     return torch.cumsum(rep.tril(-1), dim=-2)
 
 
+def _finite_part(t):
+    """t with NaN and +-Inf read as 0 (a complex t part by part, as nan_to_num does, which
+    has no gradient for complex outputs)."""
+    if t.is_complex():
+        return torch.complex(_finite_part(t.real), _finite_part(t.imag))
+    return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
     """The SSD form (Dao & Gu 2024) over named dims, for a stretch of tokens.
 
@@ -445,7 +453,7 @@ def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
     # t < s), and the outputs of the block from token s on get the NaN or Inf instead, by
     # adding a cumulative sum of X - X_read (exactly 0 while X is finite: the finite case
     # is unchanged; later blocks get it through the state, as with the scan).
-    Xr = torch.nan_to_num(X, nan=0.0, posinf=0.0, neginf=0.0)
+    Xr = _finite_part(X)
     y = torch.einsum(f"BK{sub(cb)}ts,BK{sub(zd)}ts,BKs{sub(xd)}->BKt{sub(yd)}", CB, decay, Xr)
     spoilt = torch.cumsum(X - Xr, dim=2)
     extra = tuple(i + 3 for i, d in enumerate(xd) if d not in yd)
