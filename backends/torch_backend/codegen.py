@@ -64,6 +64,8 @@ class TorchPrinter(Printer):
             users = g.users(m)
             if (g.op(m).kind == "mul" and len(users) == 1 and g.op(users[0][0]).kind == "mul"
                     and m not in names and m not in self.fused and g.fact(m, "time") == "token"
+                    # (a fused product's contraction reads its two operands as they are)
+                    and users[0][0] not in self.fused
                     and len(g.fact(m, "dims")) >= nstate and len(set(g.fact(m, "dims"))) == len(g.fact(m, "dims"))):
                 self.folded.add(m)
 

@@ -388,15 +388,25 @@ class _Kernel:
     def power(self, n: int, name: str, minus_one: bool = False) -> tuple[list[str], str]:
         """(lines, expression) for the real power node n (`x ** c`), or with `minus_one` for
         x ** (c - 1), its derivative's power."""
-        x, e = (self.ref(i) for i in self.g.operands(n))
-        base, ex = self.g.operands(n)
-        c = _constant(self.g, ex)
+        x, e, c = self.pow_operands(n)
         if c is not None:
             return _power(x, c - 1 if minus_one else c, name)
-        if _constant(self.g, base) is not None:
-            # A number as the base (`2 ** v`): a tile of the exponent's shape.
-            x = f"({x} + 0.0 * {e})"
         return _power_runtime(x, f"({e} - 1.0)" if minus_one else e, name)
+
+    def pow_operands(self, n: int) -> tuple[str, str, float | None]:
+        """(base, exponent, the exponent's value if it is a compile-time constant) of the
+        power node n, as float tiles where the exponent is known only at run time."""
+        base, ex = self.g.operands(n)
+        x, e = self.ref(base), self.ref(ex)
+        c = _constant(self.g, ex)
+        if c is None:
+            if self.g.op(ex).kind == "dim":
+                # A dim's size is an integer argument: the power's functions take floats.
+                e = f"({e} + 0.0)"
+            if _constant(self.g, base) is not None or self.g.op(base).kind == "dim":
+                # A number as the base (`2 ** v`, `N ** v`): a tile of the exponent's shape.
+                x = f"({x} + 0.0 * {e})"
+        return x, e, c
 
     def ref(self, n: int):
         o = self.g.op(n)
@@ -490,14 +500,18 @@ class _Kernel:
         """(lines, [(operand, contribution)]) for the real power r = x ** e: dx = G e x^(e-1);
         de = G r log(x), 0 where x == 0 and e >= 0 (torch's), none for a constant e."""
         g = self.g
-        (xn, en), (x, e) = g.operands(n), (self.ref(i) for i in g.operands(n))
-        c = _constant(g, en)
-        lines, p = self.power(n, f"{tmp}_d", minus_one=True)
-        out = [] if c == 0 else [(xn, f"({G}) * {e if c is None else repr(c)} * ({p})")]
-        if c is None:
-            lines.append(f"{tmp}_l = tl.where(({x} == 0.0) & ({e} >= 0.0), 0.0, {self.tile[n]} * tl.log({x}))")
+        xn, en = g.operands(n)
+        x, e, c = self.pow_operands(n)
+        wanted = lambda i: g.op(i).kind not in ("const", "dim")  # noqa: E731
+        lines, out = [], []
+        if c != 0 and wanted(xn):
+            lines, p = self.power(n, f"{tmp}_d", minus_one=True)
+            out.append((xn, f"({G}) * {e if c is None else repr(c)} * ({p})"))
+        if c is None and wanted(en):
+            rlog = f"{self.tile[n]} * tl.log({x})"
+            lines.append(f"{tmp}_l = tl.where({x} == 0.0, tl.where({e} >= 0.0, 0.0, {rlog}), {rlog})")
             out.append((en, f"({G}) * {tmp}_l"))
-        return lines, [(i, t) for i, t in out if g.op(i).kind not in ("const", "dim")]
+        return lines, out
 
     def cvjp(self, n: int, G, tmp: str) -> tuple[list[str], list[tuple[int, object]]]:
         """(lines, [(operand, contribution)]): the derivative of node n given its gradient G,

@@ -15,7 +15,8 @@ float64) and the torch backend (gradients, float64).
    (`p.data.mul_`), on the torch and Triton backends.
 7. Unusual but valid specs: a constant A, readouts summing beyond the state's padding
    columns, an output whose dims are not in the state's order, complex readouts with
-   im() / abs() / conj(), a scalar structure with mean().
+   im() / abs() / conj(), a scalar structure with mean(), powers of per-token values and
+   of dims.
 """
 from __future__ import annotations
 
@@ -404,6 +405,35 @@ UNUSUAL = {
   discretize zoh, step = softplus(z)
   scan causal
   output y = mean(x ** 2 * sigmoid(x) + relu(x) - abs(x), N) + sqrt(1 + sum(x * x, N))
+}
+""",
+    # Powers of a per-token step, in the input term and the readout (the torch backend's
+    # contraction of a folded product read an operand it never computed).
+    "token_step_powers": """ssm T {
+  dims H = 2, N = 3
+  input u[H], dt[H]
+  state x[H, N]
+  param a[H, N] = normal(0, 0.5)
+  param C[H, N] = normal(0, 1)
+  A = -exp(a) : diagonal
+  step_ = softplus(dt)
+  dynamics x' = A x + C * step_ ** 2 * u
+  discretize zoh, step = step_
+  scan causal
+  output y = sum(C * x * step_ ** -1, N) + step_ ** 0.5 * u
+}
+""",
+    # Dims as exponents and as a base (integer kernel arguments).
+    "dim_powers": """ssm T {
+  dims H = 2, N = 3
+  input u[H]
+  state x[H, N]
+  param a[H, N] = normal(0, 0.5)
+  A = -exp(a) : diagonal
+  dynamics x' = A x + u
+  discretize zoh, step = 0.1
+  scan causal
+  output y = sum(x ** N + x ** (N - 1) + N ** x, N)
 }
 """,
     "complex_constant_A": """ssm T {
