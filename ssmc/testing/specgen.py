@@ -1055,6 +1055,20 @@ class _Gen:
             noise = self.param(dims, "normal(0, 0.03)", hint="Mn")
             self.tags.add("matrix:sum")
             M = binop("+", M, noise, dims=dims)
+        if ch.chance(0.2):
+            # a per-token matrix: a positive per-token factor in (0, 1] over leading dims
+            # (a gated dense recurrence / a selective dense system) keeps it stable
+            lead2 = ch.subset([d for d in self.sdims if d != N], 0, 1)
+            u, ud = self.inputs[0]
+            if lead2:
+                z = Ex(f"linear({u}, {', '.join(lead2)})", dims=tuple(lead2), tok=True, learn=True)
+            elif ud:
+                z = call("mean", Ex(u, dims=ud, tok=True), dims=(), extra=list(ud))
+            else:
+                z = Ex(u, tok=True)
+            gate = call("sigmoid", z) if ch.chance(0.5) else call("exp", neg(call("softplus", z)))
+            self.tags.add("A:token")
+            M = binop("*", gate, M, dims=tuple(d for d in gate.dims if d not in M.dims) + M.dims)
         return M
 
     def dplr(self, rec: bool) -> Ex:
