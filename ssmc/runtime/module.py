@@ -157,7 +157,8 @@ class ReferenceModule(nn.Module):
             out = self._param_shape(entry)[0]
             return _init.linear_bias(out, math.prod(_shape(info["in"], d)), gen)
         ch = _shape(info["channels"], d)
-        k = self._param_shape(entry)[-1]
+        # The fan-in is the width K (for the bias too, whose shape has no K; channels may be none).
+        k = info["K"] if isinstance(info["K"], int) else d[info["K"]]
         return _init.conv_weight(ch, k, gen) if kind == "conv_weight" else _init.conv_bias(ch, k, gen)
 
     @torch.no_grad()

@@ -5,6 +5,8 @@ A block_diagonal state dim given at construction so that the blocks no longer di
 (the compiler checks only the defaults) is a one-line ValueError at construction naming
 the dim, its value and the block count, for every backend: before, forward failed deep
 inside a matmul (torch) or block_diagonal (numpy).
+
+A conv's bias is drawn with the conv's width as fan-in, also with no channel dims.
 """
 from __future__ import annotations
 
@@ -52,3 +54,33 @@ def test_block_diagonal_dims_that_divide_still_run(backend, blocks, given):
     layer = mod.Blocks(seed=0, dtype=torch.float64, **given)
     y = layer(torch.randn(2, 3, 2, dtype=torch.float64))
     assert y.shape == (2, 3, 2) and torch.isfinite(y).all()
+
+
+CONV_BIAS = """ssm ConvBias {
+  dims E = 64, K = 2
+  input u[CH]
+  param a[] = uniform(0.1, 0.9)
+  state x[E]
+  f = conv(u, K, bias = true)
+  Ad = a : scalar
+  recurrence x = Ad x + f
+  scan causal
+  output y = sum(x, E)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("channels", ["", "E"])
+def test_conv_bias_fan_in_is_the_width(backend, channels):
+    # The bias of conv(e, K) is U(-1/sqrt(K), 1/sqrt(K)) (torch.nn.Conv1d, one group per
+    # channel): its fan-in was read as the last channel dim (64 here: bound 1/8), and
+    # with no channel dims (a scalar input) construction failed with an IndexError.
+    mod = ssmc.loads(CONV_BIAS.replace("CH", channels), backend=backend, strict=True)
+    layer = mod.ConvBias(seed=0)
+    b = layer.f_conv_bias.detach()
+    assert b.shape == ((64,) if channels else ())
+    bound = 1 / 2 ** 0.5
+    assert b.abs().max() <= bound
+    if channels:
+        assert b.abs().max() > 0.5, "drawn with the channels' count as fan-in"
