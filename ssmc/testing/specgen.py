@@ -756,7 +756,8 @@ class _Gen:
     def input_leaf(self, allowed=None) -> Ex:
         """An input (any whose dims fit `allowed`, the primary one preferred)."""
         ins = [(n, d) for n, d in self.inputs if allowed is None or set(d) <= set(allowed)]
-        n, d = ins[0] if (len(ins) == 1 or self.ch.chance(0.6)) and ins else self.ch.choice(ins)
+        assert ins, "callers check that an input fits"
+        n, d = ins[0] if len(ins) == 1 or self.ch.chance(0.6) else self.ch.choice(ins)
         return Ex(n, dims=tuple(d), tok=True, direct=frozenset([n]))
 
     def _fitting_inputs(self, allowed) -> list:
@@ -939,20 +940,13 @@ class _Gen:
                 return neg(paren(binop("+", call("softplus", binop("*", num(2), call("tanh", rnd()))), num(0.2))))
             if k == 2:
                 return binop("-", num(0, "-0.3"), call("sigmoid", rnd()))
-            if k == 3 and (not exact or len(allowed) == 0 or allowed[-1:] == (self.N,) and len(allowed) == 1):
-                init = ch.choice([f"log(1 + arange({self.N}))", "log(uniform(0.5, 2))", f"log(-s4d_real({self.N}))",
-                                  "log(0.5)"]) if (not exact or allowed) else ch.choice(["log(uniform(0.5, 2))",
-                                                                                          "log(0.5)"])
-                dims = allowed if exact else tuple(ch.subset(allowed, 0)) + ((self.N,) if "arange" in init or
-                                                                             "s4d" in init else ())
-                dims = tuple(dict.fromkeys(dims))
-                if not set(dims) <= set(allowed) and exact:
-                    dims = allowed
-                    init = "log(uniform(0.5, 2))"
-                if not set(dims) <= set(allowed):
-                    init = "log(uniform(0.5, 2))"
-                    dims = tuple(d for d in dims if d in allowed)
-                return neg(call("exp", self.param(dims, init, hint="A_log")))
+            if k == 3:
+                # A = -exp(A_log): S4D-Real's / Mamba's parametrisation
+                dims = tuple(allowed) if exact else tuple(ch.subset(allowed))
+                inits = ["log(uniform(0.5, 2))", "log(0.5)"]
+                if self.N in dims:
+                    inits += [f"log(1 + arange({self.N}))", f"log(-s4d_real({self.N}))"]
+                return neg(call("exp", self.param(dims, ch.choice(inits), hint="A_log")))
             if k == 4 and not exact and self.N in allowed:
                 init = ch.choice([f"s4d_real({self.N})", f"re(s4d_lin({self.N}))", "-uniform(0.3, 1.5)"])
                 return self.param((self.N,), init, hint="Ar")
@@ -1645,9 +1639,7 @@ def _mutate(b: _Built, g: _Gen, ch: _Chooser) -> tuple[str, str]:
         w = ch.choice(["scan", "discretize", "structure"])
         if w == "scan":
             s = find("scan")[0]
-            s.text = s.text.replace("scan ", "scan " + ch.choice(["causall ", "forward", "sideways"]), 1) \
-                if False else "scan " + ch.choice(["causall", "forward", "bidirectional(merge = max)",
-                                                   "cross2d(merge = add)"])
+            s.text = "scan " + ch.choice(["causall", "forward", "bidirectional(merge = max)", "cross2d(merge = add)"])
         elif w == "discretize" and find("discretize"):
             s = find("discretize")[0]
             s.text = s.text.replace("discretize ", "discretize " + ch.choice(["zohh", "rk4", "exact"]) + "_", 1)
