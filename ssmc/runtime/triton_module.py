@@ -115,11 +115,12 @@ class TritonModule(TorchModule):
 
     @staticmethod
     def _launch(kernel, batch: int, rows: int, cols: int, tensors, sizes, square: bool = False,
-                chunked: bool = False, **flags):
+                chunked: bool = False, accumulate=(), **flags):
         """Grid (batch, row blocks): each program holds a [BLOCK_P, BLOCK_N] tile of the state
         (for matrix structures also a [BLOCK_P, BLOCK_N, BLOCK_N] tile of the transition; for
         `chunked` kernels [BLOCK_T, BLOCK_P, BLOCK_N] tiles of a chunk of tokens, BLOCK_T
-        dividing the checkpoint interval CK)."""
+        dividing the checkpoint interval CK). `accumulate`: the (zeroed) tensors the kernel
+        adds into atomically, zeroed again after tuning has launched it."""
         block_n = _pow2(cols)
         budget = 4096 // block_n if square else 2048
         largest = min(_pow2(rows), max(1, budget // block_n))
@@ -137,7 +138,18 @@ class TritonModule(TorchModule):
             extra = {"BLOCK_T": block_t} if chunked else {}
             kernel[(batch, -(-rows // block_p))](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n, **extra, **flags)
 
-        config = autotune.choose(kernel, (batch, rows, cols, tuple(sizes)), args, largest, run, candidates)
+        tried = []
+
+        def trial(config) -> None:
+            tried.append(config)
+            run(config)
+
+        config = autotune.choose(kernel, (batch, rows, cols, tuple(sizes)), args, largest, trial, candidates)
+        if tried:
+            # Tuning launched the kernel several times: what it adds up (the backward's
+            # gradients) starts again from zero, or the first call at a shape is off.
+            for t in accumulate:
+                t.zero_()
         run(config)
         return args
 
@@ -236,7 +248,7 @@ def fused_scan_backward(key: str, x0: torch.Tensor, inputs: list[torch.Tensor], 
     TritonModule._launch(_BACKWARD[key], batch, rows, cols,
                          [x0, states, scratch, gxf.contiguous(), gx0, tmap if mapped else x0, *inputs,
                           *[g.contiguous() for g in gouts], *gins],
-                         sizes, square, key in _CHUNKED, CK=CHECKPOINT, MAP=mapped)
+                         sizes, square, key in _CHUNKED, accumulate=gins, CK=CHECKPOINT, MAP=mapped)
     return [gx0, *[g.to(t.dtype) for g, t in zip(gins, inputs)]]
 
 

@@ -10,7 +10,8 @@ float64) and the torch backend (gradients, float64).
 4. Names from the spec never collide with the kernels' own (a dim `k3`, a block `tl` or
    `triton`, values named after the kernel's variables).
 5. The gradient of a static step parameter where the input term has a coefficient
-   (`B * u`) is right for every rule and length (the backward kernel summed it N times).
+   (`B * u`) is right for every rule and length (the backward kernel summed it N times),
+   and on the call that tunes the block sizes (each trial launch added its gradients).
 6. The LTI kernel cache sees parameters edited in place without a version bump
    (`p.data.mul_`), on the torch and Triton backends.
 7. Unusual but valid specs: a constant A, readouts summing beyond the state's padding
@@ -311,6 +312,16 @@ def test_static_step_gradcheck(rule):
         return torch.func.functional_call(layer, {**params, "log_dt": log_dt}, (u,)).square().sum()
 
     assert torch.autograd.gradcheck(f, (params["log_dt"].clone().requires_grad_(),), atol=1e-7)
+
+
+def test_gradients_on_the_call_that_tunes(monkeypatch, tmp_path):
+    """The first call at a shape times every block size by launching the kernel (on a GPU;
+    SSMC_AUTOTUNE=1 here): the backward's atomically added gradients must not add up."""
+    from ssmc.runtime import triton_autotune
+    monkeypatch.setenv("SSMC_AUTOTUNE", "1")
+    monkeypatch.setenv("SSMC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(triton_autotune, "_memory", {})
+    _gradients_match(STEP.replace("RULE", "zoh"), length=5, tol=1e-8)
 
 
 # --- 6. the LTI kernel cache and in-place edits ----------------------------------------------
