@@ -351,14 +351,15 @@ def test_scan_orders_by_index_maps(source, monkeypatch):
     t, r = T(seed=5, **dims), R(seed=5, **dims)
     ins = _inputs(T, t, length=70)
     seen = _spy_copies(monkeypatch)
+    # The first input is positional (forward(u, /, ...)); the others are keywords.
+    first = T.INPUTS[0][0]
+    rest = {k: v for k, v in ins.items() if k != first}
     with torch.no_grad():
-        y = t(**ins)
+        y = t(ins[first], **rest)
     assert seen["copies"] == 0 and seen["maps"] >= 1, seen
-    assert rel(y, r(**{k: v.double() for k, v in ins.items()})) < 1e-4
+    assert rel(y, r(ins[first].double(), **{k: v.double() for k, v in rest.items()})) < 1e-4
     if T.TRITON_BACKWARD or T.ALGORITHM == "ssd":
-        first = T.INPUTS[0][0]
         u = ins[first].clone().requires_grad_()
-        rest = {k: v for k, v in ins.items() if k != first}
         gt = torch.autograd.grad(t(u, **rest).square().sum(), [u, *t.parameters()])
         assert seen["copies"] == 0
         m = getattr(_load(source, "torch") if not source.startswith("ssd:") else
@@ -505,11 +506,13 @@ def test_half_precision_inputs_reach_the_kernel_as_they_are(dtype, monkeypatch):
     u, Bm, Cm = (torch.randn(2, 37, n, generator=g) for n in (4, 3, 3))
     delta = torch.rand(2, 37, 4, generator=g) * 0.5 + 0.05
     ins = {k: v.to(dtype) for k, v in dict(u=u, delta=delta, Bm=Bm, Cm=Cm).items()}
+    # u is positional (forward(u, /, ...)); the other inputs are keywords.
     with torch.no_grad():
-        y = t(**ins)
+        y = t(ins["u"], **{k: v for k, v in ins.items() if k != "u"})
     assert dtype in seen
     assert y.dtype == dtype
-    assert rel(y, r(**{k: v.double() for k, v in ins.items()})) < 3e-2
+    assert rel(y, r(ins["u"].double(), **{k: v.double() for k, v in ins.items() if k != "u"})) < 3e-2
     ins = {k: v.clone().requires_grad_() for k, v in ins.items()}
-    grads = torch.autograd.grad(t(**ins).float().square().sum(), list(ins.values()))
+    grads = torch.autograd.grad(t(ins["u"], **{k: v for k, v in ins.items() if k != "u"}).float().square().sum(),
+                                list(ins.values()))
     assert all(gr.dtype == dtype and torch.isfinite(gr.float()).all() for gr in grads)
