@@ -21,8 +21,8 @@ Scope of the scan kernel (others fall back to the PyTorch backend with a notice,
 are an error with strict=True): every structure (diagonal and scalar elementwise;
 dense, DPLR and block-diagonal as a matrix-vector update on a [BLOCK_P, BLOCK_N,
 BLOCK_N] tile, their discretized matrices made in torch), real or complex states, the
-elementwise functions of derivatives.py (on complex values: arithmetic, exp, phi1, re,
-im, conj, abs), reductions over one state dim (the tile's columns). Values over dims
+elementwise functions of derivatives.py and powers, as numpy computes them (on complex
+values: arithmetic, exp, phi1, re, im, conj, abs, powers by integer constants), reductions over one state dim (the tile's columns). Values over dims
 beyond the state's are computed in torch: before the launch when they do not read the
 state (S5's sum(B * u, H)); otherwise the kernel hands over every state and torch reads
 them out. Non-causal scan orders are index maps over time (step t reads and writes
@@ -114,6 +114,31 @@ def _power(x: str, c: float, name: str) -> tuple[list[str], str]:
     return [], f"tl.exp({c!r} * tl.log({x}))"
 
 
+def _complex_power(g: Graph, n: int) -> int | None:
+    """The exponent of a power of a complex value the kernel computes (an integer constant
+    up to _PRODUCT_POWER in size, by products; the exponent itself real), or None."""
+    base, ex = g.operands(n)
+    c = _constant(g, ex)
+    if g.fact(ex, "complex") or c is None or c != int(c) or abs(c) > _PRODUCT_POWER:
+        return None
+    return int(c)
+
+
+def _cpower(ar: str, ai: str, c: int, name: str) -> tuple[list[str], tuple[str, str]]:
+    """(lines, (real, imaginary)) for z ** c, z = ar + i ai, c an integer: products, then
+    the reciprocal for c < 0."""
+    if c == 0:
+        return [], (f"tl.where({ar} == {ar}, 1.0, 1.0)", f"0.0 * {ar}")
+    r, i = f"{name}_pr", f"{name}_pi"
+    lines = [f"{r}, {i} = {ar} + 0.0 * {ai}, {ai} + 0.0 * {ar}"]
+    for _ in range(abs(c) - 1):
+        lines.append(f"{r}, {i} = {r} * {ar} - {i} * {ai}, {r} * {ai} + {i} * {ar}")
+    if c > 0:
+        return lines, (r, i)
+    lines.append(f"{name}_q = {r} * {r} + {i} * {i}")
+    return lines, (f"{r} / {name}_q", f"-{i} / {name}_q")
+
+
 def _power_runtime(x: str, e: str, name: str) -> tuple[list[str], str]:
     """(lines, expression) for x ** e with an exponent known only at run time: |x|^e with
     the sign (-1)^e where x < 0 and e is an integer, nan where x < 0 and it is not
@@ -173,7 +198,9 @@ def _plan(g: Graph, loop: list[int]):
     for n in [n for n in loop if n not in host]:
         o = g.op(n)
         complex_in = any(g.fact(i, "complex") for i in g.operands(n))
-        if complex_in and o.kind not in _COMPLEX_OK:
+        if complex_in and o.kind == "pow" and _complex_power(g, n) is None:
+            raise Unsupported("a power of a complex value other than by an integer constant")
+        if complex_in and o.kind not in _COMPLEX_OK and o.kind != "pow":
             raise Unsupported(f"{o.kind}() of a complex value")
         if o.kind not in _UNARY and o.kind not in _BINARY and o.kind not in ("sum", "mean", "pow") \
                 and not (complex_in and o.kind in _COMPLEX_OK):
@@ -370,6 +397,9 @@ class _Kernel:
         if k in ("sum", "mean"):
             div = "" if k == "sum" else f" / s_{self.col}"
             return [f"{r} = {self.colsum(ar)}{div}", f"{i} = {self.colsum(ai)}{div}"]
+        if k == "pow":
+            lines, (pr_, pi_) = _cpower(ar, ai, _complex_power(g, n), name)
+            return lines + [f"{r} = {pr_}", f"{i} = {pi_}"]
         raise Unsupported(f"{k}() of a complex value")
 
     def real_expr(self, n: int) -> str:
@@ -463,7 +493,7 @@ class _Kernel:
         for n in self.loop:
             kind = g.op(n).kind
             if self.cplx(n) or any(self.cplx(i) for i in g.operands(n)):
-                if kind not in _COMPLEX_OK:
+                if kind not in _COMPLEX_OK and kind != "pow":
                     return False
             elif kind not in _VJP and kind != "pow":
                 return False
@@ -602,6 +632,13 @@ class _Kernel:
         elif k in ("sum", "mean"):
             div = "" if k == "sum" else f" / s_{self.col}"
             out.append((ops_[0], fit(ops_[0], (f"{Gr}{div}", f"{Gi}{div}" if Gi is not None else None))))
+        elif k == "pow":
+            # d z^c = c z^(c-1): the gradient G * conj(c z^(c-1)); none for the constant c.
+            c = _complex_power(g, n)
+            (ar, ai) = pair[0]
+            more, (dr, di) = _cpower(ar, ai or "0.0", c - 1, f"{tmp}_d")
+            lines += more + [f"{tmp}_fr, {tmp}_fi = {float(c)!r} * ({dr}), {float(c)!r} * ({di})"]
+            out.append((ops_[0], fit(ops_[0], cmul_conj(Gr, Gi, f"{tmp}_fr", f"{tmp}_fi"))))
         else:
             raise Unsupported(f"the derivative of {k}() of a complex value")
         return lines, [(i, c) for i, c in out if g.op(i).kind not in ("const", "dim")]

@@ -16,8 +16,8 @@ float64) and the torch backend (gradients, float64).
    (`p.data.mul_`), on the torch and Triton backends.
 7. Unusual but valid specs: a constant A, readouts summing beyond the state's padding
    columns, an output whose dims are not in the state's order, complex readouts with
-   im() / abs() / conj(), a scalar structure with mean(), powers of per-token values and
-   of dims.
+   im() / abs() / conj(), a scalar structure with mean(), powers of per-token values, of
+   dims and of complex values.
 """
 from __future__ import annotations
 
@@ -445,6 +445,21 @@ UNUSUAL = {
   discretize zoh, step = 0.1
   scan causal
   output y = sum(x ** N + x ** (N - 1) + N ** x, N)
+}
+""",
+    # Integer powers of complex values, in the readout and in the input term's coefficient.
+    "complex_powers": """ssm T {
+  dims H = 2, N = 3
+  input u[H], z[H, N]
+  state x[H, N] complex
+  param a[H, N] = normal(0, 0.5)
+  param w[H, N] = normal(0, 1)
+  param C[H, N] complex = normal(0, 1)
+  A = -exp(a) + 1j * w : diagonal
+  dynamics x' = A x + (w + 1j * z) ** 2 * u
+  discretize zoh, step = 0.1
+  scan causal
+  output y = re(sum(C * x ** 2 + x ** 3 + (1 + x) ** -2 + x ** 0 + x ** 1, N))
 }
 """,
     "complex_constant_A": """ssm T {
