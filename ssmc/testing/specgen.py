@@ -742,6 +742,19 @@ class _Gen:
         self.tags.add("conv")
         return Ex(f"conv({e.text}, {', '.join(extra)})", dims=e.dims, tok=True, learn=True, direct=e.direct)
 
+    def lin(self, arg: str, dims) -> Ex:
+        """`linear(arg, dims...)` of a per-token argument, maybe with `bias = ...`."""
+        self.tags.add("linear")
+        return Ex(f"linear({arg}, {', '.join(dims)}{self.bias_kw()})", dims=tuple(dims), tok=True, learn=True)
+
+    def bias_kw(self) -> str:
+        """`linear`'s optional keyword: nothing (no bias), `bias = true` or `bias = false`."""
+        b = self.ch.weighted([(3, ""), (1, "true"), (1, "false")])
+        if not b:
+            return ""
+        self.tags.add("linear:bias")
+        return f", bias = {b}"
+
     def conv_width(self) -> str:
         """K: an integer 1..4 (1: no look-back, a tail of 0 tokens) or a dim 2..4."""
         if self.ch.chance(0.5):
@@ -1055,7 +1068,7 @@ class _Gen:
             lead2 = ch.subset([d for d in self.sdims if d != N], 0, 1)
             u, ud = self.inputs[0]
             if lead2:
-                z = Ex(f"linear({u}, {', '.join(lead2)})", dims=tuple(lead2), tok=True, learn=True)
+                z = self.lin(u, lead2)
             elif ud:
                 z = call("mean", Ex(u, dims=ud, tok=True), dims=(), extra=list(ud))
             else:
@@ -1151,7 +1164,7 @@ class _Gen:
             if ch.chance(0.4):
                 arg = Ex(f"linear({arg.text}, {self.extra_dim(1, 2, hint='Rk')})", tok=True, learn=True,
                          direct=arg.direct)
-            lin = Ex(f"linear({arg.text}, {', '.join(outd)})", dims=tuple(outd), tok=True, learn=True,
+            lin = Ex(f"linear({arg.text}, {', '.join(outd)}{self.bias_kw()})", dims=tuple(outd), tok=True, learn=True,
                      direct=arg.direct)
             self.tags.add("linear")
             return call("softplus", binop("+", lin, bias))
@@ -1175,6 +1188,11 @@ class _Gen:
         e = pieces[0]
         for p in pieces[1:]:
             e = binop(ch.choice(["+", "-"]), e, p)
+        if self.rule == "recurrence" and self.structure == "diagonal" and "gamma:lru" not in self.tags \
+                and ch.chance(0.4):
+            # LRU: the input normalised by sqrt(1 - |lam|^2)
+            g = self.gamma()
+            e = binop("*", self.value(g, "gamma") if ch.chance(0.7) else g, paren(e) if e.prec < MUL else e)
         return e
 
     def input_piece(self) -> Ex:
@@ -1197,8 +1215,7 @@ class _Gen:
             # B = linear(u, N) or B = sum(W_B * u, H): a per-token coefficient
             outd = ch.subset(self.sdims, 1, 2)
             if ch.chance(0.6) or not ud:
-                B = self.value(Ex(f"linear({self.input_leaf().text}, {', '.join(outd)})", dims=outd, tok=True,
-                                  learn=True), ch.choice(["B", "Bt", "Bsel"]))
+                B = self.value(self.lin(self.input_leaf().text, outd), ch.choice(["B", "Bt", "Bsel"]))
                 self.tags.add("linear")
             else:
                 W = self.param(_dims_of(outd, ud), self.coef_init(_dims_of(outd, ud)), hint="W_B")
@@ -1210,12 +1227,12 @@ class _Gen:
         if k == "features":
             # xc = silu(conv(linear(u, F), K)) (Mamba block): driven by features, no direct u
             F = ch.subset(self.sdims, 1, 2)
-            inner = Ex(f"linear({u}, {', '.join(F)})", dims=F, tok=True, learn=True) if ch.chance(0.6) else uex
+            inner = self.lin(u, F) if ch.chance(0.6) else uex
             xc = self.value(call("silu", Ex(f"conv({inner.text}, {self.conv_width()})", dims=inner.dims, tok=True,
                                             learn=True)), ch.choice(["xc", "feat"]))
             self.tags |= {"conv", "E:features"}
             outd = ch.subset(self.sdims, 1, 2)
-            B = self.value(Ex(f"linear({xc.text}, {', '.join(outd)})", dims=outd, tok=True, learn=True), "Bx")
+            B = self.value(self.lin(xc.text, outd), "Bx")
             return binop("*", B, xc)
         # MIMO: sum(W * u, dims of u that the state lacks (and maybe more))
         red = [d for d in ud if d not in S]
@@ -1230,7 +1247,8 @@ class _Gen:
             return binop("*", W, uex)
         term = call(ch.choice(["sum", "sum", "mean"]), binop("*", W, uex) if ch.chance(0.7) else binop("*", uex, W),
                     dims=tuple(d for d in _dims_of(wd, ud) if d not in red), extra=red)
-        if ch.chance(0.25):
+        lru_like = self.rule == "recurrence" and self.structure == "diagonal"
+        if ch.chance(0.6 if lru_like else 0.2):
             g = self.value(self.gamma(), "gamma")
             self.tags.add("coef:named")
             term = binop("*", g, term)
@@ -1259,7 +1277,8 @@ class _Gen:
             B = self.value(self.real(self.sdims, 2), ch.choice(["B", "Bn"]))
             self.tags.add("coef:named")
         else:
-            B = paren(self.real(self.sdims, 1)) if ch.chance(0.5) else call("exp", call("tanh", self.real(self.sdims, 1)))
+            e = self.real(self.sdims, 1)
+            B = paren(e) if ch.chance(0.5) else call("exp", call("tanh", e))
             self.tags.add("coef:inline")
         if ch.chance(0.2):
             self.tags.add("coef:div")
@@ -1272,7 +1291,7 @@ class _Gen:
         ch = self.ch
         src = self.input_leaf()
         outd = ch.subset(self.sdims, 1, 2)
-        e = Ex(f"linear({src.text}, {', '.join(outd)})", dims=outd, tok=True, learn=True)
+        e = Ex(f"linear({src.text}, {', '.join(outd)}{self.bias_kw()})", dims=outd, tok=True, learn=True)
         self.tags |= {"forcing", "linear"}
         if ch.chance(0.5):
             self.tags.add("forcing:inline")
@@ -1322,8 +1341,7 @@ class _Gen:
             cx = self.cplx and ch.chance(0.7)
             C = self.param(cd, self.coef_init(cd, cx), hint=ch.choice(["C", "Cq"]), cplx=cx)
         elif k == 1 and cd:
-            C = self.value(Ex(f"linear({self.input_leaf().text}, {', '.join(cd)})", dims=cd, tok=True, learn=True),
-                           ch.choice(["C", "Ct"]))
+            C = self.value(self.lin(self.input_leaf().text, cd), ch.choice(["C", "Ct"]))
             self.tags.add("C:token")
         elif k == 2:
             C = self.value(self.real(self.sdims, 2, tok=ch.chance(0.3)), "Cn")
@@ -1361,8 +1379,7 @@ class _Gen:
             if len(self.inputs) > 1 and ch.chance(0.5):
                 z = Ex(self.inputs[1][0], dims=self.inputs[1][1], tok=True)
             else:
-                z = self.value(Ex(f"linear({u}, {', '.join(gd)})", dims=gd, tok=True, learn=True), "z") if gd \
-                    else Ex(u, dims=ud, tok=True)
+                z = self.value(self.lin(u, gd), "z") if gd else Ex(u, dims=ud, tok=True)
             out = binop("*", paren(out) if out.prec < MUL else out, call("silu", z))
             self.tags.add("gate")
         if ch.chance(0.2):
@@ -1374,7 +1391,7 @@ class _Gen:
             if out.cplx:
                 # a real weight applied to a complex readout: the output stays complex
                 self.tags.add("linear:complex")
-            out = Ex(f"linear({out.text}, {G})", dims=(G,), tok=True, state=True, learn=True)
+            out = Ex(f"linear({out.text}, {G}{self.bias_kw()})", dims=(G,), tok=True, state=True, learn=True)
             self.tags.add("linear:out")
         self.note(out)
         y = self.fresh(ch.choice(["y", "out", "yo"]))
