@@ -358,6 +358,16 @@ class Factors:
     def product(self):
         return ops.product(self.factors)[0]
 
+    def __neg__(self):
+        # A negated input term (`recurrence x = A x - dt * u`): the smallest factor (dt rather
+        # than u) is negated, so the kernel still forms the product itself from two factors.
+        if not self.factors:
+            return Factors([(-1, ())])
+        fs = list(self.factors)
+        i = min(range(len(fs)), key=lambda k: fs[k][0].numel() if torch.is_tensor(fs[k][0]) else 1)
+        fs[i] = (-fs[i][0], fs[i][1])
+        return Factors(fs)
+
 
 def factors(items):
     """(Factors, dims over their union): what `torch_ops.product` returns, unmultiplied."""
