@@ -23,6 +23,18 @@ requires that ssmc either accepts them or raises a located `SpecError`.
 `random.Random`), for fixed samples and the fuzz command; `invalid_specs_from_seed`
 likewise for mutants.
 
+`GenSpec.tags` name the features a spec uses, by family: the structure, the rule
+(or `recurrence`) and the scan order bare (`dense`, `zoh`, `cross2d`), `complex`,
+`tau`, `conv`, `linear`, `forcing`, `gate`, `skip`, and `A:*` (the state matrix:
+`A:token`, `A:const`, `A:lru`), `E:*` (the input term's pieces: `E:plain`,
+`E:coef`, `E:selective`, `E:mimo`, `E:features`), `coef:*`, `step:*` (`const`,
+`static`, `token`, `tau`), `fn:*` (each function; `fn:const` a function of a number),
+`op:*`, `reduce:*`, `init:*` (each initializer and family), `input:*`, `out:*`,
+`merge:*`, `params:*`, `dims:*` (`derived`, `split`), `dplr:*`, `matrix:*`,
+`value:*` (`ref`: a named value used in another, `state`: one reading the state),
+`text:crlf`. `GenSpec.dims` holds every dim's value at `sizes` (derived ones
+included).
+
 All choices go through a `_Chooser`, backed either by hypothesis' `draw` (so that
 hypothesis shrinks a failing spec choice by choice: the first option of every
 choice is the simplest one) or by `random.Random`.
@@ -1371,7 +1383,8 @@ class _Gen:
         u, ud = self.inputs[0]
         if ch.chance(0.5):
             dd = ch.subset(ud, 0)
-            D = self.param(dd, self.coef_init(dd), hint=ch.choice(["D", "Dskip", "Dk"]))
+            # zeros only here: a skip weight feeds no kink (relu, abs) that gradcheck would straddle
+            D = self.param(dd, "zeros" if ch.chance(0.1) else self.coef_init(dd), hint=ch.choice(["D", "Dskip", "Dk"]))
             out = binop("+", out, binop("*", D, Ex(u, dims=ud, tok=True)))
             self.tags.add("skip")
         if ch.chance(0.3):

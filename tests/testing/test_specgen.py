@@ -101,7 +101,7 @@ def test_the_generator_covers_the_language():
         "merge:add", "merge:mean", "merge:concat", "params:shared", "params:separate", "frozen",
         "reduce:sum", "reduce:mean", "A:token", "step:token", "step:static", "step:const", "step:tau",
         "coef:named", "E:selective", "E:features", "value:state", "output:complex", "blocks:dim",
-        "init:ones", "init:normal", "init:uniform", "init:log_uniform",
+        "init:ones", "init:zeros", "init:normal", "init:uniform", "init:log_uniform",
         "init:hippo_legs", "init:hippo_legt", "init:hippo_lagt", "init:hippo_fout", "init:hippo_legs_B",
         "init:s4d_lin", "init:s4d_inv", "init:s4d_real", "init:hippo_legs_diag", "init:lru_ring",
         "fn:exp", "fn:log", "fn:expm1", "fn:log1p", "fn:sqrt", "fn:abs", "fn:tanh", "fn:sigmoid",
