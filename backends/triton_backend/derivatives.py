@@ -53,6 +53,13 @@ _PHI1_SMALL = sp.Float("0.1")
 _PHI1_TERMS = 7
 _SOFTPLUS_LINEAR = 20  # above, log(1 + exp(a)) == a in float32 and exp(a) may overflow.
 
+# tanh, expm1 and log1p: the same cut as phi1 (Triton has none of them), below it their
+# series (truncation ~1e-13 relative at the cut; above it, exp(2a) + 1 and 1 + a lose at
+# most ~eps / 0.1), so each derivative has the same cut.
+_TANH_SERIES = sp.horner(sp.tanh(a).series(a, 0, 13).removeO())
+_EXPM1_SERIES = sp.horner(sp.exp(a).series(a, 0, 10).removeO() - 1)
+_LOG1P_SERIES = sp.horner(sp.log(1 + a).series(a, 0, 15).removeO())
+
 _SIGMOID = 1 / (1 + sp.exp(-a))
 _PHI1_EXACT = (sp.exp(a) - 1) / a
 # sympy's series of exp, less 1, over a (the same as series(_PHI1_EXACT), which takes
@@ -75,6 +82,10 @@ DEFINITIONS: dict[str, sp.Expr] = {
     "relu": sp.Max(a, 0),
     "softplus": sp.Piecewise((a, a > _SOFTPLUS_LINEAR), (sp.log(1 + sp.exp(a)), True)),
     "phi1": sp.Piecewise((_PHI1_SERIES, sp.Abs(a) < _PHI1_SMALL), (_PHI1_EXACT, True)),
+    # 1 - 2 / (exp(2a) + 1): exact at both ends (exp(2a) overflows to inf: 1; 0: -1).
+    "tanh": sp.Piecewise((_TANH_SERIES, sp.Abs(a) < _PHI1_SMALL), (1 - 2 / (sp.exp(2 * a) + 1), True)),
+    "expm1": sp.Piecewise((_EXPM1_SERIES, sp.Abs(a) < _PHI1_SMALL), (sp.exp(a) - 1, True)),
+    "log1p": sp.Piecewise((_LOG1P_SERIES, sp.Abs(a) < _PHI1_SMALL), (sp.log(1 + a), True)),
     "square": a ** 2,  # pow(x, 2)
     # Real parts and conjugates of real values: the identity.
     "re": a,

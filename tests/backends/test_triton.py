@@ -108,7 +108,7 @@ def test_gradients_match_the_torch_backend(stem):
 
 
 BEYOND_SPEC = """
-ssm Tanh "tanh inside the recurrence: not in the kernel's vocabulary yet" {
+ssm Beyond "inv_softplus inside the recurrence: not in the kernel's vocabulary yet" {
   dims H = 3, N = 2
   input u[H]
   state x[H, N]
@@ -118,17 +118,17 @@ ssm Tanh "tanh inside the recurrence: not in the kernel's vocabulary yet" {
   dynamics x' = A x + u
   discretize zoh_euler, step = dt
   scan causal
-  output y = sum(tanh(x), N)
+  output y = sum(inv_softplus(1 + x * x), N)
 }
 """
 
 
 def test_a_spec_beyond_the_backend_falls_back_with_a_notice_or_fails_strictly():
     ssmc.api._NOTICED.clear()
-    with pytest.warns(ssmc.BackendNotice, match=r"tanh\(\) inside the recurrence"):
+    with pytest.warns(ssmc.BackendNotice, match=r"inv_softplus\(\) inside the recurrence"):
         mod = ssmc.loads(BEYOND_SPEC, backend="triton")
-    assert mod.Tanh.BACKEND == "torch"
-    with pytest.raises(ssmc.BackendUnavailable, match=r"tanh\(\) inside the recurrence"):
+    assert mod.Beyond.BACKEND == "torch"
+    with pytest.raises(ssmc.BackendUnavailable, match=r"inv_softplus\(\) inside the recurrence"):
         ssmc.loads(BEYOND_SPEC, backend="triton", strict=True)
 
 

@@ -17,7 +17,7 @@ float64) and the torch backend (gradients, float64).
 7. Unusual but valid specs: a constant A, readouts summing beyond the state's padding
    columns, an output whose dims are not in the state's order, complex readouts with
    im() / abs() / conj(), a scalar structure with mean(), powers of per-token values, of
-   dims and of complex values.
+   dims and of complex values; tanh, expm1 and log1p in the kernels.
 """
 from __future__ import annotations
 
@@ -462,6 +462,20 @@ UNUSUAL = {
   output y = re(sum(C * x ** 2 + x ** 3 + (1 + x) ** -2 + x ** 0 + x ** 1, N))
 }
 """,
+    # tanh, expm1, log1p in the input term's coefficient and of the state.
+    "functions": """ssm T {
+  dims H = 2, N = 3
+  input u[H], z[H, N]
+  state x[H, N]
+  param a[H, N] = normal(0, 0.5)
+  param C[H, N] = normal(0, 1)
+  A = -exp(a) : diagonal
+  dynamics x' = A x + tanh(z) * expm1(0.05 * z) * u
+  discretize zoh, step = 0.1
+  scan causal
+  output y = sum(C * tanh(x) + expm1(x) + log1p(x * x) + tanh(30 * x) + expm1(0.01 * x), N)
+}
+""",
     "complex_constant_A": """ssm T {
   dims H = 2, N = 3
   input u[H]
@@ -474,6 +488,47 @@ UNUSUAL = {
 }
 """,
 }
+
+
+# tanh, expm1 and log1p in the kernels (they fell back to torch): the printed formulas
+# (numpy standing in for `tl`) against numpy's own functions, float64 and float32.
+_FUNCTIONS = {"tanh": (np.tanh, lambda x: 1.0 - np.tanh(x) ** 2),
+              "expm1": (np.expm1, np.exp),
+              "log1p": (np.log1p, lambda x: 1.0 / (1.0 + x))}
+_POINTS = [s * v for s in (1, -1) for v in (1e-7, 1e-4, 0.03, 0.0999, 0.1001, 0.5, 3.0, 30.0, 300.0)]
+
+
+def _printed(fmt: str, **values):
+    from types import SimpleNamespace
+    tl = SimpleNamespace(exp=np.exp, log=np.log, abs=np.abs, where=np.where)
+    text = fmt.format("a", G="G", a="a", r="r")
+    with np.errstate(all="ignore"):
+        return eval(text, {"__builtins__": {}, "tl": tl}, values)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+@pytest.mark.parametrize("op", sorted(_FUNCTIONS))
+def test_kernel_functions(op, dtype, tol):
+    from ssmc.backends.triton_backend import derivatives as D
+    f, df = _FUNCTIONS[op]
+    for x in _POINTS:
+        if op == "log1p" and x <= -1:
+            continue
+        a = dtype(x)
+        got = _printed(D.UNARY[op], a=a)
+        (dfmt,) = D.VJP[op]
+        grad = _printed(dfmt, a=a, r=got, G=dtype(1.0))
+        assert np.asarray(got).dtype == dtype and np.asarray(grad).dtype == dtype, (op, x)
+        with np.errstate(over="ignore"):
+            # (what the dtype holds: expm1(300) overflows float32 to inf)
+            want, dwant = float(dtype(f(np.float64(a)))), float(dtype(df(np.float64(a))))
+        if not np.isfinite(want):
+            assert float(got) == want and float(grad) == dwant, (op, x)
+            continue
+        assert abs(float(got) - want) <= tol * abs(want), (op, x, float(got), want)
+        # (relative to at least 0.01: like torch's, the derivatives go through the result,
+        # expm1's as r + 1 and tanh's as 1 - r^2, exact only to ~eps where they are tiny)
+        assert abs(float(grad) - dwant) <= 10 * tol * max(abs(dwant), 1e-2), (op, x, float(grad), dwant)
 
 
 @pytest.mark.parametrize("name", sorted(UNUSUAL))
