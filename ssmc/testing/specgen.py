@@ -303,8 +303,8 @@ class _Gen:
         that `linear` / `conv` weights take (`*_proj*`, `*_conv*`), never used twice.
         """
         letters = _UPPER if hint[:1].isupper() else _LOWER
-        for attempt in range(200):
-            style = self.ch.integer(0, 4) if attempt < 20 else 3
+        for _ in range(8):
+            style = self.ch.integer(0, 3)
             if style == 0:
                 name = hint
             elif style == 1:
@@ -316,7 +316,12 @@ class _Gen:
             if self._ok_name(name):
                 self.used.add(name)
                 return name
-        raise AssertionError("no fresh name")  # pragma: no cover
+        # the draws kept colliding (hypothesis may repeat a value): number the hint
+        k = 1
+        while not self._ok_name(f"{hint}_{k}"):
+            k += 1
+        self.used.add(f"{hint}_{k}")
+        return f"{hint}_{k}"
 
     def _ok_name(self, name: str) -> bool:
         return (name not in self.used and name not in FORBIDDEN_NAMES and not name.startswith("_")
