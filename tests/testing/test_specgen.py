@@ -145,3 +145,17 @@ def test_most_mutants_are_rejected():
             except Exception:  # noqa: BLE001 - crashes are the other test's business
                 pass
     assert rejected >= 0.8 * total, (rejected, total)
+
+
+@pytest.mark.parametrize("pick", ["lowest", "highest", "middle"])
+def test_extreme_choices_still_give_valid_specs(pick):
+    """Hypothesis shrinks every choice towards its first option and may repeat a value:
+    a spec made of only first (or only last, or only middle) options is valid too."""
+    class Fixed(specgen._Chooser):
+        def integer(self, lo, hi):
+            return {"lowest": lo, "highest": hi, "middle": (lo + hi) // 2}[pick]
+
+    gs = specgen._make(Fixed())
+    _check_accepted(gs)
+    text, _what = specgen._make_invalid(Fixed())
+    _located(text)
