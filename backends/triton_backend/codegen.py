@@ -1143,7 +1143,11 @@ def _namespaced(kernel: str) -> str:
     `triton`, must not rebind what the kernels use. Names from the spec in the kernel
     text (dims as `s_<dim>`, comments) are never followed by a dot, so the rewrite
     touches only Triton's."""
-    return re.sub(r"(?<![\w.])tl\.", "_tl.", kernel).replace("@triton.jit", "@_triton.jit")
+    kernel = re.sub(r"(?<![\w.])tl\.", "_tl.", kernel).replace("@triton.jit", "@_triton.jit")
+    # Parameter annotations as the bare `constexpr`: Triton's interpreter recompiles a
+    # kernel from its source with annotations left as strings, and reads only
+    # "constexpr" or "tl.constexpr" (read at def time, before any class, otherwise).
+    return kernel.replace(": _tl.constexpr", ": constexpr")
 
 
 def render(compiled) -> str:
@@ -1179,5 +1183,6 @@ def render(compiled) -> str:
     head = module_header(compiled, "triton", "generated Triton kernels",
                          ("from ssmc.runtime import torch_ops as ops", "import ssmc.runtime.triton_module",
                           "import triton as _triton", "import triton.language as _tl",
+                          "from triton.language import constexpr",
                           "from ssmc.runtime.triton_lib import _ssmc_compose, _ssmc_compose_complex  # noqa: F401"))
     return "\n\n\n".join([head, *kernels, *classes])

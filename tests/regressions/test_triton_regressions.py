@@ -276,6 +276,26 @@ def test_kernel_names_dense(block):
     _forward_matches(KERNEL_NAMES_DENSE.replace("ssm tl {", f"ssm {block} {{"))
 
 
+@pytest.mark.parametrize("block", ["tl", "constexpr"])
+def test_kernel_names_in_a_written_file(block, tmp_path, monkeypatch):
+    """`ssmc compile --backend triton -o FILE` text, imported as a file: Triton's interpreter
+    recompiles kernels from their source there (annotations as strings)."""
+    import importlib
+    from ssmc.api import Source
+    text = KERNEL_NAMES.replace("ssm triton {", f"ssm {block} {{")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = ssmc.compile_source(Source(text, "names.ssm"), backend="triton", strict=True)
+    (tmp_path / f"gen_{block}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module(f"gen_{block}")
+    ref = _layer(text, "numpy")
+    layer = getattr(mod, block)(seed=1).double()
+    ins = _inputs(ref, 5)
+    with torch.no_grad():
+        _close(_call(layer, ins), _call(ref, ins), 1e-10)
+
+
 # --- 5. the gradient of a static step ---------------------------------------------------------
 
 STEP = """ssm T {
