@@ -254,11 +254,13 @@ def init_methods(g: Graph) -> list[str]:
     pr = NumpyPrinter(g)
     L = []
     w = L.append
+    # Each initializer's nodes in graph order, sorted by their place in it (not found by a
+    # walk over the whole graph per param: quadratic with many params).
+    order = {n: i for i, n in enumerate(g.topo())}
     for p in g.meta["params"]:
         o = g.op(p)
         (root,) = g.operands(p)
-        tree = g.ancestors(root) | {root}
-        sub = [n for n in g.topo() if n in tree]
+        sub = sorted(g.ancestors(root) | {root}, key=order.__getitem__)
         w("")
         w(f"    def _init_{o.get('name')}(self, d, gen):")
         w(f"        {dims_locals(g)}")
@@ -285,8 +287,10 @@ def split_body(g: Graph, roots: tuple = ()) -> tuple[list[int], list[int], list[
                 if g.op(i).kind != "param":
                     stack.append(i)
     body = [n for n in g.topo() if n in live and g.op(n).kind not in LEAVES]
-    after = [n for n in body if meta["state"] in g.ancestors(n)]
-    before = [n for n in body if n not in after]
+    # What reads the state, found once (not the ancestors of every node: quadratic in long chains).
+    reads_state = g.descendants(meta["state"])
+    after = [n for n in body if n in reads_state]
+    before = [n for n in body if n not in reads_state]
     static = [n for n in before if g.fact(n, "time") != "token"]
     token = [n for n in before if g.fact(n, "time") == "token"]
     return static, token, after

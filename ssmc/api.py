@@ -7,7 +7,7 @@ import types
 import warnings
 from pathlib import Path
 
-from .compiler import Compiled, analyse
+from .compiler import Compiled, analyse, run_deep
 from .errors import BackendUnavailable, Source
 from .frontend.parser import decode, read_source
 
@@ -76,7 +76,8 @@ def _compile(source: Source, backend: str, strict: bool) -> tuple[str, str]:
             _notice(message)
         return hit["source"], hit["backend"]
     before = set(_NOTICED)
-    text, used = _generate(source, backend, strict)
+    # On a deep stack: the backends' printers walk long chains of named values recursively.
+    text, used = run_deep(_generate, source, backend, strict)
     cache.put(k, {"source": text, "backend": used, "notices": sorted(set(_NOTICED) - before)})
     return text, used
 

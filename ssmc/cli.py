@@ -32,6 +32,12 @@ def _echo(text: str, **kwargs) -> None:
     click.echo(printable(text, keep="\n"), **kwargs)
 
 
+def run_deep(fn, *args):
+    """fn(*args) on the compiler's deep stack (imported when needed: `ssmc --help` stays quick)."""
+    from .compiler import run_deep as deep
+    return deep(fn, *args)
+
+
 def _notes(fn, *args, **kwargs):
     """Run fn, printing ssmc's backend notices as plain `note:` lines (not Python warnings)."""
     import warnings
@@ -71,7 +77,7 @@ def check(spec: str, dump_ir: str | None) -> None:
         compiled = _analyse(spec, dump_ir)
     except SsmcError as e:
         _fail(e)
-    _echo("\n\n".join(summary(g) for g in compiled.graphs))
+    _echo(run_deep(lambda: "\n\n".join(summary(g) for g in compiled.graphs)))
     _echo(f"\nok: {len(compiled.graphs)} block{'s' if len(compiled.graphs) != 1 else ''} in {spec}")
 
 
@@ -84,7 +90,8 @@ def explain(spec: str) -> None:
         compiled = _analyse(spec)
     except SsmcError as e:
         _fail(e)
-    _echo("\n\n".join(explain_graph(g) for g in compiled.graphs))
+    # On a deep stack, like the compiler: explain prints long chains of values recursively.
+    _echo(run_deep(lambda: "\n\n".join(explain_graph(g) for g in compiled.graphs)))
 
 
 @main.command()
@@ -132,7 +139,7 @@ def run(spec: str, backend: str, batch: int, length: int, seed: int) -> None:
     _echo(f"compiled {spec} with the {backend} backend in {t_compile:.2f} s\n")
     gen = torch.Generator().manual_seed(seed)
     for g in compiled.graphs:
-        _echo(summary(g))
+        _echo(run_deep(summary, g))
         cls = getattr(mod, g.meta["name"])
         layer = cls(seed=seed)
         d = layer.dims

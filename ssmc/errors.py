@@ -54,6 +54,10 @@ class Span:
     end_line: int | None = None
     end_column: int | None = None
 
+    def __deepcopy__(self, memo) -> "Span":
+        # Immutable: passes deep-copy graph metadata full of spans, sharing them is safe.
+        return self
+
     def width(self) -> int:
         if self.end_line == self.line and self.end_column and self.end_column > self.column:
             return self.end_column - self.column
@@ -66,6 +70,9 @@ class Source:
 
     text: str
     filename: str = "<string>"
+
+    def __deepcopy__(self, memo) -> "Source":
+        return self
 
     def lines(self) -> list[str]:
         """The lines of the text, as the parser counts them (see LINE_BREAK)."""

@@ -225,6 +225,8 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
     rule = sys_op.get("rule")
     ssd = meta.get("ssd")
     state_node = meta["state"]
+    # What reads the state, found once (the ancestors of every node are quadratic in long chains).
+    reads_state = g.descendants(state_node)
     if ssd:
         # The SSD form computes the readout's sum(C * x, N) itself; the discretized Abar
         # and Ebar, the product C * x and the per-token states are never made.
@@ -233,7 +235,7 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         for f in feeds:
             wanted |= g.ancestors(f)
         skip = {ssd["product"], ssd["readout"]}
-        after_state = {n for n in loop if state_node in g.ancestors(n) and n not in skip}
+        after_state = {n for n in loop if n in reads_state and n not in skip}
         for n in list(after_state):
             wanted |= g.ancestors(n)
         loop = [n for n in loop if (n in wanted or n in after_state) and n not in skip]
@@ -270,7 +272,7 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         atarget = sdims[:-1] + (sdims[-1], sdims[-1])
     else:
         atarget = sdims
-    for n in [n for n in loop if state_node not in g.ancestors(n)]:
+    for n in [n for n in loop if n not in reads_state]:
         w(f"            {_chunk_line(pr, n)}")
     if ssd:
         # The SSD form reads tensors: a factor or a C that is a number (`C = N ** -0.5`) becomes one.
@@ -299,7 +301,7 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         scan = "matrix_scan" if matrix else "diag_scan"
         w(f"            {sname} = ops.{scan}(_Abar, _Ebar, _x)  # [" + ", ".join(("B", "T") + sdims) + "]")
         w(f"            _x = {sname}[:, -1]")
-    for n in [n for n in loop if state_node in g.ancestors(n)]:
+    for n in [n for n in loop if n in reads_state]:
         w(f"            {_chunk_line(pr, n)}")
     for n in exits:
         w(f"            _e{pr.num[n]}.append({pr.var(n)})")

@@ -14,6 +14,11 @@ from ..errors import Span
 class Node:
     span: Span = field(compare=False, repr=False)
 
+    def __deepcopy__(self, memo) -> "Node":
+        # Frozen, with frozen children: graph metadata that holds AST nodes is deep-copied by
+        # every pass, and sharing the nodes is safe (and linear, not a walk of every subtree).
+        return self
+
 
 # --- expressions -------------------------------------------------------------
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ def eliminate_common_subexpressions(g: Graph) -> Graph:
     """Merge structurally equal nodes; drop dead ones."""
     g = g.copy()
     seen: dict[tuple, int] = {}
+    # Merged nodes are rewired in one rewrite at the end (per node, the named tables would be
+    # scanned again); until then an operand is read as the node it merged into.
+    merged: dict[int, int] = {}
     for n in g.topo():
         o = g.op(n)
         if o.kind in NEVER:
@@ -27,12 +30,15 @@ def eliminate_common_subexpressions(g: Graph) -> Graph:
         # call: they stay apart, so the forward never reads a value only an initializer
         # computes. Numbers and dims are names in the generated code, so they may be shared.
         init = g.fact(n, "time") == "init" and o.kind not in ("const", "dim")
-        key = (o.kind, tuple((k, repr(v)) for k, v in o.attrs), g.operands(n), init)
+        key = (o.kind, tuple((k, repr(v)) for k, v in o.attrs), tuple(merged.get(i, i) for i in g.operands(n)),
+               init)
         if key in seen:
-            g.replace_all_uses(n, seen[key])
-            g.erase(n)
+            merged[n] = seen[key]
         else:
             seen[key] = n
+    g.replace_uses(merged)
+    for n in merged:
+        g.erase(n)
     keep = {g.meta["system"], g.meta["output"], *g.meta["params"], *g.meta["inputs"], g.meta["state"]}
     live = set(keep)
     for k in keep:

@@ -117,6 +117,7 @@ def resolve_names(g: Graph) -> Graph:
         symbols[name] = follow(name)
 
     everything = sorted(set(symbols) | set(meta["dim_spans"]) | {output_name})
+    links: dict[int, int] = {}
     for n in list(g.nodes()):
         o = g.op(n)
         if o.kind != "ref":
@@ -141,7 +142,10 @@ def resolve_names(g: Graph) -> Graph:
         else:
             raise _err(g, f"unknown name '{name}'", o.span,
                        hint=F.did_you_mean(name, everything) or "declare it as a dim, input, param or value")
-        g.replace_all_uses(n, target)
+        links[n] = target
+    # Every ref linked in one rewrite: per ref, the named tables would be scanned again.
+    g.replace_uses(links)
+    for n in links:
         g.erase(n)
 
     # A value defined as a bare name is that name's node (possibly a param or input).

@@ -34,6 +34,12 @@ LINE_14 = "  output y = sum(C * x, N) + DD * u"
 BAD = BASE.replace("  output y = sum(C * x, N) + D * u", LINE_14)
 
 
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch):
+    # Every test here compiles for real: a cached module would hide what is tested.
+    monkeypatch.setenv("SSMC_CACHE", "0")
+
+
 def numpy_load(text):
     return ssmc.loads(text, backend="numpy", filename="t.ssm")
 
@@ -219,3 +225,165 @@ def test_escapes_in_a_description_are_escaped_in_the_cli(tmp_path, command):
     assert r.exit_code == 0, r.output
     assert not _raw_controls(r.output)
     assert "a\\x1b[31mred\\u202eevil\\x07\\x9b" in r.output
+
+
+# --- 2. long chains of named values, deep expressions ---------------------------------------
+
+def _with_values(lines: list[str], replace: dict[int, str] | None = None) -> str:
+    rows = BASE.splitlines()
+    for k, v in (replace or {}).items():
+        rows[k - 1] = v
+    return "\n".join(rows[:9] + lines + rows[9:]) + "\n"
+
+
+def chain(n: int, where: str = "step") -> str:
+    if where == "step":
+        return _with_values(["  a0 = exp(log_dt)"] + [f"  a{i} = a{i - 1} + 1" for i in range(1, n)],
+                            {12: f"  discretize zoh, step = a{n - 1}"})
+    if where == "input":
+        return _with_values(["  a0 = B * u"] + [f"  a{i} = a{i - 1} + B * u" for i in range(1, n)],
+                            {11: f"  dynamics x' = A x + a{n - 1}"})
+    if where == "output":
+        return _with_values(["  a0 = sum(C * x, N)"] + [f"  a{i} = a{i - 1} + 1" for i in range(1, n)],
+                            {14: f"  output y = a{n - 1} + D * u"})
+    if where == "negated":
+        return _with_values(["  a0 = B * u"] + [f"  a{i} = -a{i - 1}" for i in range(1, n)],
+                            {11: f"  dynamics x' = A x + a{n - 1}"})
+    if where == "alias":
+        return _with_values(["  a0 = exp(log_dt)"] + [f"  a{i} = a{i - 1}" for i in range(1, n)],
+                            {12: f"  discretize zoh, step = a{n - 1}"})
+    raise ValueError(where)
+
+
+@pytest.mark.parametrize("where", ["step", "input", "output", "negated", "alias"])
+def test_a_long_chain_of_named_values_compiles(where):
+    # 1000 values: each is one level deeper than the one it uses; the linearity pass (sympy),
+    # explain and the printers walk such chains recursively.
+    mod = numpy_load(chain(1000, where))
+    assert hasattr(mod, "T")
+
+
+def test_a_long_chain_compiles_with_the_torch_backend():
+    mod = ssmc.loads(chain(1000, "negated"), backend="torch")
+    assert hasattr(mod, "T")
+
+
+@pytest.mark.parametrize("command", ["check", "explain"])
+def test_a_long_chain_in_the_cli(tmp_path, command):
+    path = tmp_path / "chain.ssm"
+    path.write_text(chain(1000, "output"))
+    r = cli(command, str(path))
+    assert r.exit_code == 0, r.output[-2000:]
+
+
+def test_a_chain_beyond_the_limit_is_a_located_error(monkeypatch):
+    from ssmc.frontend import nesting
+    # The limit made small, so the test stays quick: the same code path as 10,000 levels.
+    monkeypatch.setattr(nesting, "MAX_NESTING", 300)
+    monkeypatch.setattr(nesting.check_nesting, "__defaults__", (300,))
+    e = spec_error(chain(400, "output"))
+    assert "nested too deeply" in e.message and "300" in e.message
+    # a0 = sum(C * x, N) is 3 levels deep (sum, *, x), each further value one more: a298 is the first over.
+    assert e.message.startswith("'a298'")
+    assert (e.line, e.column) == (9 + 299, 3)
+    shown, caret = shown_line_and_caret(e, e.line)
+    assert shown == "  a298 = a297 + 1" and caret.startswith("  ^^^^")
+
+
+def test_a_chain_just_within_the_limit_is_not_refused():
+    from ssmc.frontend import ast as A
+    from ssmc.frontend.nesting import check_nesting
+    from ssmc.frontend.parser import parse
+    file = parse(chain(400, "output"))
+    # a399 is 3 + 399 levels deep; the output's expression, a399 + D * u, as deep.
+    check_nesting(file.blocks[0], ssmc.errors.Source(""), limit=403)
+    with pytest.raises(ssmc.SpecError, match="this expression"):
+        check_nesting(file.blocks[0], ssmc.errors.Source(""), limit=402)
+    with pytest.raises(ssmc.SpecError, match="'a399'"):
+        check_nesting(file.blocks[0], ssmc.errors.Source(""), limit=401)
+    assert isinstance(file.blocks[0].body[0], A.Node)
+
+
+def test_a_chain_over_the_real_limit_is_refused_before_analysis():
+    from ssmc.frontend.nesting import MAX_NESTING
+    e = spec_error(chain(MAX_NESTING + 5, "output"))
+    assert "nested too deeply" in e.message and str(MAX_NESTING) in e.message
+    assert e.line is not None
+
+
+@pytest.mark.parametrize("expr", [
+    "(" * 500 + "exp(log_dt)" + ")" * 500,
+    "-(" * 500 + "exp(log_dt)" + ")" * 500,
+    "-" * 500 + "exp(log_dt)",
+], ids=["parens", "negated-parens", "minus-signs"])
+def test_deep_single_expressions_never_escape_as_recursion_errors(expr):
+    text = BASE.replace("  discretize zoh, step = exp(log_dt)", "  discretize zoh, step = " + expr)
+    try:
+        mod = numpy_load(text)
+    except ssmc.SpecError as e:
+        assert e.line == 12 and "nested too deeply" in e.message
+    else:
+        assert hasattr(mod, "T")
+
+
+def test_run_deep_restores_the_recursion_limit_and_the_collector():
+    import gc
+
+    from ssmc.compiler import run_deep
+    limit, enabled = sys.getrecursionlimit(), gc.isenabled()
+    assert run_deep(lambda: sys.getrecursionlimit()) > limit
+    assert (sys.getrecursionlimit(), gc.isenabled()) == (limit, enabled)
+    with pytest.raises(ZeroDivisionError):
+        run_deep(lambda: 1 / 0)
+    assert (sys.getrecursionlimit(), gc.isenabled()) == (limit, enabled)
+
+
+# --- 3. compile time grows about linearly with the size of a spec -----------------------------
+
+def _params(n: int) -> str:
+    return _with_values([f"  p{i}[H] = normal(0, 1)".replace("  p", "  param p") for i in range(n)])
+
+
+def _dead(n: int) -> str:
+    return _with_values([f"  d{i} = exp(log_dt) * {i}" for i in range(n)])
+
+
+def _cpu_seconds(text: str, backend: str = "numpy") -> float:
+    """CPU seconds of the pass pipeline and a backend's code generation on `text`
+    (parsed beforehand; no cache, no module import), the best of two runs."""
+    import time
+
+    from ssmc import passes
+    from ssmc.api import _backend
+    from ssmc.compiler import Compiled, run_deep
+    from ssmc.errors import Source
+    from ssmc.frontend.parser import parse
+    from ssmc.ir.build import build
+
+    source = Source(text, "t.ssm")
+    lowered = build(parse(source).blocks[0], source)
+    backend = _backend(backend)
+
+    def best_of_two():
+        best = float("inf")
+        for _ in range(2):
+            t0 = time.process_time()
+            backend.render(Compiled(source, [passes.run(lowered)]))
+            best = min(best, time.process_time() - t0)
+        return best
+
+    return run_deep(best_of_two)
+
+
+def _negated_chain(n: int) -> str:
+    return chain(n, "negated")
+
+
+@pytest.mark.parametrize("make, n, backend", [(_params, 300, "numpy"), (_dead, 1000, "numpy"),
+                                              (_negated_chain, 300, "torch")],
+                         ids=["params", "dead-values", "chained-values-torch"])
+def test_compile_time_grows_about_linearly(make, n, backend):
+    # Four times the spec: about 4x the time when linear, 16x when quadratic; 8x is the bound.
+    _cpu_seconds(make(10), backend)
+    small, large = _cpu_seconds(make(n), backend), _cpu_seconds(make(4 * n), backend)
+    assert large / small < 8, (small, large)
