@@ -322,6 +322,30 @@ def test_static_step_gradient(rule, length):
     _gradients_match(STEP.replace("RULE", rule), length=length, tol=1e-8)
 
 
+# Complex statics without the column (D[H]) or the rows (E[N]): summed once too.
+COMPLEX_STATICS = """ssm T {
+  dims H = 2, N = 3
+  input u[H]
+  state x[H, N] complex
+  param a[H, N] = normal(0, 0.5)
+  param w[N] = normal(0, 1)
+  param C[H, N] complex = normal(0, 1)
+  param D[H] complex = normal(0, 1)
+  param E[N] complex = normal(0, 1)
+  param log_dt[H] = log(0.1)
+  A = -exp(a) + 1j * w : diagonal
+  dynamics x' = A x + E * u
+  discretize zoh, step = exp(log_dt)
+  scan causal
+  output y = re(sum(C * x, N) * D)
+}
+"""
+
+
+def test_complex_static_gradients():
+    _gradients_match(COMPLEX_STATICS, tol=1e-8)
+
+
 @pytest.mark.parametrize("rule", ["zoh", "bilinear"])
 def test_static_step_gradcheck(rule):
     layer = _layer(STEP.replace("RULE", rule), "triton")
