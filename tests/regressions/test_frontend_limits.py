@@ -129,6 +129,20 @@ def test_bytes_errors_count_lines_like_the_lexer(tmp_path, data, line, column):
     assert caret.index("^") == column - 1
 
 
+@pytest.mark.parametrize("text, where", [
+    (BAD.replace("\n", "\r"), "t.ssm:14:30"),
+    (BAD.replace("  input u[H]\n", "  input u[H]   # a\u2028b\x1e\n"), "t.ssm:14:30"),
+    (BASE.replace("  input u[H]\n", "  input u[H] \x85\n"), "t.ssm:3:14"),
+], ids=["cr", "separators-in-a-comment", "nel-outside-a-comment"])
+def test_line_break_errors_in_the_cli(tmp_path, text, where):
+    path = tmp_path / "t.ssm"
+    path.write_bytes(text.encode())
+    r = cli("check", str(path))
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert where in r.output.replace(str(tmp_path) + os.sep, "")
+    assert not [c for c in r.output if c in "\r\x1e\x85\u2028"]
+
+
 # --- 4. what is not a spec file: a clear error, without blocking or reading it all ----------
 
 def _not_spec_paths(tmp_path):
@@ -302,6 +316,17 @@ def test_a_chain_just_within_the_limit_is_not_refused():
     with pytest.raises(ssmc.SpecError, match="'a399'"):
         check_nesting(file.blocks[0], ssmc.errors.Source(""), limit=401)
     assert isinstance(file.blocks[0].body[0], A.Node)
+
+
+def test_a_chain_over_the_limit_in_the_cli(tmp_path, monkeypatch):
+    from ssmc.frontend import nesting
+    monkeypatch.setattr(nesting.check_nesting, "__defaults__", (300,))
+    path = tmp_path / "deep.ssm"
+    path.write_text(chain(400, "output"))
+    r = cli("check", str(path))
+    assert r.exit_code == 1
+    assert "nested too deeply" in r.output and "Traceback" not in r.output
+    assert f"{path}:308:3" in r.output
 
 
 def test_a_chain_over_the_real_limit_is_refused_before_analysis():
