@@ -105,8 +105,14 @@ class _ToSympy:
                 r = args[0] ** args[1]
             elif k == "neg":
                 r = -args[0]
-            elif k in _LINEAR:
+            elif k == "output":
                 r = args[0]
+            elif k in _LINEAR:
+                # A linear operation times a marker symbol of its own: the degree in the
+                # leaf is kept, and different operations never cancel (`sum(x * x, N) -
+                # sum(x, N) * sum(x, N)` is not 0, `re(x) ** 2 - im(x) ** 2` neither).
+                dims = o.get("dims") or ()
+                r = sp.Symbol("_" + k + "".join("_" + str(d) for d in dims)) * args[0]
             elif k in _FUNCS:
                 r = _FUNCS[k](args[0])
             else:
