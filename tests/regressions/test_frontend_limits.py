@@ -351,6 +351,30 @@ def test_deep_single_expressions_never_escape_as_recursion_errors(expr):
         assert hasattr(mod, "T")
 
 
+def test_nested_tanh_in_the_input_term_is_quick():
+    import time
+    # sympy's own tanh took time exponential in the nesting (8 levels: seconds, 10: a minute).
+    text = BASE.replace("  dynamics x' = A x + B * u", "  dynamics x' = A x + " + "tanh(" * 11 + "B" + ")" * 11 + " * u")
+    t0 = time.process_time()
+    ssmc.check(ssmc.errors.Source(text))
+    assert time.process_time() - t0 < 30
+
+
+@pytest.mark.parametrize("term, message", [
+    ("tanh(u) * B", "not linear"),
+    ("B * u + tanh(0)", None),
+    ("tanh(B) * u", None),
+    ("B * u + tanh(D)", "does not depend on the input"),
+])
+def test_tanh_in_the_input_term_keeps_its_meaning(term, message):
+    text = BASE.replace("  dynamics x' = A x + B * u", "  dynamics x' = A x + " + term)
+    if message is None:
+        ssmc.check(ssmc.errors.Source(text))
+    else:
+        with pytest.raises(ssmc.SpecError, match=message):
+            ssmc.check(ssmc.errors.Source(text))
+
+
 def test_run_deep_restores_the_recursion_limit_and_the_collector():
     import gc
 
