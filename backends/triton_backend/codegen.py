@@ -908,12 +908,32 @@ class _Kernel:
             cond += f" & (i_{self.col} == 0)"
         return cond
 
+    def host_line(self, n: int) -> str:
+        """The torch line of a value computed before the launch. The torch printer folds a
+        product read by another product (or by a sum) into its reader's expression; when that
+        reader runs in the kernel, the kernel reads the product as a tensor of its own."""
+        pr = self.pr
+        if n in self.needed and (n in pr.folded or n in pr.fused):
+            was = (n in pr.folded, n in pr.fused)
+            pr.folded.discard(n)
+            pr.fused.discard(n)
+            try:
+                return pr.line(n)
+            finally:
+                if was[0]:
+                    pr.folded.add(n)
+                if was[1]:
+                    pr.fused.add(n)
+        return pr.line(n)
+
     def source(self) -> tuple[list[str], list[str]]:
         """(kernel lines at module level, launch lines inside _direction)."""
         g, pr = self.g, self.pr
         meta = g.meta
         state = meta["state"]
         abar, ebar = g.operands(meta["system"])
+        # Printed before the kernel, which reads their layouts.
+        host_lines = [line for n in self.host for line in [self.host_line(n)] if line]
         sizes = sorted({d for n in self.needed + self.statics + self.exits + self.loop for d in self.lay(n)}
                        | set(self.sdims))
         ins = [f"in{k}" for k in range(len(self.needed))]
@@ -1066,10 +1086,8 @@ class _Kernel:
         h = H.append
         if self.host:
             h("            # values over dims beyond the state's, for the whole sequence, in torch")
-            for n in self.host:
-                line = pr.line(n)
-                if line:
-                    h(f"            {line}")
+            for line in host_lines:
+                h(f"            {line}")
         h("            # the recurrence fused into one Triton kernel (a torch.library op), the state in registers")
         rows = " * ".join(self.rows) or "1"
 
