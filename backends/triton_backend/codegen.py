@@ -23,9 +23,10 @@ dense, DPLR and block-diagonal as a matrix-vector update on a [BLOCK_P, BLOCK_N,
 BLOCK_N] tile, their discretized matrices made in torch), real or complex states, the
 elementwise functions of derivatives.py and powers, as numpy computes them (on complex
 values: arithmetic, exp, phi1, re, im, conj, abs, powers by integer constants), reductions over one state dim (the tile's columns). Values over dims
-beyond the state's are computed in torch: before the launch when they do not read the
-state (S5's sum(B * u, H)); otherwise the kernel hands over every state and torch reads
-them out. Non-causal scan orders are index maps over time (step t reads and writes
+beyond the state's, and reductions the tile cannot make (over several state dims, or over
+different ones in one loop), are computed in torch: before the launch when they do not
+read the state (S5's sum(B * u, H)); otherwise the kernel hands over every state and torch
+reads them out. Non-causal scan orders are index maps over time (step t reads and writes
 token tmap[t]).
 
 Gradients, for elementwise structures: a generated backward kernel, the autograd of the
@@ -154,7 +155,8 @@ def _host_side(g: Graph, loop: list[int]) -> set[int]:
     """Loop values the kernel cannot hold in its state-shaped tile (dims outside the state's,
     as S5's B * u over [P, H] before sum(.., H)): torch computes them, and what they need,
     over the whole sequence before the launch. They must not depend on the state."""
-    sdims = set(g.meta["state_dims"])
+    sdims_order = tuple(g.meta["state_dims"])
+    sdims = set(sdims_order)
     state = g.meta["state"]
     inside = set(loop)
     host: set[int] = set()
@@ -174,6 +176,48 @@ def _host_side(g: Graph, loop: list[int]) -> set[int]:
                 continue
             host.add(n)
             host |= {a for a in g.ancestors(n) if a in inside}
+    # Reductions the tile cannot make (over several state dims, or over different state dims
+    # in one loop: the program's rows are split across programs) and results without the
+    # rows' dims (sum(x, P) for a row dim P): torch makes them too, from every state the
+    # kernel hands over, or before the launch when they do not read the state.
+    readers = {m for m in loop if state in g.ancestors(m)}
+    matrix = g.op(g.meta["system"]).get("structure") in ("dense", "dplr", "block_diagonal")
+
+    def reduced_dims(n):
+        return [d for d, _ in g.op(n).get("dims")] if g.op(n).kind in ("sum", "mean") else []
+
+    def to_host(n):
+        if n in readers:
+            host.update(readers)
+        else:
+            host.add(n)
+            host.update(a for a in g.ancestors(n) if a in inside)
+
+    for n in loop:
+        if n not in host and len(reduced_dims(n)) > 1:
+            to_host(n)
+    sums = [n for n in loop if n not in host and reduced_dims(n)]
+    cols = {reduced_dims(n)[0] for n in sums}
+    if len(cols) > 1 or (matrix and cols - {sdims_order[-1]}):
+        for n in sums:
+            to_host(n)
+    cols = {reduced_dims(n)[0] for n in loop if n not in host and reduced_dims(n)}
+    col = next(iter(cols)) if len(cols) == 1 else sdims_order[-1]
+    rows = set(sdims) - {col}
+    exits = [n for n in loop if any(u not in inside for u, _ in g.users(n))]
+    for n in exits:
+        if n not in host and n in readers and not rows <= set(g.fact(n, "dims")):
+            to_host(n)
+    if host & readers:
+        # The kernel then hands over only the state: the other results are torch's, and so
+        # is every value the readout in torch reads besides the state.
+        for n in exits:
+            if n not in host:
+                to_host(n)
+        for n in [m for m in loop if m in readers]:
+            for i in g.operands(n):
+                if i in inside and i not in host and i not in readers:
+                    to_host(i)
     # What reads only host values and not the state can be computed there too.
     for n in loop:
         if n not in host and state not in g.ancestors(n) and g.operands(n) \
@@ -226,11 +270,14 @@ def supports(compiled) -> tuple[bool, str]:
         static, token, after = split_body(g)
         _, loop, exits, _ = split_loop(g, pr, token + after)
         try:
-            sdims, rows, col, _ = _plan(g, loop)
+            sdims, rows, col, host = _plan(g, loop)
         except Unsupported as e:
             return False, f"{g.meta['name']}: {e}"
+        state = g.meta["state"]
+        # With the readout in torch the kernel's one result is the state.
+        readout_in_torch = any(state in g.ancestors(n) for n in host)
         for n in exits:
-            if not set(rows) <= set(g.fact(n, "dims")):
+            if not readout_in_torch and not set(rows) <= set(g.fact(n, "dims")):
                 return False, f"{g.meta['name']}: a loop result without all the state's leading dims"
     return True, ""
 
