@@ -981,8 +981,11 @@ class _Kernel:
         abar, ebar = g.operands(meta["system"])
         # Printed before the kernel, which reads their layouts.
         host_lines = [line for n in self.host for line in [self.host_line(n)] if line]
+        # Dims read as numbers inside the kernel (`u * Q`, with Q no dim of any tile) are
+        # kernel arguments too.
+        as_numbers = {g.op(i).get("name") for n in self.loop for i in g.operands(n) if g.op(i).kind == "dim"}
         sizes = sorted({d for n in self.needed + self.statics + self.exits + self.loop for d in self.lay(n)}
-                       | set(self.sdims))
+                       | set(self.sdims) | as_numbers)
         ins = [f"in{k}" for k in range(len(self.needed))]
         sts = [f"st{k}" for k in range(len(self.statics))]
         outs = [f"out{k}" for k in range(len(self.exits))]
