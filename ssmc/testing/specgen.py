@@ -41,6 +41,8 @@ choice is the simplest one) or by `random.Random`.
 """
 from __future__ import annotations
 
+import abc
+
 import math
 import random
 import re
@@ -103,11 +105,12 @@ _UPPER = "ABCGHKMNPQRSVWZ"
 # choices
 # ============================================================================
 
-class _Chooser:
+class _Chooser(abc.ABC):
     """Every random decision of the generator. The first option is the simplest."""
 
+    @abc.abstractmethod
     def integer(self, lo: int, hi: int) -> int:
-        raise NotImplementedError
+        """An integer in [lo, hi]: from a seeded generator, or a hypothesis draw."""
 
     def choice(self, seq):
         seq = list(seq)
