@@ -42,7 +42,6 @@ choice is the simplest one) or by `random.Random`.
 from __future__ import annotations
 
 import abc
-
 import math
 import random
 import re
