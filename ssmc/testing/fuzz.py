@@ -136,7 +136,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
-    tried = invalid_tried = skipped = written = 0
+    tried = invalid_tried = skipped = written = compared = 0
     counts: collections.Counter = collections.Counter()
     unsupported: collections.Counter = collections.Counter()
     seen: set = set()
@@ -149,6 +149,7 @@ def main(argv=None) -> int:
         (gs,) = specgen.example_specs(1, seed)
         rep = check_spec(gs.text, dict(gs.sizes), gs.length, backends=backends, seed=seed)
         tried += 1
+        compared += rep.checks_run
         if rep.skipped:
             skipped += 1
         for u in rep.unsupported:
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
                   f"{time.monotonic() - t0:.0f} s", flush=True)
 
     print(f"\n{tried} valid specs tried ({skipped} skipped as ill-conditioned draws), "
-          f"{invalid_tried} mutated specs, backends {', '.join(backends)}, "
+          f"{invalid_tried} mutated specs, {compared} comparisons, backends {', '.join(backends)}, "
           f"{time.monotonic() - t0:.0f} s")
     if unsupported:
         print("beyond a backend (it falls back to torch with a notice): "
