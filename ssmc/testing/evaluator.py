@@ -574,11 +574,3 @@ def evaluate(block: ast.Block, sizes: dict, params: dict, inputs: dict,
         return y, np.stack(finals)
     return y
 
-
-def output_dims(block: ast.Block, sizes: dict, params: dict, inputs: dict) -> tuple:
-    """The output's named dims (in the order of the language's broadcasting rule)."""
-    spec = Spec(block)
-    seq = {k: v[0][:1] for k, v in inputs.items()}
-    sep = spec.separate()
-    p = {k: (v[0] if sep else v) for k, v in params.items()}
-    return Run(spec, sizes, p, seq).run()[1]

@@ -101,7 +101,8 @@ class _Case:
         self.sizes = eval_dims(self.block, sizes)
         self.given = dict(sizes)
         self.rng = np.random.default_rng(seed)
-        self.single = len(self.spec.directions(length, self.sizes)) == 1 if self.spec.scan.order != "cross2d" else False
+        # one direction: the scans with a final state, `initial_state` and chaining
+        self.single = self.spec.scan.order in ("causal", "reverse")
         self.causal = self.spec.scan.order == "causal"
         self.has_conv = "conv(" in text
 

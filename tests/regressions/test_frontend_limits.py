@@ -13,23 +13,8 @@ from click.testing import CliRunner
 import ssmc
 from ssmc.cli import main
 
-BASE = """\
-ssm T {
-  dims H = 4, N = 8
-  input u[H]
-  state x[H, N]
-  param A_log[H, N] = log(1 + arange(N))
-  param B[H, N] = normal(0, 1)
-  param C[H, N] = normal(0, 1)
-  param D[H] = ones
-  param log_dt[H] = log_uniform(0.001, 0.1)
-  A = -exp(A_log) : diagonal
-  dynamics x' = A x + B * u
-  discretize zoh, step = exp(log_dt)
-  scan causal
-  output y = sum(C * x, N) + D * u
-}
-"""
+# The frontend error table's valid spec, edited per test.
+from tests.frontend.test_errors import BASE  # noqa: E402
 LINE_14 = "  output y = sum(C * x, N) + DD * u"
 BAD = BASE.replace("  output y = sum(C * x, N) + D * u", LINE_14)
 
