@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import stat
+import threading
 
 from lark import Lark, Token, Transformer, Tree, v_args
+from lark.lark import PostLex
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from ..errors import SpecError, Source, Span
@@ -39,10 +42,90 @@ _STATEMENT_KEYWORDS = frozenset({"DIMS", "INPUT", "STATE", "PARAM", "DYNAMICS", 
 _KEYWORDS = _STATEMENT_KEYWORDS | {"SSM", "COMPLEX", "FROZEN"}
 
 
+# Decision (1): where a line break does not end a statement.
+_OPENERS = {"LPAR": "(", "LSQB": "["}
+_CLOSERS = {"RPAR": "LPAR", "RSQB": "LSQB"}
+_CLOSER_OF = {"LPAR": ")", "LSQB": "]"}
+# A line ending with one of these continues on the next line.
+_CONTINUES_AFTER = frozenset({"PLUS", "MINUS", "STAR", "SLASH", "POW", "COMMA", "EQUAL"})
+_CONTINUED_BY = {"PLUS": "'+'", "MINUS": "'-'", "STAR": "'*'", "SLASH": "'/'", "POW": "'**'", "COMMA": "','",
+                 "EQUAL": "'='"}
+# A line whose first token is a binary operator continues the line before it (blank
+# lines and comment lines in between are skipped, as everywhere).
+_NEXT_STARTS_WITH_OPERATOR = re.compile(r"(?:[ \t\f\v]*(?:#[^\n]*)?\n)*[ \t\f\v]*[-+*/]")
+
+
+class _Unclosed(Exception):
+    """A '(' or '[' still open where a statement cannot go on: at a block's '}' or at the
+    end of the file."""
+
+    def __init__(self, opener: Token):
+        self.opener = opener
+
+
+class _Continuation(PostLex):
+    """Drops the line breaks that do not end a statement (Decision (1)): inside '(' or
+    '[', after a line ending with a binary operator, ',' or '=', and before a line that
+    starts with a binary operator. (A trailing backslash is an ignored terminal of the
+    grammar.) The state of the current parse (the open brackets, the last token) stays
+    readable afterwards so that a syntax error can say that a bracket was never closed."""
+
+    always_accept = ("_NL",)
+
+    def __init__(self):
+        self.local = threading.local()
+
+    def process(self, stream):
+        text = self.local.text
+        opens: list = []
+        self.local.opens = opens
+        self.local.prev = self.local.joined = None
+        for tok in stream:
+            t = tok.type
+            if t == "_NL":
+                prev = self.local.prev
+                if prev is not None and prev.type in _CONTINUES_AFTER and not opens:
+                    self.local.joined = prev
+                    continue
+                if opens or _NEXT_STARTS_WITH_OPERATOR.match(text, tok.end_pos):
+                    continue
+            elif t in _OPENERS:
+                opens.append(tok)
+            elif t in _CLOSERS:
+                if opens and opens[-1].type == _CLOSERS[t]:
+                    opens.pop()
+            elif t == "RBRACE" and opens:
+                raise _Unclosed(opens[-1])
+            self.local.prev = tok
+            yield tok
+        if opens:
+            raise _Unclosed(opens[-1])
+
+
+_POSTLEX = _Continuation()
+
+
 @functools.lru_cache(maxsize=1)
 def _lark() -> Lark:
-    return Lark.open_from_package("ssmc.grammar", "ssm.lark", parser="lalr",
+    return Lark.open_from_package("ssmc.grammar", "ssm.lark", parser="lalr", postlex=_POSTLEX,
                                   propagate_positions=True, maybe_placeholders=True)
+
+
+_STATEMENT_START = re.compile(r"\s*(\}|(dims|input|state|param|dynamics|discretize|recurrence|scan|output|ssm)\b|"
+                              r"[A-Za-z_][A-Za-z0-9_]*\s*'?\s*=)")
+
+
+def _starts_statement(line_text: str) -> bool:
+    """Whether a line reads like the start of a statement (or a block's end)."""
+    return bool(_STATEMENT_START.match(line_text))
+
+
+def _unclosed_error(opener: Token, source: Source) -> SpecError:
+    ch = str(opener)
+    return SpecError(f"'{ch}' opened at line {opener.line} is never closed",
+                     Span(opener.line, opener.column, opener.line, opener.column + 1), source,
+                     hint=f"close it with '{_CLOSER_OF[opener.type]}' (inside brackets a statement goes "
+                          f"on over line breaks)")
 
 
 def _span(meta_or_tok) -> Span:
@@ -321,10 +404,16 @@ def parse(source: Source | str, filename: str = "<string>") -> ast.File:
     # Reading both as "\n" keeps every line and column as they are in the file.
     text = source.text.replace("\r\n", "\n").replace("\r", "\n")
     text = text if text.endswith("\n") else text + "\n"
+    lark = _lark()
+    _POSTLEX.local.text = text
     try:
-        tree = _lark().parse(text)
+        tree = lark.parse(text)
+    except _Unclosed as e:
+        raise _unclosed_error(e.opener, source) from None
     except UnexpectedInput as e:
         raise _syntax_error(e, source) from None
+    finally:
+        _POSTLEX.local.text = None
     _check_depth(tree, source)
     try:
         result = _ToAst().transform(tree)
@@ -337,8 +426,30 @@ def parse(source: Source | str, filename: str = "<string>") -> ast.File:
 
 def _syntax_error(e: UnexpectedInput, source: Source) -> SpecError:
     line, col = e.line, e.column
+    opens = getattr(_POSTLEX.local, "opens", None) or []
+    if opens and (isinstance(e, UnexpectedEOF) or (line or 0) > opens[-1].line or (
+            isinstance(e, UnexpectedToken) and e.token.type == "$END")):
+        # A bracket left open swallowed the line breaks after it: the statement ran on
+        # into the next one, which is where the parser stumbled.
+        return _unclosed_error(opens[-1], source)
+    joined = getattr(_POSTLEX.local, "joined", None)
+    bad_line = e.token.line if isinstance(e, UnexpectedToken) and e.token.line is not None else line
+    if joined is not None and bad_line > joined.line and _starts_statement(source.line_text(bad_line)) and all(
+            not ln.strip() or ln.lstrip().startswith("#")
+            for ln in (source.line_text(k) for k in range(joined.line + 1, bad_line))):
+        # `input u[H],` then `state x[N]`: the trailing ',' continued the statement into the
+        # next one.
+        return SpecError(f"line {joined.line} ends with {_CONTINUED_BY[joined.type]}, so the statement "
+                         f"goes on at line {bad_line}", Span(joined.line, joined.column, joined.line,
+                                                              joined.end_column), source,
+                         hint=f"finish the statement on line {joined.line} (a line ending with an operator, "
+                              "',' or '=' continues on the next one)")
     if isinstance(e, UnexpectedCharacters):
         ch = source.line_text(line)[col - 1: col] if line > 0 else "?"
+        if ch == "\\":
+            return SpecError("unexpected character '\\': a backslash continues a statement only at the end of "
+                             "a line", Span(line, col), source,
+                             hint="put the line break right after the backslash (a comment may follow it)")
         if ch == '"':
             return SpecError("unterminated string: a description ends with '\"' on the same line",
                              Span(line, col), source, hint='close it: "one-line description"')

@@ -32,7 +32,9 @@ likewise for mutants.
 `op:*`, `reduce:*`, `init:*` (each initializer and family), `input:*`, `out:*`,
 `merge:*`, `params:*`, `dims:*` (`derived`, `split`), `dplr:*`, `matrix:*`,
 `value:*` (`ref`: a named value used in another, `state`: one reading the state),
-`text:crlf`. `GenSpec.dims` holds every dim's value at `sizes` (derived ones
+`text:crlf`, `text:continued` (a statement over several lines; `text:cont:paren`,
+`text:cont:op_end`, `text:cont:op_start`, `text:cont:backslash` for the way it is
+broken). `GenSpec.dims` holds every dim's value at `sizes` (derived ones
 included).
 
 All choices go through a `_Chooser`, backed either by hypothesis' `draw` (so that
@@ -1452,6 +1454,55 @@ _INIT_WORDS = ("zeros", "ones", "normal", "uniform", "log_uniform", "lru_ring", 
 # rendering
 # ============================================================================
 
+_BIN_OP = re.compile(r"(?<= )(\*\*|[-+*/])(?= )")
+_CONT_COMMENTS = ("# continued", "# the rest below", "# (a, b)", "# + more")
+
+
+def _depths(text: str) -> list:
+    """The bracket depth before each character of a statement's text."""
+    out, d = [], 0
+    for c in text:
+        out.append(d)
+        d += (c in "([") - (c in ")]")
+    return out
+
+
+def _continue(s: str, ch: _Chooser, ind: str, tags: set, n: int = 1) -> str:
+    """A statement broken across lines (Decision (1)) at up to n places, each in one of
+    the four ways: inside a bracket, after a binary operator / ',' / '=', before a
+    binary operator, or after a trailing backslash. Only at a blank between tokens of
+    the statement as generated, so no token is split."""
+    depth = _depths(s)
+    blanks = [i for i, c in enumerate(s) if c == " " and 0 < i < len(s) - 1]
+    inside = [i for i in blanks if depth[i] > 0]
+    ops = [m for m in _BIN_OP.finditer(s) if depth[m.start()] == 0]
+    after = [m.end() for m in ops] + [i + 1 for i, c in enumerate(s[:-1]) if c in ",=" and depth[i] == 0
+                                       and s[i + 1] == " "]
+    before = [m.start() - 1 for m in ops]
+    kinds = [(k, c) for k, c in (("paren", inside), ("op_end", after), ("op_start", before), ("backslash", blanks))
+             if c]
+    breaks = {}
+    for _ in range(n):
+        if kinds:
+            kind, cands = ch.choice(kinds)
+            breaks.setdefault(ch.choice(cands), kind)
+    # applied from the right, so that the positions to the left stay where they were
+    for i in sorted(breaks, reverse=True):
+        kind = breaks[i]
+        more = ind + ch.choice(["    ", "  ", "\t", "          "])
+        note = ("  " + ch.choice(_CONT_COMMENTS)) if ch.chance(0.3) else ""
+        if kind != "backslash" and ch.chance(0.1):
+            # a blank or comment line between the parts (after a backslash it would end the statement)
+            note += "\n" + ch.choice(["", ind + "# between the parts"])
+        tags.add("text:continued")
+        tags.add("text:cont:" + kind)
+        if kind == "backslash":
+            s = s[:i] + " \\" + note + "\n" + more + s[i + 1:]
+        else:
+            s = s[:i].rstrip(" ") + note + "\n" + more + s[i:].lstrip(" ")
+    return s
+
+
 def _render(b: _Built, ch: _Chooser, stmts: list | None = None) -> str:
     """The block's text: one statement per line (sometimes two joined by `;`, comments,
     blank lines), statements in a random order except that the inputs keep their
@@ -1466,10 +1517,15 @@ def _render(b: _Built, ch: _Chooser, stmts: list | None = None) -> str:
     lines = []
     i = 0
     ind = ch.choice(["  ", "    ", "\t", " "])
+    def text_of(stmt) -> str:
+        if ch.chance(0.07):
+            return _continue(stmt.text, ch, ind, b.tags, ch.integer(1, 3))
+        return stmt.text
+
     while i < len(shuffled):
-        s = shuffled[i].text
+        s = text_of(shuffled[i])
         if i + 1 < len(shuffled) and ch.chance(0.1):
-            s = f"{s}; {shuffled[i + 1].text}"
+            s = f"{s}; {text_of(shuffled[i + 1])}"
             i += 1
         if ch.chance(0.05):
             # a statement may end with `;` before the line break
@@ -1492,7 +1548,8 @@ def _render(b: _Built, ch: _Chooser, stmts: list | None = None) -> str:
         # Windows line ends: statements still end at each line (errors.LINE_BREAK)
         nl = "\r\n"
         b.tags.add("text:crlf")
-    return pre.replace("\n", nl) + head + nl + nl.join(lines) + nl + "}" + nl
+    # (continued statements hold line breaks of their own: they end the same way)
+    return (pre + head + "\n" + "\n".join(lines) + "\n" + "}" + "\n").replace("\n", nl)
 
 
 def _dims_stmts(defs, ch: _Chooser) -> list:
@@ -1550,7 +1607,7 @@ _MUTATIONS = ("delete", "misspell", "unknown_function", "reduce_dim", "broadcast
               "both_systems", "bad_blocks", "empty_state", "unclosed", "inline_transition",
               "dim_fraction", "step_along_N", "square_output", "complex_activation", "conv_static",
               "linear_nodims", "init_dims", "init_param", "lru_real", "bad_kwarg", "output_name_used",
-              "real_state", "odd_character", "unterminated_string")
+              "real_state", "odd_character", "unterminated_string", "unclosed_bracket", "trailing_operator")
 
 
 def _mutate(b: _Built, g: _Gen, ch: _Chooser) -> tuple[str, str]:
@@ -1860,6 +1917,15 @@ def _mutate(b: _Built, g: _Gen, ch: _Chooser) -> tuple[str, str]:
         pos = ch.integer(0, len(s.text))
         s.text = s.text[:pos] + ch.choice(["\u03bb", "\x1b[31m", "\u202e", "`", "\x00", "\u00e9"]) + s.text[pos:]
         what = "an odd character"
+    elif kind == "unclosed_bracket":
+        s = ch.choice([s for s in stmts if ")" in s.text or "]" in s.text])
+        i = max(s.text.rfind(")"), s.text.rfind("]"))
+        s.text = s.text[:i] + s.text[i + 1:]
+        what = "a bracket never closed (the statement runs on into the next lines)"
+    elif kind == "trailing_operator":
+        s = ch.choice(stmts)
+        s.text += ch.choice([" +", " *", ",", " =", " -", " **"])
+        what = "a line ending with an operator (the statement goes on into the next one)"
     else:  # unterminated_string
         text = _render(b, ch, stmts)
         head, rest = text.split("{", 1)

@@ -73,10 +73,25 @@ def row(text, line, column, message, hint=None, id=None):
 
 ROWS = [
     # --- syntax ---------------------------------------------------------------------
-    row(edit({3: "  input u[H"}), 3, 12, "unexpected end of line", "']'", id="syntax-missing-rsqb"),
+    # A bracket left open runs the statement on over the line breaks (Decision (1)): the
+    # error points at the bracket, wherever the parser stumbled.
+    row(edit({3: "  input u[H"}), 3, 10, "'[' opened at line 3 is never closed", "']'", id="syntax-missing-rsqb"),
     row(edit({8: "  param D[H = ones"}), 8, 13, "unexpected '='", "']'", id="syntax-missing-rsqb-param"),
-    row(edit({12: "  discretize zoh, step = exp(log_dt"}), 12, 36, "unexpected end of line", "')'",
+    row(edit({12: "  discretize zoh, step = exp(log_dt"}), 12, 29, "'(' opened at line 12 is never closed", "')'",
         id="syntax-missing-rpar"),
+    row(edit({14: "  output y = sum(C * x, N) + (D * u"}), 14, 30, "'(' opened at line 14 is never closed", "')'",
+        id="unclosed-at-block-end"),
+    row(edit({14: "  output y = sum(C * x, N) + (D * u\n}\nssm U {\n  dims H = 4\n}"}), 14, 30,
+        "'(' opened at line 14 is never closed", "')'", id="unclosed-before-next-block"),
+    row(edit({14: "  output y = sum(C * x, N"}, drop=(15,)), 14, 17, "'(' opened at line 14 is never closed", "')'",
+        id="unclosed-at-end-of-file"),
+    row(edit({3: "  input u[H],"}), 3, 13, "line 3 ends with ',', so the statement goes on at line 4",
+        "finish the statement on line 3", id="continued-by-trailing-comma"),
+    row(edit({14: "  output y = sum(C * x, N) + D *"}), 14, 32, "line 14 ends with '*'", "continues on the next one",
+        id="continued-by-trailing-operator"),
+    row(edit({14: "  output y = sum(C * x, N) \\ + D * u"}), 14, 28, "a backslash continues a statement only at the "
+        "end of a line", "right after the backslash", id="backslash-inside-line"),
+    row(edit({13: "  scan causal;\n  + 1"}), 14, 3, "unexpected '+'", None, id="operator-line-after-semicolon"),
     row(edit({10: "  A = -exp(A_log) $ 2 : diagonal"}), 10, 19, "unexpected character '$'", None,
         id="syntax-stray-dollar"),
     row(edit({14: "  output y = sum(C * x, N) + D * u ?"}), 14, 36, "unexpected character '?'", None,

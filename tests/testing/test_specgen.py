@@ -107,6 +107,7 @@ def test_the_generator_covers_the_language():
         "fn:exp", "fn:log", "fn:expm1", "fn:log1p", "fn:sqrt", "fn:abs", "fn:tanh", "fn:sigmoid",
         "fn:relu", "fn:softplus", "fn:inv_softplus", "fn:silu", "fn:re", "fn:im", "fn:conj",
         "op:/", "op:**", "dimnum", "arange",
+        "text:continued", "text:cont:paren", "text:cont:op_end", "text:cont:op_start", "text:cont:backslash",
     }
     assert wanted <= tags, f"never drawn: {sorted(wanted - tags)}"
 
@@ -132,6 +133,17 @@ def test_mutants_are_accepted_or_located(mutant):
         raise
     except Exception as e:  # noqa: BLE001 - anything but a SpecError is a finding
         pytest.fail(f"{what}: crashed with {type(e).__name__}: {e}\n--- spec ---\n{text}")
+
+
+def test_bracket_and_continuation_mutants_are_located():
+    """The mutants of Decision (1): a bracket never closed, a line ending with an operator."""
+    seen = set()
+    for seed in range(400):
+        text, what = specgen._make_invalid(specgen._RandomChooser(__import__("random").Random(seed)))
+        if "bracket never closed" in what or "line ending with an operator" in what:
+            seen.add(what.split(" (")[0])
+            assert _located(text), f"{what}: accepted\n{text}"
+    assert len(seen) == 2, seen
 
 
 def test_most_mutants_are_rejected():
