@@ -36,6 +36,12 @@ __all__ = [
     "mamba",
     "mamba2",
     "bidirectional",
+    "rglru",
+    "gla",
+    "retnet",
+    "gss",
+    "s7",
+    "gelu_tanh",
     "hippo_legs",
     "hippo_legs_B",
     "hippo_legs_normal",
@@ -66,6 +72,11 @@ def _zeros_state(x0, shape, dtype):
 def softplus(z):
     """log(1 + exp(z)), computed without overflow."""
     return np.logaddexp(0.0, z)
+
+
+def gelu_tanh(z):
+    """GELU in its tanh form (Hendrycks & Gimpel 2016, eq. in Sec. 2)."""
+    return 0.5 * z * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z ** 3)))
 
 
 def _linear(P, name, e_flat):
@@ -372,3 +383,175 @@ def bidirectional(oracle, P, u, params="separate", merge="add"):
     if merge == "mean":
         return (y_f + y_b) / 2.0
     raise ValueError(merge)
+
+
+# ----------------------------------------------------------------------------
+# Griffin's RG-LRU (De et al. 2024)
+# ----------------------------------------------------------------------------
+
+def rglru(P, u, x0=None, reverse=False):
+    """"Griffin: Mixing Gated Linear Recurrences with Local Attention for
+    Efficient Language Models", Sec. 2.4, eq. (1)-(4), c = 8:
+
+        r_t = sigmoid(W_a x_t + b_a)                            recurrence gate
+        i_t = sigmoid(W_x x_t + b_x)                            input gate
+        a_t = a^(c r_t),  a = sigmoid(Lambda)
+        h_t = a_t h_{t-1} + sqrt(1 - a_t^2) (i_t x_t)
+    computed as written: a power of sigmoid(Lambda), not in log space.
+    Parameters: Lambda[H], r_proj (W_a), r_proj_bias, i_proj (W_x), i_proj_bias.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, H = u.shape
+    a_base = 1.0 / (1.0 + np.exp(-P["Lambda"]))                 # (H,)
+    c = 8.0
+    h = _zeros_state(x0, (Bsz, H), np.float64)
+    y = np.zeros((Bsz, L, H))
+    for t in _times(L, reverse):
+        xt = u[:, t]
+        r = 1.0 / (1.0 + np.exp(-(xt @ P["r_proj"].T + P["r_proj_bias"])))
+        i = 1.0 / (1.0 + np.exp(-(xt @ P["i_proj"].T + P["i_proj_bias"])))
+        a = a_base[None, :] ** (c * r)
+        h = a * h + np.sqrt(1.0 - a ** 2) * (i * xt)
+        y[:, t] = h
+    return y, h
+
+
+# ----------------------------------------------------------------------------
+# Gated linear attention (Yang et al. 2024) and RetNet's retention (Sun et al. 2023)
+# ----------------------------------------------------------------------------
+
+def _heads(P, name, ut, Hd):
+    """A linear map of the token split into heads: (B, D) -> (B, Hd, d)."""
+    z = _linear(P, name, ut)
+    return z.reshape(z.shape[0], Hd, -1)
+
+
+def gla(P, u, x0=None, reverse=False, *, Hd):
+    """"Gated Linear Attention Transformers with Hardware-Efficient Training",
+    Sec. 4.1, per head (the matrix form of the recurrence, one head at a time):
+
+        alpha_t = sigmoid(x_t W_a1 W_a2 + b_a)^(1/16)           (d_k,)
+        S_t = diag(alpha_t) S_{t-1} + k_t^T v_t                  (d_k, d_v)
+        o_t = q_t S_t                                            (d_v,)
+    W_a1 = alpha_proj2 (D -> 16), W_a2 = alpha_proj (16 -> Hd * d_k, bias b_a);
+    Hd is the number of heads.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, _ = u.shape
+    Dk = P["q_proj"].shape[0] // Hd
+    Dv = P["v_proj"].shape[0] // Hd
+    S = _zeros_state(x0, (Bsz, Hd, Dk, Dv), np.float64)
+    y = np.zeros((Bsz, L, Hd, Dv))
+    for t in _times(L, reverse):
+        ut = u[:, t]
+        q = _heads(P, "q_proj", ut, Hd)
+        k = _heads(P, "k_proj", ut, Hd)
+        v = _heads(P, "v_proj", ut, Hd)
+        g = _linear(P, "alpha_proj", ut @ P["alpha_proj2"].T)
+        alpha = (1.0 / (1.0 + np.exp(-g))).reshape(Bsz, Hd, Dk) ** (1.0 / 16.0)
+        Sn = np.empty_like(S)
+        for b in range(Bsz):
+            for h in range(Hd):
+                Sn[b, h] = np.diag(alpha[b, h]) @ S[b, h] + np.outer(k[b, h], v[b, h])
+                y[b, t, h] = q[b, h] @ Sn[b, h]
+        S = Sn
+    return y, S
+
+
+def retnet(P, u, x0=None, reverse=False, *, Hd):
+    """"Retentive Network: A Successor to Transformer for Large Language Models",
+    Sec. 2.1 eq. (6) (recurrent form) and Sec. 2.2 (multi-scale: one gamma per head):
+
+        gamma_h = 1 - 2^(-5 - h)
+        S_n = gamma_h S_{n-1} + K_n^T V_n                        (d_k, d_v) per head
+        Retention(X_n) = Q_n S_n
+    without xPos and without the d^-1/2 scale; Hd is the number of heads.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, _ = u.shape
+    Dk = P["q_proj"].shape[0] // Hd
+    Dv = P["v_proj"].shape[0] // Hd
+    gamma = [1.0 - 2.0 ** (-5 - h) for h in range(Hd)]
+    S = _zeros_state(x0, (Bsz, Hd, Dk, Dv), np.float64)
+    y = np.zeros((Bsz, L, Hd, Dv))
+    for t in _times(L, reverse):
+        ut = u[:, t]
+        q = _heads(P, "q_proj", ut, Hd)
+        k = _heads(P, "k_proj", ut, Hd)
+        v = _heads(P, "v_proj", ut, Hd)
+        Sn = np.empty_like(S)
+        for h in range(Hd):
+            Sn[:, h] = gamma[h] * S[:, h] + k[:, h, :, None] * v[:, h, None, :]
+            y[:, t, h] = np.einsum("bk,bkv->bv", q[:, h], Sn[:, h])
+        S = Sn
+    return y, S
+
+
+# ----------------------------------------------------------------------------
+# GSS (Mehta et al. 2023): DSS inside a gated MLP
+# ----------------------------------------------------------------------------
+
+def gss(P, u, x0=None, reverse=False):
+    """"Long Range Language Modeling via Gated State Spaces", Fig. 1:
+
+        xn = LayerNorm(x)                  (eps 1e-6, learned scale and offset)
+        v  = gelu(xn W_v + b_v)            (F,)
+        z  = gelu(xn W_u + b_u)            (H,)
+        y  = DSS(z): per channel h and mode n, ZOH of Lambda with step dt_h,
+             s_t = exp(dt Lambda) s_{t-1} + (exp(dt Lambda) - 1) / Lambda * z_t,
+             y_t = 2 Re(sum_n W s_t)
+        o  = ((y W_1 + b_1) * v) W_2 + b_2 + x
+    with gelu in its tanh form. Parameters named as in examples/gss.ssm.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, E = u.shape
+    Lam = P["Lambda"]
+    H, N = Lam.shape
+    dt = np.exp(P["log_dt"])[:, None]
+    dA = np.exp(dt * Lam)
+    dB = (dA - 1.0) / Lam
+    s = _zeros_state(x0, (Bsz, H, N), np.complex128)
+    out = np.zeros((Bsz, L, E))
+    for t in _times(L, reverse):
+        xt = u[:, t]
+        mu = xt.mean(axis=-1, keepdims=True)
+        var = ((xt - mu) ** 2).mean(axis=-1, keepdims=True)
+        xn = (xt - mu) / np.sqrt(var + 1e-6) * P["ln_scale"] + P["ln_bias"]
+        v = gelu_tanh(_linear(P, "zv_proj", xn))
+        z = gelu_tanh(_linear(P, "zu_proj", xn))
+        s = dA * s + dB * z[:, :, None]
+        yd = 2.0 * np.real(np.sum(P["W"] * s, axis=-1))        # (B, H)
+        out[:, t] = _linear(P, "y_proj", _linear(P, "y_proj2", yd) * v) + xt
+    return out, s
+
+
+# ----------------------------------------------------------------------------
+# S7 (Soydan et al. 2024)
+# ----------------------------------------------------------------------------
+
+def s7(P, u, x0=None, reverse=False):
+    """"S7: Selective and Simplified State Space Layers for Sequence Modeling":
+    S5's MIMO recurrence with input-dependent matrices and the stable
+    reparameterization f(w) = 1 - 1 / (w^2 + 1/2):
+
+        Abar_k = f(Lambda + W_A u_k)                             (N,)
+        x_k = Abar_k x_{k-1} + B(u_k) u_k + b(u_k)               B(u_k): (N, H)
+        y_k = C(u_k) x_k + D(u_k) u_k                            C(u_k): (H, N)
+    B(u), C(u), D(u), b(u) linear in u (B_proj, C_proj, Dk_proj, x_proj).
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, H = u.shape
+    N = P["Lambda"].shape[0]
+    x = _zeros_state(x0, (Bsz, N), np.float64)
+    y = np.zeros((Bsz, L, H))
+    for t in _times(L, reverse):
+        ut = u[:, t]
+        w = P["Lambda"] + ut @ P["w_proj"].T
+        a = 1.0 - 1.0 / (w ** 2 + 0.5)
+        Bk = (ut @ P["B_proj"].T).reshape(Bsz, N, H)
+        Ck = (ut @ P["C_proj"].T).reshape(Bsz, H, N)
+        Dk = ut @ P["Dk_proj"].T
+        bk = ut @ P["x_proj"].T
+        x = a * x + np.einsum("bnh,bh->bn", Bk, ut) + bk
+        y[:, t] = np.einsum("bhn,bn->bh", Ck, x) + Dk * ut
+    return y, x

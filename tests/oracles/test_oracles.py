@@ -12,6 +12,7 @@ for outputs and final states.
 
 import functools
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,6 +187,17 @@ BIMAMBA_SPEC = MAMBA_SPEC.replace("ssm Mamba ", "ssm BiMamba ").replace(
 BIMAMBA_SHARED_SPEC = MAMBA_SPEC.replace("ssm Mamba ", "ssm BiMambaShared ").replace(
     "scan       causal", "scan       bidirectional(merge = add, params = shared)")
 
+# ----------------------------------------------------------------------------
+# the examples of published layers, read from examples/ as they stand
+# ----------------------------------------------------------------------------
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+
+
+def example(stem):
+    return (EXAMPLES_DIR / f"{stem}.ssm").read_text()
+
+
 assert "scan       reverse" in MAMBA_REV_SPEC
 assert "params = separate" in BIMAMBA_SPEC and "params = shared" in BIMAMBA_SHARED_SPEC
 
@@ -194,9 +206,26 @@ assert "params = separate" in BIMAMBA_SPEC and "params = shared" in BIMAMBA_SHAR
 # cases
 # ----------------------------------------------------------------------------
 
+def _zero_params(*names):
+    """The output without its skip term: the named params set to zero."""
+    def part(case, P, u, y_ref):
+        if not all(k in P for k in names):
+            return None
+        P0 = dict(P)
+        for k in names:
+            P0[k] = np.zeros_like(P[k])
+        return case.reference(P0, u)[0]
+    return part
+
+
+def _minus_residual(case, P, u, y_ref):
+    """The output without its residual connection (y = ... + u)."""
+    return y_ref - u
+
+
 class Case:
     def __init__(self, spec, cls, oracle, dims, input_dims, state_dims, complex_state,
-                 scan="causal"):
+                 scan="causal", ssm_part=_zero_params("D")):
         self.spec = spec
         self.cls = cls
         self.oracle = oracle              # (P, u, x0=None, reverse=False) -> (y, x)
@@ -205,6 +234,7 @@ class Case:
         self.state_dims = state_dims      # dims -> tuple
         self.complex_state = complex_state
         self.scan = scan                  # causal | reverse | bi_separate | bi_shared
+        self.ssm_part = ssm_part          # (case, P, u, y_ref) -> y without its skip term, or None
 
     def reference(self, P, u, x0=None):
         if self.scan == "bi_separate":
@@ -246,6 +276,24 @@ CASES = {
                                 [dict(H=3, N=5)], _hn, _hxn, False, scan="bi_separate"),
     "mamba_bidirectional_shared": Case(BIMAMBA_SHARED_SPEC, "BiMambaShared", papers.mamba,
                                        [dict(H=3, N=5)], _hn, _hxn, False, scan="bi_shared"),
+    # published layers, the specs of examples/
+    "rglru": Case(example("rglru"), "RGLRU", papers.rglru,
+                  [dict(H=3), dict(H=6)], _hn, _hn, False, ssm_part=None),
+    "gla": Case(example("gla"), "GLA", functools.partial(papers.gla, Hd=2),
+                [dict(D=5, Hd=2, Dk=3, Dv=2, R=2)], lambda d: (d["D"],),
+                lambda d: (d["Hd"], d["Dk"], d["Dv"]), False, ssm_part=None),
+    "gla_3heads": Case(example("gla"), "GLA", functools.partial(papers.gla, Hd=3),
+                       [dict(D=4, Hd=3, Dk=2, Dv=3, R=3)], lambda d: (d["D"],),
+                       lambda d: (d["Hd"], d["Dk"], d["Dv"]), False, ssm_part=None),
+    "retnet": Case(example("retnet"), "RetNet", functools.partial(papers.retnet, Hd=3),
+                   [dict(D=5, Hd=3, Dk=2, Dv=3)], lambda d: (d["D"],),
+                   lambda d: (d["Hd"], d["Dk"], d["Dv"]), False, ssm_part=None),
+    "gss": Case(example("gss"), "GSS", papers.gss,
+                [dict(E=5, H=3, F=4, N=2)], lambda d: (d["E"],), lambda d: (d["H"], d["N"]), True,
+                ssm_part=_minus_residual),
+    "s7": Case(example("s7"), "S7", papers.s7,
+               [dict(H=3, N=5), dict(H=2, N=3)], _hn, lambda d: (d["N"],), False,
+               ssm_part=_zero_params("Dk_proj")),
 }
 
 STATEFUL = [k for k, c in CASES.items() if c.scan in ("causal", "reverse")]
@@ -327,9 +375,8 @@ def check_y(name, P, y, y_ref, u, what="y"):
     assert y.dtype == np.float64, f"{what}: dtype {y.dtype}, expected float64"
     e = rel(y, y_ref)
     assert e <= RTOL, f"{name}: {what} relative error {e:.3e}"
-    P0 = dict(P)
-    P0["D"] = np.zeros_like(P["D"])
-    y_ssm = CASES[name].reference(P0, u)[0] if what == "y" else None
+    c = CASES[name]
+    y_ssm = c.ssm_part(c, P, u, y_ref) if what == "y" and c.ssm_part else None
     if y_ssm is not None and np.max(np.abs(y_ssm)) > 0:
         e2 = float(np.max(np.abs(y - y_ref)) / np.max(np.abs(y_ssm)))
         assert e2 <= RTOL, f"{name}: {what} error relative to the SSM part {e2:.3e}"
@@ -475,6 +522,24 @@ def _expected_shapes(name, d):
         if name == "mamba_bidirectional":
             s = {k: (2, *v) for k, v in s.items()}
         return s
+    if name == "rglru":
+        return {"Lambda": (H,), "r_proj": (H, H), "r_proj_bias": (H,), "i_proj": (H, H),
+                "i_proj_bias": (H,)}
+    if name in ("gla", "gla_3heads"):
+        D, Hd, Dk, Dv, R = d["D"], d["Hd"], d["Dk"], d["Dv"], d["R"]
+        return {"q_proj": (Hd * Dk, D), "k_proj": (Hd * Dk, D), "v_proj": (Hd * Dv, D),
+                "alpha_proj2": (R, D), "alpha_proj": (Hd * Dk, R), "alpha_proj_bias": (Hd * Dk,)}
+    if name == "retnet":
+        D, Hd, Dk, Dv = d["D"], d["Hd"], d["Dk"], d["Dv"]
+        return {"q_proj": (Hd * Dk, D), "k_proj": (Hd * Dk, D), "v_proj": (Hd * Dv, D)}
+    if name == "gss":
+        E, F = d["E"], d["F"]
+        return {"ln_scale": (E,), "ln_bias": (E,), "Lambda": (H, N), "log_dt": (H,), "W": (H, N),
+                "zv_proj": (F, E), "zv_proj_bias": (F,), "zu_proj": (H, E), "zu_proj_bias": (H,),
+                "y_proj2": (F, H), "y_proj2_bias": (F,), "y_proj": (E, F), "y_proj_bias": (E,)}
+    if name == "s7":
+        return {"Lambda": (N,), "w_proj": (N, H), "B_proj": (N * H, H), "C_proj": (H * N, H),
+                "Dk_proj": (H, H), "x_proj": (N, H)}
     if name == "mamba2":
         Hd, Pd = d["Hd"], d["P"]
         return {"A_log": (Hd,), "dt_bias": (Hd,), "D": (Hd,), "dt_proj": (Hd, Hd * Pd),
