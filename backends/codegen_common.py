@@ -56,7 +56,8 @@ class Printer:
         decl_order = {name: i for i, (_, name, _) in enumerate(g.meta["decls"])}
         for name, n in sorted(g.meta["values"].items(), key=lambda kv: decl_order.get(kv[0], 0)):
             self.names.setdefault(n, name)
-        self.convs = [n for n in g.topo() if g.op(n).kind == "conv"]
+        # What carries a tail in the state: conv calls and shifts (prev of a per-token value).
+        self.convs = [n for n in g.topo() if g.op(n).kind in ("conv", "prev")]
         # Variables renamed in some region of the generated code (e.g. a chunk's slice).
         self.renamed: dict[int, str] = {}
         self.numbers = python_numbers(g)
@@ -121,6 +122,9 @@ class Printer:
             rq = g.fact(q, "dims")[-1]
             return (f"{rt}.dplr({self.arg(lam, lead + (nd,))}, {self.arg(p, lead + (nd, r))}, "
                     f"{self.arg(q, lead + (nd, rq))})")
+        if k == "prev_state":
+            # The state before each token's update: the entering state `_x0`, then the states.
+            return f"{rt}.prev_state({self.var(ins[0])}, _x0)"
         if k == "eye":
             return self.EYE.format(dim=o.get("dim"))
         if k == "solve":
@@ -149,6 +153,11 @@ class Printer:
             bias = o.get("bias") or "None"
             return (f"{self.var(n)}, tails[{i}] = {self.RT}.causal_conv({self.var(e)}, {o.get('weight')}, {bias}, "
                     f"tails[{i}])  {tag(g, n)}")
+        if o.kind == "prev":
+            i = self.convs.index(n)
+            (e,) = g.operands(n)
+            return (f"{self.var(n)}, tails[{i}] = {self.RT}.shift({self.var(e)}, {o.get('shift')}, tails[{i}])  "
+                    f"{tag(g, n)}")
         return f"{self.var(n)} = {self.expr(n)}  {tag(g, n)}"
 
 
@@ -237,9 +246,14 @@ def class_header(g: Graph, base: str) -> list[str]:
     for pname, kind, info in tables.parameters(g):
         w(f"        ({pname!r}, {kind!r}, {info!r}),")
     w("    )")
+    # The tails the state carries, in call order: (name, channel dims, K) with K - 1 values kept
+    # (a conv of width K; prev(e, k) keeps k, as a conv of width k + 1 would).
     convs = tuple((g.op(n).get("weight"), tuple(g.fact(n, "dims")), g.op(n).get("width")[0])
-                  for n in g.topo() if g.op(n).kind == "conv")
+                  if g.op(n).kind == "conv" else (g.op(n).get("tail"), tuple(g.fact(n, "dims")), g.op(n).get("shift") + 1)
+                  for n in g.topo() if g.op(n).kind in ("conv", "prev"))
     w(f"    CONVS = {convs!r}")
+    if reads_prev_state(g):
+        w("    READS_PREV_STATE = True  # the readout reads prev(x), the state before each update")
     sys_op = g.op(meta["system"])
     if sys_op.get("structure") == "block_diagonal":
         # (dim, block count: a number or a dim): checked when the dims are given at construction.
@@ -247,6 +261,10 @@ def class_header(g: Graph, base: str) -> list[str]:
     w(f"    SCAN = {scan!r}")
     w(f"    ALGORITHM = {meta['algorithm']['name']!r}")
     return L
+
+
+def reads_prev_state(g: Graph) -> bool:
+    return any(g.op(n).kind == "prev_state" for n in g.nodes())
 
 
 def init_methods(g: Graph) -> list[str]:

@@ -66,6 +66,10 @@ class _Infix:
             return f"{o.get('weight')}({self(ins[0])})", 9
         if k == "conv":
             return f"{o.get('weight')}*conv({self(ins[0])})", 9
+        if k == "prev":
+            return f"prev({self(ins[0])}" + (f", {o.get('shift')})" if o.get("shift") != 1 else ")"), 9
+        if k == "prev_state":
+            return f"prev({self(ins[0])})", 9
         if k == "arange":
             return f"arange({o.get('dim')[0]})", 9
         if k == "eye":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ...ir import functions as F
 from ...ir.graph import Graph
-from ..codegen_common import NumpyPrinter, bind_dims, class_header, direction_prologue, init_methods, module_header, split_body
+from ..codegen_common import NumpyPrinter, bind_dims, reads_prev_state, class_header, direction_prologue, init_methods, module_header, split_body
 
 
 def render_class(g: Graph) -> str:
@@ -56,6 +56,8 @@ def render_class(g: Graph) -> str:
     at = "[:, _t]" if g.fact(abar, "time") == "token" else ""
     et = "[:, _t]" if g.fact(ebar, "time") == "token" else ""
     w("        _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))")
+    if reads_prev_state(g):
+        w("        _x0 = _x  # the entering state, for prev(" + sname + ")")
     w("        for _t in range(_L):")
     if matrix:
         w(f"            _x = rt.matvec(_Abar{at}, _x) + _Ebar{et}")

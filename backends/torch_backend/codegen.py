@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ...ir import functions as F
 from ...ir.graph import Graph
-from ..codegen_common import BINARY, Printer, bind_dims, class_header, direction_prologue, init_methods, module_header, \
+from ..codegen_common import BINARY, Printer, bind_dims, reads_prev_state, class_header, direction_prologue, init_methods, module_header, \
     split_body
 
 
@@ -165,7 +165,7 @@ class TorchPrinter(Printer):
     def line(self, n: int) -> str:
         if n in self.fused or n in self.folded:
             return ""
-        if self.g.op(n).kind == "conv":
+        if self.g.op(n).kind in ("conv", "prev"):
             return self._in_dims_order(n, lambda: super(TorchPrinter, self).line(n))
         text = self.expr(n)
         dims = list(self.lay(n))
@@ -299,6 +299,8 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
           + ", ".join((("B", "T") if a_tok else ()) + atarget) + "]")
         w(f"            _Ebar = {pr.arg(ebar, sdims)}  # [" + ", ".join(("B", "T") + sdims) + "]")
         scan = "matrix_scan" if matrix else "diag_scan"
+        if reads_prev_state(g):
+            w(f"            _x0 = _x  # the state entering the chunk, for prev({sname})")
         w(f"            {sname} = ops.{scan}(_Abar, _Ebar, _x)  # [" + ", ".join(("B", "T") + sdims) + "]")
         w(f"            _x = {sname}[:, -1]")
     for n in [n for n in loop if n in reads_state]:
@@ -374,7 +376,7 @@ def split_loop(g: Graph, pr: TorchPrinter, token: list[int]):
 
     Values with at least as many dims as the state ("state-sized") live only inside the
     loop, one chunk at a time, as does anything computed from them, until a value
-    leaves the loop: one that a `linear`/`conv` (better over the whole sequence: one
+    leaves the loop: one that a `linear`/`conv`/`prev` (better over the whole sequence: one
     large matmul instead of many small ones) or the output reads.
     """
     meta = g.meta
@@ -397,7 +399,7 @@ def split_loop(g: Graph, pr: TorchPrinter, token: list[int]):
     later: set[int] = set()
     for n in token:
         k = g.op(n).kind
-        if k in ("linear", "conv") or n in whole or any(i in later for i in g.operands(n)):
+        if k in ("linear", "conv", "prev") or n in whole or any(i in later for i in g.operands(n)):
             if meta["state"] in g.ancestors(n):
                 later.add(n)
             continue

@@ -26,7 +26,7 @@ values: arithmetic, exp, phi1, re, im, conj, abs, powers by integer constants), 
 beyond the state's, and reductions the tile cannot make (over several state dims, or over
 different ones in one loop), are computed in torch: before the launch when they do not
 read the state (S5's sum(B * u, H)); otherwise the kernel hands over every state and torch
-reads them out. Non-causal scan orders are index maps over time (step t reads and writes
+reads them out (so does a readout of prev(x), the state before each update). Non-causal scan orders are index maps over time (step t reads and writes
 token tmap[t]).
 
 Gradients, for elementwise structures: a generated backward kernel, the autograd of the
@@ -47,7 +47,7 @@ import re
 
 from ...errors import SsmcError
 from ...ir.graph import Graph
-from ..codegen_common import module_header
+from ..codegen_common import module_header, reads_prev_state
 from .derivatives import UNARY, VJP
 from ..torch_backend.codegen import TorchPrinter, render_class
 
@@ -208,6 +208,10 @@ def _host_side(g: Graph, loop: list[int]) -> set[int]:
     for n in exits:
         if n not in host and n in readers and not rows <= set(g.fact(n, "dims")):
             to_host(n)
+    if any(g.op(m).kind == "prev_state" for m in readers):
+        # prev(x), the state before each update: torch reads it off the states the kernel
+        # hands over (shifted one token, the entering state first), with the whole readout.
+        host.update(readers)
     if host & readers:
         # The kernel then hands over only the state: the other results are torch's, and so
         # is every value the readout in torch reads besides the state.
@@ -1157,6 +1161,8 @@ class _Kernel:
             shapes += dims
             ranks.append(len(dims))
         square = "True" if self.matrix else "False"
+        if reads_prev_state(g):
+            h(f"            _x0 = _x  # the entering state, for prev({g.op(state).get('name')})")
         h(f"            _r = rt.triton_module.fused_scan({self.name}_key, {arg('_x', complex_=xc)}, "
           f"[{', '.join(tensors)}], [_L, {', '.join(sizes)}], _B, {rows}, {self.col}, {square}, "
           f"[{', '.join(shapes)}], {ranks!r}, self._grad_wanted, self._time_map(_dev))")

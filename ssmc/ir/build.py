@@ -127,6 +127,25 @@ class _Lowering:
             bias = weight + "_bias" if self._bool_kwarg(e, "bias") else None
             arg = self.expr(e.args[0], mode, owner)
             return g.add(op("conv", e.span, width=width, weight=weight, bias=bias), arg)
+        if fn == "prev":
+            # The value at an earlier token (Mamba-3's trapezoid, RWKV's token shift); of the
+            # state, the state before the update. Which of the two is known once names resolve
+            # (infer_time); the tail a shifted value carries is named after its owner.
+            self._no_kwargs(e)
+            self._arity(e, 1, 2, "prev(e) or prev(e, k)")
+            if mode == "init":
+                raise self.err("prev() is not allowed in an initializer", e.fn_span or e.span,
+                               hint="prev() looks at the previous token; an initializer has no tokens")
+            shift = 1
+            if len(e.args) == 2:
+                k = e.args[1]
+                if not (isinstance(k, ast.Num) and isinstance(k.value, int) and k.value >= 1):
+                    raise self.err("prev() shift must be a positive integer", k.span,
+                                   hint="prev(e, 2) is the value two tokens back")
+                shift = k.value
+            tail = self._weight_name(owner, "_prev")
+            arg = self.expr(e.args[0], mode, owner)
+            return g.add(op("prev", e.span, shift=shift, tail=tail), arg)
         if fn == "dplr":
             self._no_kwargs(e)
             self._arity(e, 3, 3, "dplr(Lambda, P, Q)")

@@ -11,7 +11,7 @@ ELEMENTWISE = ("exp", "log", "expm1", "log1p", "sqrt", "abs", "tanh", "sigmoid",
 REDUCTIONS = ("sum", "mean")
 # Calls that take a value and name dims: (min args, max args or None).
 SPECIAL = {"sum": (2, None), "mean": (2, None), "arange": (1, 1), "linear": (2, None),
-           "conv": (2, 2), "dplr": (3, 3)}
+           "conv": (2, 2), "dplr": (3, 3), "prev": (1, 2)}
 # Initializer-only calls and their number of scalar arguments.
 RANDOM = {"normal": 2, "uniform": 2, "log_uniform": 2, "lru_ring": 2}
 FAMILIES = ("hippo_legs", "hippo_legs_B", "hippo_legt", "hippo_legt_B", "hippo_lagt", "hippo_lagt_B",

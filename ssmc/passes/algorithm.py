@@ -5,6 +5,7 @@
         (for dense, DPLR and block-diagonal A, matrix powers of Abar over the state's last dim)
   selective, decay free of the readout's N    -> "ssd"        (Mamba-2's chunked matmul form)
   selective (or LTI outside the kernel form)  -> "chunked_scan" / "chunked_matrix_scan"
+  a readout of prev(x) (the state before the update)  -> "chunked_scan" / "chunked_matrix_scan"
 
 The SSD form does not depend on spelling: N is the dim the readout sums over (the
 state's dims may come in any order: x[Hd, P, N] or x[N, Hd, P]); the structure may be
@@ -274,7 +275,14 @@ def choose_algorithm(g: Graph) -> Graph:
     per_token = [k for k in ("A", "step", "input_coef", "forcing", "readout") if cls.get(k) == "token"]
     chunked = ("a chunked scan: state-sized values exist one chunk of tokens at a time, the recurrence runs "
                "within each chunk and carries the state across chunk boundaries")
-    if cls["lti"]:
+    shifted = [n for n in g.nodes() if g.op(n).kind == "prev_state"]
+    if shifted:
+        # prev(x) reads the state before each token's update: neither the convolution
+        # kernel nor the SSD form's masks are generated shifted, so the scan runs.
+        name = "chunked_scan" if structure in ("diagonal", "scalar") else "chunked_matrix_scan"
+        reason = (f"the readout reads prev({g.op(g.meta['state']).get('name')}), the state before each token's "
+                  f"update (no convolution or SSD form is generated for it): {chunked}")
+    elif cls["lti"]:
         form, why = _kernel_form(g)
         if form is not None:
             name = "fft_conv"

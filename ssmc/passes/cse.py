@@ -2,7 +2,7 @@
 
 Two nodes merge when they have the same kind, attributes and operands, and (numbers
 and dims aside) both or neither are part of a param's initializer. Nodes that
-own something (params, inputs, the state, linear/conv weights, random draws) or
+own something (params, inputs, the state, linear/conv weights, prev tails, random draws) or
 stand for the system never merge. Nodes that nothing reads any more, other than
 params (they stay module parameters), are removed.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..ir.graph import Graph
 
-NEVER = ("param", "input", "state", "linear", "conv", "random", "recurrence", "dynamics", "output")
+NEVER = ("param", "input", "state", "linear", "conv", "prev", "random", "recurrence", "dynamics", "output")
 
 
 def eliminate_common_subexpressions(g: Graph) -> Graph:

@@ -7,6 +7,10 @@ opaque coefficients; sum/mean/re/im/conj are linear and pass through. Where that
 E linear, a `linear(e, ...)` without bias is first read as W * e instead (W static), so
 `x' = A x + linear(u, N)` with static A is LTI, exactly like `sum(W * u, H)`.
 
+`prev(e)` is linear in u where e is (a shifted input counts as an input: Mamba-3's
+`beta * prev(B * u)`), times a per-token marker, so `prev(u) * u` is not linear and a
+term with a shift is never LTI; `prev(x)` of the state likewise in the readout.
+
 Named values are coefficients (the contract, section 7). The check first inlines them
 (so `w = 2 * u; E = B * w` stays linear in u with a static coefficient and an LTI system
 stays LTI); when that view is not linear, each named value other than E itself is taken
@@ -103,6 +107,14 @@ class _ToSympy:
         elif self.linear_maps and o.kind == "linear" and o.get("bias") is None \
                 and not _nonlinear_in(self(g.operands(n)[0]), self.sym):
             r = sp.Symbol(f"W{n}") * self(g.operands(n)[0])
+        elif o.kind in ("prev", "prev_state") and n not in self.opaque:
+            # A shifted value: linear in the leaf where its argument is, with a per-token
+            # marker of its own (u_{t-1} is not u_t: prev(u) * u is not linear, and a
+            # shifted input is never an LTI system's static coefficient).
+            inner = self(g.operands(n)[0])
+            s = sp.Symbol(f"v{n}")
+            self.symbols[s] = n
+            r = inner.subs(self.sym, self.sym * s) if self.sym in inner.free_symbols else s
         elif o.kind in _OPAQUE or n in self.opaque:
             s = sp.Symbol(f"v{n}")
             self.symbols[s] = n

@@ -4,7 +4,7 @@ Rules (docs/language.md, "Named dimensions"):
   a[H] * b[N]      -> [H, N]   (left operand's dims, then the new ones of the right)
   sum(e[H, N], N)  -> [H]
   a[H] * M[N, N]   -> [H, N, N] (a square matrix keeps its repeated pair last)
-  linear(e, R)     -> [R];  conv(e, K) -> dims of e;  dplr(L[H,N], P[H,N,R], Q) -> [H, N, N]
+  linear(e, R)     -> [R];  conv(e, K), prev(e) -> dims of e;  dplr(L[H,N], P[H,N,R], Q) -> [H, N, N]
 
 Guarantees afterwards: every node has the fact `dims` (a tuple of dim names), and every
 param's initializer has dims that broadcast into the param's declared dims.
@@ -66,7 +66,7 @@ def shape_of(g: Graph, n: int) -> tuple[str, ...]:
     if k == "family":
         d = o.get("dim")[0]
         return (d, d) if o.get("fn") in F.MATRIX_FAMILIES else (d,)
-    if k in F.ELEMENTWISE or k in ("neg", "output", "conv", "expm", "phi1", "phi1m", "inv"):
+    if k in F.ELEMENTWISE or k in ("neg", "output", "conv", "prev", "prev_state", "expm", "phi1", "phi1m", "inv"):
         return ins[0]
     if k in ("add", "sub", "mul", "div", "pow"):
         return broadcast(g, ins[0], ins[1], o.span)

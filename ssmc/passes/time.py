@@ -7,7 +7,9 @@ constants (1j) and the complex initializer families; re(), im() and abs() are re
 
 Guarantees afterwards: every node has the facts `time` and `complex`; functions that
 need a real argument (softplus, silu, ...) have one; `conv` is applied to a per-token
-value; a real param has a real initializer.
+value; a real param has a real initializer. `prev(e)` of a per-token value that does not
+read the state stays `prev` (a shift along time, with a carried tail); `prev(x)` of the
+state itself becomes `prev_state` (the state before the token's update, no tail).
 
 Example:  dt = softplus(linear(u, H))  -> token, real;   A = -exp(A_log) -> static, real
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from ..errors import SpecError
 from ..ir import functions as F
-from ..ir.graph import Graph
+from ..ir.graph import Graph, Op
 
 REAL_ONLY = ("softplus", "inv_softplus", "silu", "sigmoid", "relu", "tanh")
 RANK = {"static": 0, "init": 0, "token": 1}
@@ -58,7 +60,34 @@ def time_of(g: Graph, n: int, init_nodes) -> tuple[str, bool]:
     if k == "conv" and g.fact(ins[0], "time") != "token":
         raise _err(g, "conv() runs along time, so its argument must be per-token", o.span,
                    hint="apply it to an expression of an input")
+    if k == "prev" and cplx:
+        raise _err(g, "prev() of a complex value: the tail the state carries for it is real", o.span,
+                   hint="shift the real values it is made of (prev(B * u) before a complex coefficient)")
+    if k == "prev" and time != "token":
+        raise _err(g, "prev() looks at the previous token, so its argument must be per-token", o.span,
+                   hint="a static value is the same at every token: write it without prev()")
     return time, cplx
+
+
+def _check_prev(g: Graph) -> None:
+    """prev(x) of the state becomes `prev_state`; prev of anything else that reads the
+    state is refused (zero before the first token would contradict prev(x), which is
+    the initial state there): the readout is written with prev(x) inside instead."""
+    state = g.meta["state"]
+    for n in g.topo():
+        o = g.op(n)
+        if o.kind != "prev":
+            continue
+        (e,) = g.operands(n)
+        sname = g.op(state).get("name")
+        if e == state:
+            if o.get("shift") != 1:
+                raise _err(g, f"prev({sname}, {o.get('shift')}): the state is only kept one token back", o.span,
+                           hint=f"prev({sname}) is the state before the current token's update")
+            g.replace_op(n, Op("prev_state", (), o.span))
+        elif state in g.ancestors(e):
+            raise _err(g, f"prev() of a value that reads the state '{sname}'", o.span,
+                       hint=f"write prev({sname}) inside the expression, e.g. sum(C * prev({sname}), N)")
 
 
 def init_nodes_of(g: Graph) -> set[int]:
@@ -82,6 +111,7 @@ def infer_time(g: Graph) -> Graph:
     """Tag every node static / token / init and real / complex."""
     g = g.copy()
     annotate_time(g)
+    _check_prev(g)
     for p in g.meta["params"]:
         o = g.op(p)
         (root,) = g.operands(p)

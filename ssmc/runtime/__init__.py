@@ -4,7 +4,7 @@ from . import torch_ops
 from .module import ReferenceModule
 from .torch_module import TorchModule
 from .numeric import (align, block_diagonal, causal_conv, dplr, expm, inv_softplus, linear, matvec, phi1,
-                      phi1m, relu, sigmoid, silu, softplus, solve)
+                      phi1m, prev_state, relu, shift, sigmoid, silu, softplus, solve)
 
 __all__ = ["init", "torch_ops", "ReferenceModule", "TorchModule", "align", "block_diagonal", "causal_conv", "dplr", "expm", "inv_softplus",
-           "linear", "matvec", "phi1", "phi1m", "relu", "sigmoid", "silu", "softplus", "solve"]
+           "linear", "matvec", "phi1", "phi1m", "prev_state", "relu", "shift", "sigmoid", "silu", "softplus", "solve"]

@@ -8,6 +8,7 @@ orders (reverse, bidirectional, cross2d) by permuting time, merging, `step()`.
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -114,6 +115,7 @@ class ReferenceModule(nn.Module):
     OUTPUT: tuple = ()
     PARAMS: tuple = ()
     CONVS: tuple = ()
+    READS_PREV_STATE = False
     BLOCKS: tuple = ()
     SCAN: dict = {}
     ALGORITHM = ""
@@ -323,7 +325,8 @@ class ReferenceModule(nn.Module):
         for wname, ch, k in self.CONVS:
             kk = k if isinstance(k, int) else d[k]
             want = (b, kk - 1) + _shape(ch, d)
-            wants.append((f"the conv tail of {wname}", want, str(want), False))
+            kind = "prev" if re.search(r"_prev\d*$", wname) else "conv"
+            wants.append((f"the {kind} tail of {wname}", want, str(want), False))
         floats = "float16, bfloat16, float32 or float64" + (" (or complex64, complex128)" if scplx else "")
         for (what, want, text, cplx), t in zip(wants, parts):
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:

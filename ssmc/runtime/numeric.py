@@ -137,3 +137,21 @@ def causal_conv(e, weight, bias, tail):
     if bias is not None:
         y = y + bias
     return y, full[:, full.shape[1] - (k - 1):]
+
+
+def shift(e, k: int, tail):
+    """e [B, L, *C] shifted k tokens later along axis 1 (time): y_t = e_{t-k}; `tail`
+    [B, k, *C] holds the k values before the first token (zeros at the start).
+    Returns (y, new tail): the last k values of tail and e together."""
+    b, L = e.shape[0], e.shape[1]
+    if tail is None:
+        tail = np.zeros((b, k) + e.shape[2:], dtype=e.dtype)
+    full = np.concatenate([tail.astype(np.result_type(tail, e)), e], axis=1)
+    return full[:, :L], full[:, L:]
+
+
+def prev_state(xs, x0):
+    """The state before each token's update: x0 [B, *S] at the first token, then xs [B, L, *S]
+    one token later."""
+    return np.concatenate([x0[:, None].astype(xs.dtype), xs[:, :-1]], axis=1)
+

@@ -157,6 +157,22 @@ def causal_conv(e, weight, bias, tail):
     return y.reshape(b, L, *ch), full[:, full.shape[1] - (k - 1):].reshape(b, k - 1, *ch)
 
 
+def shift(e, k: int, tail):
+    """e [B, L, *C] k tokens later along time (y_t = e_{t-k}); `tail` [B, k, *C] holds the k
+    values before the first token (zeros at the start). Returns (y, new tail)."""
+    b, L = e.shape[0], e.shape[1]
+    if tail is None:
+        tail = e.new_zeros((b, k) + tuple(e.shape[2:]))
+    full = torch.cat([tail.to(e.dtype), e], dim=1)
+    return full[:, :L], full[:, L:]
+
+
+def prev_state(xs, x0):
+    """The state before each token's update: x0 [B, *S] at the first token, then xs [B, T, *S]
+    one token later."""
+    return torch.cat([x0[:, None].to(xs.dtype), xs[:, :-1]], dim=1)
+
+
 def cat_time(parts: list):
     """The chunks' outputs joined along time (no copy when there was one chunk)."""
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -49,9 +49,10 @@ class TritonModule(TorchModule):
     def _maps_usable(self, length: int, initial_state, return_state: bool) -> bool:
         """Whether scan orders can run by index maps (the kernel reads and writes token
         tmap[t] at step t) instead of reordered copies: every value before the scan must
-        be per token (no conv along time), and the scan must run in a kernel (not the
+        be per token (no conv or prev along time, no readout of prev(x): torch shifts the
+        states along time in the direction's order), and the scan must run in a kernel (not the
         PyTorch chunk loop, nor the LTI convolution)."""
-        if self.SCAN["order"] == "causal" or self.CONVS:
+        if self.SCAN["order"] == "causal" or self.CONVS or self.READS_PREV_STATE:
             return False
         if self.ALGORITHM == "ssd":
             return True

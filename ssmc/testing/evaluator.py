@@ -16,7 +16,9 @@ runtime helper. Every rule it applies is written here from the language page
 * `linear` reads the weight `<value>_proj`, `_proj2`, ... (textual order of the
   calls in the definition) of shape `(out, in)`, `in` flattened in the argument's
   dim order; `conv` reads `<value>_conv` of shape `(*dims, K)` and looks back at
-  earlier tokens of the (reordered) sequence;
+  earlier tokens of the (reordered) sequence; `prev(e, k)` is e k tokens earlier
+  in that sequence (zero before its start), `prev(x)` of the state the state before
+  the token's update (the entering state at the first token);
 * scan orders by index maps, each direction evaluating the whole layer, merged by
   add, mean or concat (a trailing `dir` axis).
 
@@ -351,6 +353,7 @@ class Run:
         self.x = np.zeros(shape, dtype=np.complex128 if cplx else np.float64)
         if x0 is not None:
             self.x = self.x + x0
+        self.x0 = self.x
         self.cplx = cplx
 
     # --- expressions at token t ------------------------------------------------
@@ -441,7 +444,31 @@ class Run:
             if _true(self.s.kw(e, "bias")):
                 acc = acc + self.p[name + "_bias"]
             return V(acc, cur.dims)
+        if fn == "prev":
+            # The language page: prev(e, k) is e at the token k places earlier in the
+            # direction's order, zero before the first token; prev of the state is the
+            # state before the current token's update (the entering state at the first).
+            arg = e.args[0]
+            k = int(e.args[1].value) if len(e.args) > 1 else 1
+            if self._is_state(arg):
+                return V(self.states[t - 1] if t >= 1 else self.x0, self.s.sdims)
+            if t - k < 0:
+                cur = self.ev(arg, t)
+                return V(np.zeros_like(cur.a), cur.dims)
+            return self.ev(arg, t - k)
         raise EvalError(f"function {fn}")
+
+    def _is_state(self, e) -> bool:
+        """Whether e names the state (directly or through named values that are only its name)."""
+        seen = set()
+        while isinstance(e, ast.Name) and e.id not in seen:
+            if e.id == self.s.state.name:
+                return True
+            seen.add(e.id)
+            if e.id not in self.s.values:
+                return False
+            e = self.s.values[e.id].value
+        return False
 
     # --- the recurrence ----------------------------------------------------------
     def to_state(self, v: V, dims=None) -> np.ndarray:
