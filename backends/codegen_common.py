@@ -247,10 +247,14 @@ def class_header(g: Graph, base: str) -> list[str]:
         w(f"        ({pname!r}, {kind!r}, {info!r}),")
     w("    )")
     # The tails the state carries, in call order: (name, channel dims, K) with K - 1 values kept
-    # (a conv of width K; prev(e, k) keeps k, as a conv of width k + 1 would).
-    convs = tuple((g.op(n).get("weight"), tuple(g.fact(n, "dims")), g.op(n).get("width")[0])
-                  if g.op(n).kind == "conv" else (g.op(n).get("tail"), tuple(g.fact(n, "dims")), g.op(n).get("shift") + 1)
-                  for n in g.topo() if g.op(n).kind in ("conv", "prev"))
+    # (a conv of width K; prev(e, k) keeps k, as a conv of width k + 1 would), and True after
+    # them for the tail of a complex value.
+    def tail(n):
+        o = g.op(n)
+        if o.kind == "conv":
+            return (o.get("weight"), tuple(g.fact(n, "dims")), o.get("width")[0])
+        return (o.get("tail"), tuple(g.fact(n, "dims")), o.get("shift") + 1) + ((True,) if g.fact(n, "complex") else ())
+    convs = tuple(tail(n) for n in g.topo() if g.op(n).kind in ("conv", "prev"))
     w(f"    CONVS = {convs!r}")
     if reads_prev_state(g):
         w("    READS_PREV_STATE = True  # the readout reads prev(x), the state before each update")

@@ -67,9 +67,15 @@ class _Infix:
         if k == "conv":
             return f"{o.get('weight')}*conv({self(ins[0])})", 9
         if k == "prev":
-            return f"prev({self(ins[0])}" + (f", {o.get('shift')})" if o.get("shift") != 1 else ")"), 9
+            # A name k tokens back reads as x_(t-k); a longer expression as prev(...).
+            e = ins[0]
+            name = g.op(e).get("name") if g.op(e).kind == "input" else (
+                None if self.inline_names else self.names.get(e))
+            if name is not None:
+                return f"{name}_(t-{o.get('shift')})", 9
+            return f"prev({self(e)}" + (f", {o.get('shift')})" if o.get("shift") != 1 else ")"), 9
         if k == "prev_state":
-            return f"prev({self(ins[0])})", 9
+            return f"{g.op(ins[0]).get('name')}_(t-1)", 9
         if k == "arange":
             return f"arange({o.get('dim')[0]})", 9
         if k == "eye":

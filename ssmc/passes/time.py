@@ -60,9 +60,6 @@ def time_of(g: Graph, n: int, init_nodes) -> tuple[str, bool]:
     if k == "conv" and g.fact(ins[0], "time") != "token":
         raise _err(g, "conv() runs along time, so its argument must be per-token", o.span,
                    hint="apply it to an expression of an input")
-    if k == "prev" and cplx:
-        raise _err(g, "prev() of a complex value: the tail the state carries for it is real", o.span,
-                   hint="shift the real values it is made of (prev(B * u) before a complex coefficient)")
     if k == "prev" and time != "token":
         raise _err(g, "prev() looks at the previous token, so its argument must be per-token", o.span,
                    hint="a static value is the same at every token: write it without prev()")

@@ -322,11 +322,11 @@ class ReferenceModule(nn.Module):
         parts = tuple(state) if self.CONVS else (state,)
         inner = ", ".join(f"{n}={d[n]}" for n in sdims)
         wants = [(f"the state {sname}", (b,) + _shape(sdims, d), f"(batch, {inner})", scplx)]
-        for wname, ch, k in self.CONVS:
+        for wname, ch, k, *cplx in self.CONVS:
             kk = k if isinstance(k, int) else d[k]
             want = (b, kk - 1) + _shape(ch, d)
             kind = "prev" if re.search(r"_prev\d*$", wname) else "conv"
-            wants.append((f"the {kind} tail of {wname}", want, str(want), False))
+            wants.append((f"the {kind} tail of {wname}", want, str(want), bool(cplx and cplx[0])))
         floats = "float16, bfloat16, float32 or float64" + (" (or complex64, complex128)" if scplx else "")
         for (what, want, text, cplx), t in zip(wants, parts):
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
@@ -343,7 +343,9 @@ class ReferenceModule(nn.Module):
     def _state_in(self, state, b: int, d: dict, compute=None):
         parts = self._check_state(state, b, d)
         scplx = self.STATE[2]
-        return tuple(self._to_array(t, compute, complex_=scplx and i == 0) for i, t in enumerate(parts))
+        # A tail is complex where its CONVS entry says so (prev of a complex value).
+        cplx = (scplx,) + tuple(bool(c[3:] and c[3]) for c in self.CONVS)
+        return tuple(self._to_array(t, compute, complex_=cplx[i]) for i, t in enumerate(parts))
 
     def _check_init_state(self, batch, dtype) -> None:
         cls = type(self).__name__
@@ -368,7 +370,8 @@ class ReferenceModule(nn.Module):
         if not self.CONVS:
             return x
         tails = [torch.zeros((batch, (k if isinstance(k, int) else d[k]) - 1) + _shape(ch, d),
-                             dtype=dtype, device=self._device) for _, ch, k in self.CONVS]
+                             dtype=cdtype if cplx and cplx[0] else dtype, device=self._device)
+                 for _, ch, k, *cplx in self.CONVS]
         return (x, *tails)
 
     def _orders(self, L: int, d: dict):

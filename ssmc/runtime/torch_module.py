@@ -152,7 +152,8 @@ class TorchModule(ReferenceModule):
         if not self.CONVS:
             return x
         tails = [torch.zeros((batch, (k if isinstance(k, int) else d[k]) - 1) + tuple(d[n] for n in ch),
-                             dtype=dtype, device=device) for _, ch, k in self.CONVS]
+                             dtype=complex_of(dtype) if cplx and cplx[0] else dtype, device=device)
+                 for _, ch, k, *cplx in self.CONVS]
         return (x, *tails)
 
     def state_numel(self) -> int:
