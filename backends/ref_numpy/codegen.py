@@ -66,7 +66,8 @@ def render_class(g: Graph) -> str:
     w("            _xs[:, _t] = _x")
     w(f"        {sname} = _xs  # [" + ", ".join(("B", "L") + sdims) + "]")
     if after:
-        w("        # the readout, from the state after each token's update")
+        w("        # the readout, from the state after each token's update"
+          + (f" (prev({sname}): the state before it)" if reads_prev_state(g) else ""))
         for n in after:
             w(f"        {pr.line(n)}")
     w(f"        return {pr.var(out_node)}, (_x, *tails)")

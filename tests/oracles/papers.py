@@ -42,6 +42,8 @@ __all__ = [
     "gss",
     "s7",
     "gelu_tanh",
+    "mamba3",
+    "rwkv6",
     "hippo_legs",
     "hippo_legs_B",
     "hippo_legs_normal",
@@ -358,6 +360,98 @@ def mamba2(P, u, x0=None, reverse=False):
              + dt[:, :, None, None] * Bt[:, None, None, :] * ut[:, :, :, None])
         y[:, t] = np.sum(Ct[:, None, None, :] * x, axis=-1) + D[:, None] * ut
     return y, x
+
+
+# ----------------------------------------------------------------------------
+# Mamba-3 (Lahoti et al. 2026): exponential-trapezoidal rule, complex state
+# ----------------------------------------------------------------------------
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def mamba3(P, u, x0=None, reverse=False):
+    """"Mamba-3: Improved Sequence Modeling using State Space Principles", the SISO
+    recurrence with the exponential-trapezoidal rule and a complex state whose
+    transition rotates by data-dependent angles:
+
+        dt_t    = softplus(W_dt vec(u_t) + dt_bias)            (Hd,)
+        lam_t   = sigmoid(W_lam vec(u_t))                      (Hd,)  the trapezoid's weight
+        theta_t = W_theta vec(u_t)                             (N,)   the angles
+        B_t     = W_B vec(u_t) + i W_B2 vec(u_t),  C_t likewise (N,) complex
+        alpha_t = exp(dt_t (-exp(A_log) + i theta_t))          (Hd, N)
+        beta_t  = (1 - lam_t) dt_t alpha_t,  gamma_t = lam_t dt_t
+        x_t = alpha_t x_{t-1} + beta_t B_{t-1} u_{t-1} + gamma_t B_t u_t   (B_{-1} u_{-1} = 0)
+        y_t = Re(sum_n C_t[n] x_t[..., n]) + D u_t
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, Hd, Pd = u.shape
+    a = -np.exp(P["A_log"])                                      # (Hd,)
+    N = P["theta_proj"].shape[0]
+    x = _zeros_state(x0, (Bsz, Hd, Pd, N), np.complex128)
+    y = np.zeros((Bsz, L, Hd, Pd))
+    last = np.zeros((Bsz, Hd, Pd, N), dtype=np.complex128)     # B_{t-1} u_{t-1}
+    for t in _times(L, reverse):
+        ut = u[:, t]
+        uf = ut.reshape(Bsz, Hd * Pd)
+        dt = softplus(_linear(P, "dt_proj", uf) + P["dt_bias"])     # (B, Hd)
+        lam = _sigmoid(_linear(P, "lam_proj", uf))                  # (B, Hd)
+        theta = _linear(P, "theta_proj", uf)                        # (B, N)
+        Bt = _linear(P, "B_proj", uf) + 1j * _linear(P, "B_proj2", uf)
+        Ct = _linear(P, "C_proj", uf) + 1j * _linear(P, "C_proj2", uf)
+        alpha = np.exp(dt[:, :, None] * (a[None, :, None] + 1j * theta[:, None, :]))   # (B, Hd, N)
+        beta = (1 - lam)[:, :, None] * dt[:, :, None] * alpha
+        gamma = (lam * dt)[:, :, None]
+        bu = Bt[:, None, None, :] * ut[:, :, :, None]               # (B, Hd, P, N)
+        x = alpha[:, :, None, :] * x + beta[:, :, None, :] * last + gamma[:, :, None, :] * bu
+        last = bu
+        y[:, t] = np.real(np.sum(Ct[:, None, None, :] * x, axis=-1)) + P["D"][:, None] * ut
+    return y, x
+
+
+# ----------------------------------------------------------------------------
+# RWKV-6 / Finch (Peng et al. 2024): time mixing
+# ----------------------------------------------------------------------------
+
+def rwkv6(P, x, S0=None, reverse=False):
+    """"Eagle and Finch: RWKV with Matrix-Valued States and Dynamic Recurrence",
+    time mixing (Sec. 4) without the gate, group norm and output projection:
+
+        xx_t   = x_{t-1} - x_t                     (x_{-1} = 0)
+        lora_i(z) = W2_i tanh(W1_i z)
+        xxx_t  = x_t + xx_t mu_x
+        x*_t   = x_t + xx_t (mu_* + lora_*(xxx_t))      for * in w, k, v, r
+        r_t = W_r x^r_t, k_t = W_k x^k_t, v_t = W_v x^v_t     (H, K), (H, K), (H, V)
+        w_t = exp(-exp(w0 + lora_d(x^w_t)))                   (H, K)
+        o_t = r_t (S_{t-1} + diag(u) k_t^T v_t)               (H, V)
+        S_t = diag(w_t) S_{t-1} + k_t^T v_t                   (H, K, V)
+    The lora weights are named as the spec's linear() calls: outer xw_proj, inner xw_proj2.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    Bsz, L, C = x.shape
+    H, K = P["w0"].shape
+    V = P["v_proj"].shape[0] // H
+    S = _zeros_state(S0, (Bsz, H, K, V), np.float64)
+    o = np.zeros((Bsz, L, H, V))
+    before = np.zeros((Bsz, C))
+
+    def lora(name, z):
+        return _linear(P, name + "_proj", np.tanh(_linear(P, name + "_proj2", z)))
+
+    for t in _times(L, reverse):
+        xt = x[:, t]
+        xx = before - xt
+        before = xt
+        xxx = xt + xx * P["mu_x"]
+        branch = {c: xt + xx * (P["mu_" + c] + lora("x" + c, xxx)) for c in "wkvr"}
+        r = _linear(P, "r_proj", branch["r"]).reshape(Bsz, H, K)
+        k = _linear(P, "k_proj", branch["k"]).reshape(Bsz, H, K)
+        v = _linear(P, "v_proj", branch["v"]).reshape(Bsz, H, V)
+        w = np.exp(-np.exp(P["w0"] + lora("w", branch["w"]).reshape(Bsz, H, K)))
+        kv = k[..., :, None] * v[..., None, :]                       # (B, H, K, V)
+        o[:, t] = np.einsum("bhk,bhkv->bhv", r, S + P["u"][None, :, :, None] * kv)
+        S = w[..., None] * S + kv
+    return o, S
 
 
 # ----------------------------------------------------------------------------
