@@ -143,9 +143,12 @@ class _Lowering:
                     raise self.err("prev() shift must be a positive integer", k.span,
                                    hint="prev(e, 2) is the value two tokens back")
                 shift = k.value
-            tail = self._weight_name(owner, "_prev")
+            # Numbered in textual order per owner; the tail's name is given once prev(x) of the
+            # state (no tail) is told apart (infer_time).
+            count = g.meta.setdefault("_prev_counts", {})
+            count[owner] = count.get(owner, 0) + 1
             arg = self.expr(e.args[0], mode, owner)
-            return g.add(op("prev", e.span, shift=shift, tail=tail), arg)
+            return g.add(op("prev", e.span, shift=shift, owner=owner, seq=count[owner]), arg)
         if fn == "dplr":
             self._no_kwargs(e)
             self._arity(e, 3, 3, "dplr(Lambda, P, Q)")
@@ -244,4 +247,5 @@ def build(block: ast.Block, source: Source) -> Graph:
             g.meta["output"] = n
             decls.append(("output", s.name, s.span))
     g.meta.pop("_weight_counts", None)
+    g.meta.pop("_prev_counts", None)
     return g

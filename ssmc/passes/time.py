@@ -85,6 +85,16 @@ def _check_prev(g: Graph) -> None:
         elif state in g.ancestors(e):
             raise _err(g, f"prev() of a value that reads the state '{sname}'", o.span,
                        hint=f"write prev({sname}) inside the expression, e.g. sum(C * prev({sname}), N)")
+    # The tails' names: <owner>_prev, <owner>_prev2, ... in textual order per owner.
+    shifts = sorted((n for n in g.nodes() if g.op(n).kind == "prev"),
+                    key=lambda n: (g.op(n).get("owner"), g.op(n).get("seq")))
+    count: dict = {}
+    for n in shifts:
+        o = g.op(n)
+        owner = o.get("owner")
+        count[owner] = count.get(owner, 0) + 1
+        name = f"{owner}_prev" + (str(count[owner]) if count[owner] > 1 else "")
+        g.replace_op(n, Op("prev", (("shift", o.get("shift")), ("tail", name)), o.span))
 
 
 def init_nodes_of(g: Graph) -> set[int]:
