@@ -435,3 +435,138 @@ def test_softplus_is_stable():
     ref = np.array([_sp(v) if v < 700 else v for v in z])
     ref[0] = 0.0
     assert np.allclose(papers.softplus(z), ref, rtol=1e-15, atol=1e-300)
+
+
+# ----------------------------------------------------------------------------
+# the gated layers: recurrences against their parallel (attention-like) forms
+# ----------------------------------------------------------------------------
+
+def _sig(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def rglru_params(rng, H):
+    return {"Lambda": rng.uniform(2.0, 6.0, H),
+            "r_proj": rng.standard_normal((H, H)) * 0.5, "r_proj_bias": rng.standard_normal(H) * 0.5,
+            "i_proj": rng.standard_normal((H, H)) * 0.5, "i_proj_bias": rng.standard_normal(H) * 0.5}
+
+
+def test_rglru_equals_products_of_gates():
+    """h_t = sum_{s<=t} (prod_{s<r<=t} a_r) b_s + (prod_{r<=t} a_r) h_0, a_t in log space."""
+    rng = np.random.default_rng(20)
+    Bsz, L, H = 2, 11, 3
+    P = rglru_params(rng, H)
+    u = rng.standard_normal((Bsz, L, H))
+    h0 = rng.standard_normal((Bsz, H))
+    y, hL = papers.rglru(P, u, h0)
+    r = _sig(u @ P["r_proj"].T + P["r_proj_bias"])
+    i = _sig(u @ P["i_proj"].T + P["i_proj_bias"])
+    log_a = 8.0 * r * -np.logaddexp(0.0, -P["Lambda"])      # log sigmoid(Lambda)^(8 r)
+    b = np.sqrt(-np.expm1(2 * log_a)) * i * u
+    cum = np.cumsum(log_a, axis=1)                           # sum_{r<=t} log a_r
+    y2 = np.zeros_like(y)
+    for t in range(L):
+        y2[:, t] = np.exp(cum[:, t]) * h0
+        for s in range(t + 1):
+            y2[:, t] += np.exp(cum[:, t] - cum[:, s]) * b[:, s]
+    assert rel(y, y2) < TOL
+    assert rel(hL, y2[:, -1]) < TOL
+
+
+def _gla_params(rng, D, Hd, Dk, Dv, R):
+    return {"q_proj": rng.standard_normal((Hd * Dk, D)) * 0.5, "k_proj": rng.standard_normal((Hd * Dk, D)) * 0.5,
+            "v_proj": rng.standard_normal((Hd * Dv, D)) * 0.5, "alpha_proj2": rng.standard_normal((R, D)),
+            "alpha_proj": rng.standard_normal((Hd * Dk, R)), "alpha_proj_bias": rng.standard_normal(Hd * Dk)}
+
+
+def test_gla_equals_its_parallel_form():
+    """GLA's parallel form (Yang et al. 2024, Sec. 4.2): o_t = sum_{s<=t} (q_t * b_t / b_s) k_s^T v_s
+    with b_t = prod_{r<=t} alpha_r, from a zero state."""
+    rng = np.random.default_rng(21)
+    Bsz, L, D, Hd, Dk, Dv, R = 2, 9, 4, 2, 3, 2, 2
+    P = _gla_params(rng, D, Hd, Dk, Dv, R)
+    u = rng.standard_normal((Bsz, L, D))
+    y, SL = papers.gla(P, u, Hd=Hd)
+    q = (u @ P["q_proj"].T).reshape(Bsz, L, Hd, Dk)
+    k = (u @ P["k_proj"].T).reshape(Bsz, L, Hd, Dk)
+    v = (u @ P["v_proj"].T).reshape(Bsz, L, Hd, Dv)
+    g = (u @ P["alpha_proj2"].T) @ P["alpha_proj"].T + P["alpha_proj_bias"]
+    logb = np.cumsum(-np.logaddexp(0.0, -g).reshape(Bsz, L, Hd, Dk) / 16.0, axis=1)
+    scores = np.einsum("bthk,bshk->bhts", q * np.exp(logb), k * np.exp(-logb))
+    scores = scores * np.tril(np.ones((L, L)))
+    y2 = np.einsum("bhts,bshv->bthv", scores, v)
+    assert rel(y, y2) < TOL
+    S2 = np.einsum("bshk,bshv->bhkv", np.exp(logb[:, -1:] - logb) * k, v)
+    assert rel(SL, S2) < TOL
+
+
+def test_retnet_equals_its_parallel_form():
+    """RetNet's parallel form (Sun et al. 2023, eq. (5)): (Q K^T * D) V, D_nm = gamma^(n-m) for n >= m."""
+    rng = np.random.default_rng(22)
+    Bsz, L, D, Hd, Dk, Dv = 2, 10, 4, 3, 2, 3
+    P = {"q_proj": rng.standard_normal((Hd * Dk, D)), "k_proj": rng.standard_normal((Hd * Dk, D)),
+         "v_proj": rng.standard_normal((Hd * Dv, D))}
+    u = rng.standard_normal((Bsz, L, D))
+    y, _ = papers.retnet(P, u, Hd=Hd)
+    q = (u @ P["q_proj"].T).reshape(Bsz, L, Hd, Dk)
+    k = (u @ P["k_proj"].T).reshape(Bsz, L, Hd, Dk)
+    v = (u @ P["v_proj"].T).reshape(Bsz, L, Hd, Dv)
+    n = np.arange(L)
+    y2 = np.zeros_like(y)
+    for h in range(Hd):
+        gamma = 1 - 2.0 ** (-5 - h)
+        Dm = np.where(n[:, None] >= n[None, :], gamma ** (n[:, None] - n[None, :]).clip(0), 0.0)
+        y2[:, :, h] = np.einsum("bts,bsv->btv", np.einsum("btk,bsk->bts", q[:, :, h], k[:, :, h]) * Dm, v[:, :, h])
+    assert rel(y, y2) < TOL
+
+
+def test_gss_equals_convolution_with_the_dss_kernel():
+    """The DSS inside GSS is a convolution with K_l = 2 Re(sum_n W dB dA^l) (Gupta et al. 2022)."""
+    rng = np.random.default_rng(23)
+    Bsz, L, E, H, F, N = 2, 12, 4, 3, 5, 2
+    P = {"ln_scale": rng.uniform(0.5, 1.5, E), "ln_bias": rng.standard_normal(E) * 0.1,
+         "Lambda": -rng.uniform(0.1, 1.0, (H, N)) + 1j * rng.uniform(-3, 3, (H, N)),
+         "log_dt": np.log(rng.uniform(0.05, 0.5, H)), "W": crandn(rng, H, N),
+         "zv_proj": rng.standard_normal((F, E)), "zv_proj_bias": rng.standard_normal(F),
+         "zu_proj": rng.standard_normal((H, E)), "zu_proj_bias": rng.standard_normal(H),
+         "y_proj2": rng.standard_normal((F, H)), "y_proj2_bias": rng.standard_normal(F),
+         "y_proj": rng.standard_normal((E, F)), "y_proj_bias": rng.standard_normal(E)}
+    x = rng.standard_normal((Bsz, L, E))
+    y, _ = papers.gss(P, x)
+    xn = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6) * P["ln_scale"] + P["ln_bias"]
+    gelu = lambda z: 0.5 * z * (1 + np.tanh(0.7978845608028654 * (z + 0.044715 * z ** 3)))  # noqa: E731
+    v = gelu(xn @ P["zv_proj"].T + P["zv_proj_bias"])
+    z = gelu(xn @ P["zu_proj"].T + P["zu_proj_bias"])
+    dt = np.exp(P["log_dt"])[:, None]
+    dA = np.exp(dt * P["Lambda"])
+    dB = np.expm1(dt * P["Lambda"]) / P["Lambda"]
+    K = np.stack([2 * np.real(np.sum(P["W"] * dB * dA ** l, axis=-1)) for l in range(L)])   # (L, H)
+    yd = causal_conv(K, z)
+    y2 = ((yd @ P["y_proj2"].T + P["y_proj2_bias"]) * v) @ P["y_proj"].T + P["y_proj_bias"] + x
+    assert rel(y, y2) < TOL
+
+
+def test_s7_equals_scalar_loops():
+    rng = np.random.default_rng(24)
+    Bsz, L, H, N = 2, 8, 3, 4
+    P = {"Lambda": rng.standard_normal(N), "w_proj": rng.standard_normal((N, H)) * 0.5,
+         "B_proj": rng.standard_normal((N * H, H)) * 0.3, "C_proj": rng.standard_normal((H * N, H)) * 0.3,
+         "Dk_proj": rng.standard_normal((H, H)), "x_proj": rng.standard_normal((N, H))}
+    u = rng.standard_normal((Bsz, L, H))
+    x0 = rng.standard_normal((Bsz, N))
+    y, xL = papers.s7(P, u, x0)
+    y2 = np.zeros_like(y)
+    for b in range(Bsz):
+        x = x0[b].copy()
+        for t in range(L):
+            ut = u[b, t]
+            for n in range(N):
+                w = P["Lambda"][n] + sum(P["w_proj"][n, h] * ut[h] for h in range(H))
+                a = 1 - 1 / (w * w + 0.5)
+                assert -1 <= a < 1                               # the reparameterization is stable
+                bu = sum(P["B_proj"][n * H + h] @ ut * ut[h] for h in range(H))
+                x[n] = a * x[n] + bu + P["x_proj"][n] @ ut
+            for h in range(H):
+                y2[b, t, h] = sum(P["C_proj"][h * N + n] @ ut * x[n] for n in range(N)) + (P["Dk_proj"][h] @ ut) * ut[h]
+        assert rel(xL[b], x) < TOL
+    assert rel(y, y2) < TOL
