@@ -114,7 +114,7 @@ def summary(g: Graph) -> str:
     total = 0
     for name, kind, info in tables.parameters(g):
         shape = tables.param_shape(kind, info, dims)
-        if copies > 1:
+        if copies > 1 and tables.is_separate(g, info):
             shape = (copies,) + shape
         count = math.prod(shape) * (2 if info.get("complex") else 1)
         total += count if not info.get("frozen") else 0
@@ -125,6 +125,8 @@ def summary(g: Graph) -> str:
             flags.append("frozen (buffer)")
         if kind != "param":
             flags.append(kind.replace("_", " "))
+        if "separate" in info:
+            flags.append("separate (one copy per direction)" if info["separate"] else "shared by the directions")
         rows.append((name, "(" + ", ".join(map(str, shape)) + ")", f"{count:,}", ", ".join(flags)))
     out.append("  parameters:" + (f"  (one copy per direction: {copies})" if copies > 1 else ""))
     w0 = max([len(r[0]) for r in rows] + [4])

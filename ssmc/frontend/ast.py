@@ -97,6 +97,8 @@ class ParamDecl(Node):
     complex: bool
     frozen: bool
     init: Expr
+    # "shared" / "separate": overrides the scan's `params =` for this param; None follows it.
+    sharing: str | None = None
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ _STATEMENT_KEYWORDS = frozenset({"DIMS", "INPUT", "STATE", "PARAM", "DYNAMICS", 
                                  "SCAN", "OUTPUT"})
 _KEYWORDS = _STATEMENT_KEYWORDS | {"SSM", "COMPLEX", "FROZEN"}
 
+# A param's direction-sharing flags (section 12): names, not keywords, so that they stay
+# usable as names everywhere else.
+_SHARING_FLAGS = ("shared", "separate")
+
 
 # Decision (1): where a line break does not end a statement.
 _OPENERS = {"LPAR": "(", "LSQB": "["}
@@ -180,8 +184,22 @@ class _ToAst(Transformer):
     def param_stmt(self, meta, children):
         name, dims, *rest = children
         init = rest[-1]
-        flags = rest[:-1]
-        return ast.ParamDecl(_span(name), str(name), dims, "complex" in flags, "frozen" in flags, init)
+        flags = [str(f) for f in rest[:-1]]
+        sharing = [f for f in flags if f in _SHARING_FLAGS]
+        if len(sharing) > 1:
+            raise SpecError(f"param '{name}' is marked both {sharing[0]} and {sharing[1]}"
+                            if sharing[0] != sharing[1] else f"param '{name}' is marked {sharing[0]} twice",
+                            _span(name), None, hint="give at most one of `shared` and `separate`")
+        return ast.ParamDecl(_span(name), str(name), dims, "complex" in flags, "frozen" in flags, init,
+                             sharing[0] if sharing else None)
+
+    def param_flag(self, meta, children):
+        (tok,) = children
+        if tok.type == "NAME" and str(tok) not in _SHARING_FLAGS:
+            raise SpecError(f"unknown flag '{tok}' on a param", _span(tok), None,
+                            hint="a param's flags are complex, frozen, shared and separate, "
+                                 "written after its dims: param A_log[H, N] shared = ...")
+        return str(tok)
 
     def flag(self, meta, children):
         return str(children[0])

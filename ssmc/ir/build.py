@@ -84,6 +84,17 @@ class _Lowering:
                 raise self.err(f"{name} must be true or false", k.value.span, hint=f"{name} = true")
         return False
 
+    def _sharing_kwarg(self, e: ast.Call) -> str | None:
+        """`params = shared | separate` of a linear/conv: its weights' direction sharing
+        (None: the scan's `params =`)."""
+        for k in e.kwargs:
+            if k.name == "params":
+                if isinstance(k.value, ast.Name) and k.value.id in F.PARAM_SHARING:
+                    return k.value.id
+                raise self.err("params must be shared or separate", k.value.span,
+                               hint=f"{e.fn}(..., params = shared)")
+        return None
+
     def call(self, e: ast.Call, mode: str, owner: str | None) -> int:
         g, fn = self.g, e.fn
         if fn in F.ELEMENTWISE:
@@ -101,7 +112,7 @@ class _Lowering:
             (dim,) = self._dim_args(e, e.args)
             return g.add(op("arange", e.span, dim=dim))
         if fn == "linear":
-            self._no_kwargs(e, ("bias",))
+            self._no_kwargs(e, ("bias", "params"))
             self._arity(e, 2, None, "linear(e, N)")
             if mode == "init":
                 raise self.err("linear() is not allowed in an initializer", e.fn_span or e.span,
@@ -110,9 +121,10 @@ class _Lowering:
             weight = self._weight_name(owner, "_proj")
             bias = weight + "_bias" if self._bool_kwarg(e, "bias") else None
             arg = self.expr(e.args[0], mode, owner)
-            return g.add(op("linear", e.span, out_dims=dims, weight=weight, bias=bias), arg)
+            return g.add(op("linear", e.span, out_dims=dims, weight=weight, bias=bias,
+                            **_sharing(self._sharing_kwarg(e))), arg)
         if fn == "conv":
-            self._no_kwargs(e, ("bias",))
+            self._no_kwargs(e, ("bias", "params"))
             self._arity(e, 2, 2, "conv(e, K)")
             if mode == "init":
                 raise self.err("conv() is not allowed in an initializer", e.fn_span or e.span)
@@ -126,7 +138,8 @@ class _Lowering:
             weight = self._weight_name(owner, "_conv")
             bias = weight + "_bias" if self._bool_kwarg(e, "bias") else None
             arg = self.expr(e.args[0], mode, owner)
-            return g.add(op("conv", e.span, width=width, weight=weight, bias=bias), arg)
+            return g.add(op("conv", e.span, width=width, weight=weight, bias=bias,
+                            **_sharing(self._sharing_kwarg(e))), arg)
         if fn == "prev":
             # The value at an earlier token (Mamba-3's trapezoid, RWKV's token shift); of the
             # state, the state before the update. Which of the two is known once names resolve
@@ -178,6 +191,12 @@ class _Lowering:
         return base if count[base] == 1 else f"{base}{count[base]}"
 
 
+def _sharing(value: str | None) -> dict:
+    """The `sharing` attribute of a param, linear or conv op, only where the spec gives one
+    (so specs without it print the IR they always did)."""
+    return {} if value is None else {"sharing": value}
+
+
 def build(block: ast.Block, source: Source) -> Graph:
     """Lower one `ssm` block into a Graph (unresolved names, no facts yet)."""
     g = Graph()
@@ -205,7 +224,7 @@ def build(block: ast.Block, source: Source) -> Graph:
         elif isinstance(s, ast.ParamDecl):
             init = low.expr(s.init, "init", s.name)
             n = g.add(op("param", s.span, name=s.name, dims=tuple((d.name, d.span) for d in s.dims),
-                         complex=s.complex, frozen=s.frozen), init)
+                         complex=s.complex, frozen=s.frozen, **_sharing(s.sharing)), init)
             g.meta["params"].append(n)
             decls.append(("param", s.name, s.span))
         elif isinstance(s, ast.Assign):

@@ -129,7 +129,12 @@ class ReferenceModule(nn.Module):
             raise TypeError(f"{type(self).__name__}(): dtype must be torch.float32 or torch.float64")
         self._device = torch.device(device) if device is not None else torch.device("cpu")
         self.directions = self.SCAN["directions"]
-        self._copies = len(self.directions) if self.SCAN.get("params") == "separate" else 0
+        # Per tensor, whether it has the leading direction axis: the scan's `params =`,
+        # unless the spec set it for that tensor (its table row then says "separate").
+        scan_separate = self.SCAN.get("params") == "separate" and len(self.directions) > 1
+        self._separate = {name: bool(info.get("separate", scan_separate)) if len(self.directions) > 1 else False
+                          for name, _, info in self.PARAMS}
+        self._copies = len(self.directions) if any(self._separate.values()) else 0
         self.reset_parameters(seed=seed, generator=generator, _register=True)
 
     # --- parameters ------------------------------------------------------------
@@ -172,7 +177,7 @@ class ReferenceModule(nn.Module):
             generator.manual_seed(0 if seed is None else int(seed))
         for entry in self.PARAMS:
             name, kind, info = entry
-            if self._copies:
+            if self._separate[name]:
                 value = np.stack([self._draw(entry, generator) for _ in range(self._copies)])
             else:
                 value = self._draw(entry, generator)
@@ -233,7 +238,7 @@ class ReferenceModule(nn.Module):
             t = self._tensor(name).detach().cpu()
             t = t.to(torch.complex128 if t.is_complex() else torch.float64)
             a = t.numpy()
-            out[name] = a[direction] if self._copies else a
+            out[name] = a[direction] if self._separate[name] else a
         return out
 
     def _compute_dtype(self, dtype: torch.dtype):
@@ -423,7 +428,7 @@ class ReferenceModule(nn.Module):
         ys = []
         final = None
         for i, perm in enumerate(self._orders(L, d)):
-            p = self._params(i if self._copies else 0, compute)
+            p = self._params(i, compute)
             self._perm = perm
             ins = {k: (v if perm is None else self._take(v, perm)) for k, v in inputs.items()}
             self._dir_index = i

@@ -100,7 +100,7 @@ class TorchModule(ReferenceModule):
         for name, _, _ in self.PARAMS:
             t = self._tensor(name)
             t = t.to(complex_of(compute) if t.is_complex() else compute)
-            out[name] = t[direction] if self._copies else t
+            out[name] = t[direction] if self._separate[name] else t
         return out
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:

@@ -200,6 +200,7 @@ class Spec:
         # after the named value (or output) whose definition holds the call; in the input
         # term after the state, in the step `step`; numbered per name in statement order.
         self.weight_of: dict[int, str] = {}
+        self.call_of: dict[str, ast.Call] = {}
         counts: dict = {}
         for stmt in block.body:
             if isinstance(stmt, (ast.Assign, ast.Output)):
@@ -216,6 +217,7 @@ class Spec:
                     counts[base] = counts.get(base, 0) + 1
                     k = counts[base]
                     self.weight_of[id(call)] = base if k == 1 else f"{base}{k}"
+                    self.call_of[self.weight_of[id(call)]] = call
 
     def param_dims(self, name) -> tuple:
         """A param's declared dims; the second of a repeated state dim is the column."""
@@ -263,6 +265,19 @@ class Spec:
         if p is not None:
             return p.id == "separate"
         return self.scan.order == "cross2d"
+
+    def separate_of(self, key: str) -> bool:
+        """Whether the state_dict entry `key` has the direction axis: a param's own
+        `shared` / `separate` flag, a linear's or conv's `params =` (its bias too), else
+        the scan's `params =`; never with one direction."""
+        if self.scan.order not in ("bidirectional", "cross2d"):
+            return False
+        if key in self.params and self.params[key].sharing is not None:
+            return self.params[key].sharing == "separate"
+        call = self.call_of.get(key[:-len("_bias")] if key.endswith("_bias") and key not in self.call_of else key)
+        if call is not None and self.kw(call, "params") is not None:
+            return self.kw(call, "params").id == "separate"
+        return self.separate()
 
 
 def _calls_in_order(expr):
@@ -571,12 +586,11 @@ def evaluate(block: ast.Block, sizes: dict, params: dict, inputs: dict,
     prim = spec.inputs[0].name
     B, L = inputs[prim].shape[:2]
     orders = spec.directions(L, sizes)
-    sep = spec.separate()
     ys, finals = [], []
     for b in range(B):
         per_dir = []
         for i, order in enumerate(orders):
-            p = {k: (v[i] if sep else v) for k, v in params.items()}
+            p = {k: (v[i] if spec.separate_of(k) else v) for k, v in params.items()}
             seq = {k: v[b][order] for k, v in inputs.items()}
             x0 = None if initial_state is None else initial_state[b]
             y, dims, xf = Run(spec, sizes, p, seq, x0).run()
