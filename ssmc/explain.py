@@ -209,13 +209,15 @@ def explain(g: Graph) -> str:
         out.append(f"  log(Abar){show.sub(z)} = {inline(z, top=True)}    [{', '.join(g.fact(z, 'dims'))}] "
                    f"{_time_word(g, z)} (the SSD form's log-decay)")
     y = meta["output"]
-    out.append("output (from the state after each token's update):")
+    out.append("output (from the state after the whole sequence, x_L):" if meta["scan"]["order"] == "global"
+               else "output (from the state after each token's update):")
     out.append(f"  {g.op(y).get('name')}_t = {show(g.operands(y)[0], top=True)}    [{', '.join(g.fact(y, 'dims'))}]")
     sc = meta["scan"]
     out.append("")
     orders = {
         "causal": "t = 1 .. L",
         "reverse": "t = L .. 1 (the same recurrence on the reversed sequence)",
+        "global": "t = 1 .. L for the state; every token's output reads the state after the whole sequence",
         "bidirectional": f"a causal and a reverse scan, outputs merged by {sc['merge']}, "
                          f"{sc['params']} parameters",
         "cross2d": f"the sequence is a {sc['rows']} x {sc['cols']} image (row-major); four scans (rows forward, "

@@ -64,6 +64,9 @@ def render_class(g: Graph) -> str:
     else:
         w(f"            _x = _Abar{at} * _x + _Ebar{et}")
     w("            _xs[:, _t] = _x")
+    if meta["scan"]["order"] == "global":
+        w("        # a global scan: every token's output reads the state after the whole sequence")
+        w("        _xs[:] = _x[:, None]")
     w(f"        {sname} = _xs  # [" + ", ".join(("B", "L") + sdims) + "]")
     if after:
         w("        # the readout, from the state after each token's update"

@@ -272,7 +272,14 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         atarget = sdims[:-1] + (sdims[-1], sdims[-1])
     else:
         atarget = sdims
-    for n in [n for n in loop if n not in reads_state]:
+    glob = meta["scan"]["order"] == "global"
+    if glob:
+        # The state's pass makes only what the update reads (the readout's values come later).
+        feeds = g.ancestors(abar) | g.ancestors(ebar) | {abar, ebar}
+        first_pass = [n for n in loop if n not in reads_state and n in feeds]
+    else:
+        first_pass = [n for n in loop if n not in reads_state]
+    for n in first_pass:
         w(f"            {_chunk_line(pr, n)}")
     if ssd:
         # The SSD form reads tensors: a factor or a C that is a number (`C = N ** -0.5`) becomes one.
@@ -303,13 +310,37 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
             w(f"            _x0 = _x  # the state entering the chunk, for prev({sname})")
         w(f"            {sname} = ops.{scan}(_Abar, _Ebar, _x)  # [" + ", ".join(("B", "T") + sdims) + "]")
         w(f"            _x = {sname}[:, -1]")
+    if glob:
+        # A global scan: the state's pass may run in a fused kernel (it hands over x_L alone).
+        pr.renamed.clear()
+        fused = fused_loop(g, pr, needed, first_pass, []) if fused_loop else None
+        if fused:
+            body = ["    " + line if line.strip() else line for line in L[loop_start:]]
+            L[loop_start:] = ["        if self._fused_ready():", *fused, "        else:", *body]
+        # Then the readout, a chunk at a time, from the state after the whole sequence
+        # (x_L, a broadcast view: no per-token copies of it).
+        w("        # every token's output reads the state after the whole sequence, x_L")
+        w(f"        for _s in ops.chunks(_L, {chunk}):")
+        for n in needed:
+            name = f"_c_{pr.var(n)}"
+            w(f"            {name} = {pr.var(n)}[:, _s]")
+            pr.renamed[n] = name
+        readout = [n for n in loop if n in reads_state]
+        wanted = set()
+        for n in readout:
+            wanted |= g.ancestors(n)
+        for n in loop:
+            if n not in reads_state and n in wanted:
+                w(f"            {_chunk_line(pr, n)}")
+        w(f"            {sname} = _x[:, None].expand((_x.shape[0], _s.stop - _s.start) + tuple(_x.shape[1:]))"
+          "  # [" + ", ".join(("B", "T") + sdims) + "]")
     for n in [n for n in loop if n in reads_state]:
         w(f"            {_chunk_line(pr, n)}")
     for n in exits:
         w(f"            _e{pr.num[n]}.append({pr.var(n)})")
     pr.renamed.clear()
     # The fused alternative is generated after the loop, so it knows every layout the loop chose.
-    fused = fused_loop(g, pr, needed, loop, exits) if fused_loop and not ssd else None
+    fused = fused_loop(g, pr, needed, loop, exits) if fused_loop and not ssd and not glob else None
     if fused:
         body = ["    " + line if line.strip() else line for line in L[loop_start:]]
         L[loop_start:] = ["        if self._fused_ready():", *fused, "        else:", *body]

@@ -25,7 +25,7 @@ CONSTANTS = {"pi": 3.141592653589793}
 RULES = ("zoh", "bilinear", "euler", "backward_euler", "zoh_euler")
 STRUCTURES = ("diagonal", "scalar", "dense", "dplr", "block_diagonal")
 MATRIX_STRUCTURES = ("dense", "dplr", "block_diagonal")
-SCAN_ORDERS = ("causal", "reverse", "bidirectional", "cross2d")
+SCAN_ORDERS = ("causal", "reverse", "bidirectional", "cross2d", "global")
 MERGES = ("add", "mean", "concat")
 PARAM_SHARING = ("shared", "separate")
 

@@ -6,6 +6,7 @@
   selective, decay free of the readout's N    -> "ssd"        (Mamba-2's chunked matmul form)
   selective (or LTI outside the kernel form)  -> "chunked_scan" / "chunked_matrix_scan"
   a readout of prev(x) (the state before the update)  -> "chunked_scan" / "chunked_matrix_scan"
+  a `global` scan (outputs read x_L)          -> "chunked_scan" / "chunked_matrix_scan" (state first)
 
 The SSD form does not depend on spelling: N is the dim the readout sums over (the
 state's dims may come in any order: x[Hd, P, N] or x[N, Hd, P]); the structure may be
@@ -276,7 +277,13 @@ def choose_algorithm(g: Graph) -> Graph:
     chunked = ("a chunked scan: state-sized values exist one chunk of tokens at a time, the recurrence runs "
                "within each chunk and carries the state across chunk boundaries")
     shifted = [n for n in g.nodes() if g.op(n).kind == "prev_state"]
-    if shifted:
+    if g.meta["scan"]["order"] == "global":
+        # Every output reads x_L, which no per-token form (convolution, SSD's masked
+        # matmuls) gives: the state's pass runs alone, then the readout with x_L.
+        name = "chunked_scan" if structure in ("diagonal", "scalar") else "chunked_matrix_scan"
+        reason = ("a global scan: every token's output reads the state after the whole sequence, so the state "
+                  f"is scanned first ({chunked}) and the readout then evaluated per token from the final state")
+    elif shifted:
         # prev(x) reads the state before each token's update: neither the convolution
         # kernel nor the SSD form's masks are generated shifted, so the scan runs.
         name = "chunked_scan" if structure in ("diagonal", "scalar") else "chunked_matrix_scan"

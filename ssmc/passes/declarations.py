@@ -298,7 +298,7 @@ def _scan(g: Graph) -> None:
         raise _err(g, f"unknown scan order '{s.order}'", s.order_span,
                    hint=F.did_you_mean(s.order, F.SCAN_ORDERS) or "one of: " + ", ".join(F.SCAN_ORDERS))
     info = dict(order=s.order, merge=None, params="shared", rows=None, cols=None, span=s.span)
-    if s.order in ("causal", "reverse"):
+    if s.order in ("causal", "reverse", "global"):
         if s.kwargs:
             raise _err(g, f"scan {s.order} takes no options", s.kwargs[0].span, hint=f"write: scan {s.order}")
         info["directions"] = (s.order,)

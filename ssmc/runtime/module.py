@@ -382,7 +382,7 @@ class ReferenceModule(nn.Module):
     def _orders(self, L: int, d: dict):
         """One permutation of time per direction (None: identity)."""
         order = self.SCAN["order"]
-        if order == "causal":
+        if order in ("causal", "global"):
             return [None]
         if order == "reverse":
             return [np.arange(L)[::-1]]
@@ -516,6 +516,9 @@ class ReferenceModule(nn.Module):
     def step(self, u_t, /, state, **kw):
         """One token, u_t (batch, *input dims) -> (y_t, new state); or several new tokens,
         u_t (batch, T, *input dims) -> (y (batch, T, ...), new state). The state keeps its size."""
+        if self.SCAN["order"] == "global":
+            raise ValueError(f"{type(self).__name__}: step() needs a causal scan; this one is global, whose every "
+                             f"output reads the state after the whole sequence (call forward() on all of it)")
         if self.SCAN["order"] != "causal":
             raise ValueError(f"{type(self).__name__}: step() needs a causal scan; this one is {self.SCAN['order']}")
         d = self.dims

@@ -52,7 +52,7 @@ class TritonModule(TorchModule):
         be per token (no conv or prev along time, no readout of prev(x): torch shifts the
         states along time in the direction's order), and the scan must run in a kernel (not the
         PyTorch chunk loop, nor the LTI convolution)."""
-        if self.SCAN["order"] == "causal" or self.CONVS or self.READS_PREV_STATE:
+        if self.SCAN["order"] in ("causal", "global") or self.CONVS or self.READS_PREV_STATE:
             return False
         if self.ALGORITHM == "ssd":
             return True
@@ -268,7 +268,11 @@ def _backward(ctx, grads):
     zeros = _outputs(x0, out_shapes, out_ranks)
     gouts = [gr if gr is not None else z.zero_() for gr, z in zip(grads[1:-1], zeros)]
     gx0, *gins = fused_scan_backward(key, x0, list(ins), states, tmap, sizes, batch, rows, cols, square, gxf, gouts)
-    return (None, gx0, gins) + (None,) * 9  # no gradient for the key, sizes, flags or the time map
+    # No gradient for the key, sizes, flags or the time map; an empty list (a kernel whose one
+    # result is the state, as a global scan's) is answered by an empty list, as autograd
+    # matches the inputs' structure.
+    empty = [] if not out_shapes else None
+    return (None, gx0, gins, None, None, None, None, None, empty, empty if not out_ranks else None, None, None)
 
 
 fused_scan.register_autograd(_backward, setup_context=_setup)

@@ -20,7 +20,10 @@ runtime helper. Every rule it applies is written here from the language page
   in that sequence (zero before its start), `prev(x)` of the state the state before
   the token's update (the entering state at the first token);
 * scan orders by index maps, each direction evaluating the whole layer, merged by
-  add, mean or concat (a trailing `dir` axis).
+  add, mean or concat (a trailing `dir` axis); a param's `shared` / `separate` flag
+  and a linear's or conv's `params =` override the scan's `params =` for that tensor;
+* `scan global`: the state runs over the whole sequence first, then every token's
+  output is evaluated from the final state x_L.
 
 It is deliberately slow and plain: clarity over speed, shapes of a few elements.
 """
@@ -240,7 +243,7 @@ class Spec:
         """Per direction, the visiting order of time (a list of index arrays)."""
         order = self.scan.order
         fwd = np.arange(L)
-        if order == "causal":
+        if order in ("causal", "global"):
             return [fwd]
         if order == "reverse":
             return [fwd[::-1]]
@@ -558,6 +561,15 @@ class Run:
 
     def run(self):
         ys = []
+        if self.s.scan.order == "global":
+            # Every token's output reads the state after the whole sequence (x_L).
+            for t in range(self.L):
+                self.step_token(t)
+            for t in range(self.L):
+                self.states[t] = self.x
+            for t in range(self.L):
+                ys.append(self.ev(self.s.output.value, t))
+            return np.stack([y.a for y in ys]), ys[0].dims, self.x
         for t in range(self.L):
             self.step_token(t)
             ys.append(self.ev(self.s.output.value, t))

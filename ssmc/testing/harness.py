@@ -9,7 +9,7 @@ random parameters, draws inputs, runs the evaluator of `ssmc.testing.evaluator`
 | `forward` | the output (and the final state for causal / reverse scans), float64 |
 | `initial_state` | a random state entering the first visited token |
 | `step` | `step()` token by token (causal scans) |
-| `chain` | two calls, the second from the first's final state |
+| `chain` | two calls, the second from the first's final state (global scans: the final state only) |
 | `packed` | `cu_seqlens` over two sequences of different lengths |
 | `float32` | the output in float32 (torch, triton) at a float32 tolerance |
 | `grad` | `gradcheck` in float64 over the input and every parameter (torch); triton's gradients against torch's |
@@ -102,8 +102,10 @@ class _Case:
         self.given = dict(sizes)
         self.rng = np.random.default_rng(seed)
         # one direction: the scans with a final state, `initial_state` and chaining
-        self.single = self.spec.scan.order in ("causal", "reverse")
+        self.single = self.spec.scan.order in ("causal", "reverse", "global")
         self.causal = self.spec.scan.order == "causal"
+        # a global scan's outputs read the state after the whole sequence: no chaining
+        self.chains = self.spec.scan.order in ("causal", "reverse")
         # conv and prev of a per-token value look back in time: a reverse scan's chained
         # halves see different tokens before them (prev(x) of the state does not).
         self.has_conv = "conv(" in text or "prev(" in text
@@ -293,7 +295,7 @@ def check_spec(text: str, sizes: dict | None = None, length: int = 7, batch: int
             if y is not None:
                 compare(be, "step", _np(y), y_ref)
         # ---- chaining through the returned state
-        if "chain" in checks and case.single and L >= 2 and (case.causal or not case.has_conv):
+        if "chain" in checks and case.chains and L >= 2 and (case.causal or not case.has_conv):
             T = L // 2
             first, second = (slice(0, T), slice(T, L)) if case.causal else (slice(T, L), slice(0, T))
 
@@ -304,6 +306,17 @@ def check_spec(text: str, sizes: dict | None = None, length: int = 7, batch: int
             y = run(be, "chain", chain)
             if y is not None:
                 compare(be, "chain", _np(y), y_ref)
+        # ---- a global scan: the final state chains (its outputs read the whole sequence's)
+        if "chain" in checks and case.single and not case.chains and L >= 2:
+            T = L // 2
+
+            def chain_state():
+                _, s1 = _call(lay, prim, _slice(ins, slice(0, T)), return_state=True)
+                _, s2 = _call(lay, prim, _slice(ins, slice(T, L)), initial_state=s1, return_state=True)
+                return s2[0] if isinstance(s2, tuple) else s2
+            xs = run(be, "chain", chain_state)
+            if xs is not None:
+                compare(be, "chain", _np(xs), x_ref, what="final state")
         # ---- packed variable-length sequences
         if "packed" in checks and case.single and B >= 2 and L >= 2:
             l1, l2 = L, max(1, L - 2)
