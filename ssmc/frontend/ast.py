@@ -182,6 +182,8 @@ def dump(node, indent: int = 0) -> str:
             children.append((f.name, v))
         elif isinstance(v, tuple) and not v:
             continue
+        elif f.name == "sharing" and v is None:
+            continue  # (fields added later show only where given: older dumps stay as they were)
         else:
             scalars.append(f"{f.name}={v!r}")
     head = f"{pad}({type(node).__name__}{where} " + " ".join(scalars)
