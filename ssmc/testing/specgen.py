@@ -30,7 +30,10 @@ likewise for mutants.
 `E:coef`, `E:selective`, `E:mimo`, `E:features`), `coef:*`, `step:*` (`const`,
 `static`, `token`, `tau`), `fn:*` (each function; `fn:const` a function of a number),
 `op:*`, `reduce:*`, `init:*` (each initializer and family), `input:*`, `out:*`,
-`merge:*`, `params:*`, `dims:*` (`derived`, `split`), `dplr:*`, `matrix:*`,
+`merge:*`, `params:*`, `sharing:*` (a tensor's own direction sharing, decision 18:
+`sharing:param:shared`, `sharing:linear:separate`, `sharing:conv:*`, and
+`sharing:one_direction` where a single-direction scan makes it moot), `dims:*`
+(`derived`, `split`), `dplr:*`, `matrix:*`,
 `value:*` (`ref`: a named value used in another, `state`: one reading the state),
 `text:crlf`, `text:continued` (a statement over several lines; `text:cont:paren`,
 `text:cont:op_end`, `text:cont:op_start`, `text:cont:backslash` for the way it is
@@ -448,7 +451,7 @@ class _Gen:
         name = self.fresh(hint)
         if frozen is None:
             frozen = self.ch.chance(0.15)
-        flags = (["complex"] if cplx else []) + (["frozen"] if frozen else [])
+        flags = (["complex"] if cplx else []) + (["frozen"] if frozen else []) + self.sharing_flag()
         flags = self.ch.shuffled(flags)
         head = f"param {name}[{', '.join(dims)}]" + "".join(" " + f for f in flags)
         self.stmts.append(Stmt("param", f"{head} = {init}", name))
@@ -463,6 +466,25 @@ class _Gen:
             if re.search(rf"\b{fam}\(", init):
                 self.tags.add("init:" + fam)
         return Ex(name, dims=tuple(dims), cplx=cplx)
+
+    def sharing(self, what: str) -> str | None:
+        """A tensor's own direction sharing (decision 18), now and then: mostly with several
+        directions, sometimes with one (where it changes nothing)."""
+        multi = self.scan_order in ("bidirectional", "cross2d")
+        # (convs are rarer than params and linears: a higher chance for them)
+        if not self.ch.chance((0.6 if what == "conv" else 0.3) if multi else 0.05):
+            return None
+        s = self.ch.choice(["shared", "separate"])
+        self.tags.add(f"sharing:{what}:{s}" if multi else "sharing:one_direction")
+        return s
+
+    def sharing_flag(self) -> list:
+        s = self.sharing("param")
+        return [s] if s else []
+
+    def sharing_kw(self, what: str) -> list:
+        s = self.sharing(what)
+        return [f"params = {s}"] if s else []
 
     def coef_init(self, dims: tuple, cplx: bool = False) -> str:
         """A bounded initializer for a coefficient over `dims` (no kinks later: never
@@ -753,6 +775,7 @@ class _Gen:
         if b:
             extra.append(f"bias = {b}")
             self.tags.add("linear:bias")
+        extra += self.sharing_kw("linear")
         self.tags.add("linear")
         return Ex(f"linear({e.text}, {', '.join(extra)})", dims=tuple(outd), cplx=False, tok=True,
                   state=e.state, learn=True, direct=e.direct)
@@ -770,13 +793,15 @@ class _Gen:
         b = self.ch.choice([None, "true", "false"])
         if b:
             extra.append(f"bias = {b}")
+        extra += self.sharing_kw("conv")
         self.tags.add("conv")
         return Ex(f"conv({e.text}, {', '.join(extra)})", dims=e.dims, tok=True, learn=True, direct=e.direct)
 
     def lin(self, arg: str, dims) -> Ex:
         """`linear(arg, dims...)` of a per-token argument, maybe with `bias = ...`."""
         self.tags.add("linear")
-        return Ex(f"linear({arg}, {', '.join(dims)}{self.bias_kw()})", dims=tuple(dims), tok=True, learn=True)
+        kw = self.bias_kw() + "".join(", " + k for k in self.sharing_kw("linear"))
+        return Ex(f"linear({arg}, {', '.join(dims)}{kw})", dims=tuple(dims), tok=True, learn=True)
 
     def bias_kw(self) -> str:
         """`linear`'s optional keyword: nothing (no bias), `bias = true` or `bias = false`."""
@@ -818,7 +843,8 @@ class _Gen:
         # the system's kind first: it constrains the state's dims
         self.structure = ch.choice(["diagonal", "scalar", "dense", "dplr", "block_diagonal"])
         self.rule = ch.choice(["zoh", "bilinear", "euler", "backward_euler", "zoh_euler", "recurrence"])
-        self.scan_order = ch.weighted([(4, "causal"), (2, "reverse"), (3, "bidirectional"), (2, "cross2d")])
+        self.scan_order = ch.weighted([(4, "causal"), (2, "reverse"), (3, "bidirectional"), (2, "cross2d"),
+                                       (1, "global")])
         self.cplx = self.structure == "dplr" or ch.chance(0.45)
         self.tags |= {self.structure, self.rule, self.scan_order}
         if self.cplx:
@@ -1357,7 +1383,7 @@ class _Gen:
             kw = [f"rows = {rd}", f"cols = {cd}"] + kw
             self.length = r * c
         kw = ch.shuffled(kw)
-        text = f"scan {o}" + (f"({', '.join(kw)})" if kw else ("" if o in ("causal", "reverse") else "()"))
+        text = f"scan {o}" + (f"({', '.join(kw)})" if kw else ("" if o in ("causal", "reverse", "global") else "()"))
         self.stmts.append(Stmt("scan", text))
 
     # ---- the output (section 13) -------------------------------------------
@@ -1887,13 +1913,28 @@ def _mutate(b: _Built, g: _Gen, ch: _Chooser) -> tuple[str, str]:
         if w == "scan":
             sc = find("scan")[0]
             sc.text = ch.choice(["scan bidirectional(merge = add, flavour = 2)", "scan causal(merge = add)",
-                                 "scan cross2d(rows = 3, cols = 4)", "scan bidirectional(params = some)"])
+                                 "scan cross2d(rows = 3, cols = 4)", "scan bidirectional(params = some)",
+                                 "scan global(merge = add)"])
         elif w == "discretize" and find("discretize"):
             d = find("discretize")[0]
             d.text = d.text.replace("step = ", "dt = ", 1)
-        else:
+        elif ch.chance(0.5):
             out = find("output")[0]
             out.text += f" + linear({b.inputs[0][0]}, {b.sdims[0]}, scale = 2)"
+        elif ch.chance(0.5):
+            out = find("output")[0]
+            out.text += f" + linear({b.inputs[0][0]}, {b.sdims[0]}, params = " + ch.choice(["both", "true", "2"]) + ")"
+            w = "linear params ="
+        else:
+            ps = [s for s in stmts if s.kind == "param"]
+            if ps:
+                s = ch.choice(ps)
+                head, init = s.text.split(" = ", 1)
+                s.text = f"{head} " + ch.choice(["sharedd", "shared shared", "shared separate", "tied"]) + f" = {init}"
+                w = "param flag"
+            else:
+                out = find("output")[0]
+                out.text += f" + linear({b.inputs[0][0]}, {b.sdims[0]}, scale = 2)"
         what = f"a bad keyword argument ({w})"
     elif kind == "output_name_used":
         out = find("output")[0]

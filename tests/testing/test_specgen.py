@@ -108,6 +108,8 @@ def test_the_generator_covers_the_language():
         "fn:relu", "fn:softplus", "fn:inv_softplus", "fn:silu", "fn:re", "fn:im", "fn:conj",
         "op:/", "op:**", "dimnum", "arange",
         "text:continued", "text:cont:paren", "text:cont:op_end", "text:cont:op_start", "text:cont:backslash",
+        "global", "sharing:param:shared", "sharing:param:separate", "sharing:linear:shared",
+        "sharing:linear:separate", "sharing:conv:shared", "sharing:conv:separate", "sharing:one_direction",
     }
     assert wanted <= tags, f"never drawn: {sorted(wanted - tags)}"
 
