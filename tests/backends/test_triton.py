@@ -38,7 +38,10 @@ def _load(stem, backend, **kw):
 
 
 def rel(a, b):
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+    # (complex gradients compared whole: .double() would drop their imaginary parts)
+    def wide(t):
+        return t.to(torch.complex128) if t.is_complex() else t.double()
+    return float((wide(a) - wide(b)).abs().max() / wide(b).abs().max())
 
 
 def _small(cls):

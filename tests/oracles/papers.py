@@ -44,6 +44,8 @@ __all__ = [
     "gelu_tanh",
     "mamba3",
     "rwkv6",
+    "vssd",
+    "s5_bidirectional",
     "hippo_legs",
     "hippo_legs_B",
     "hippo_legs_normal",
@@ -649,3 +651,78 @@ def s7(P, u, x0=None, reverse=False):
         x = a * x + np.einsum("bnh,bh->bn", Bk, ut) + bk
         y[:, t] = np.einsum("bhn,bn->bh", Ck, x) + Dk * ut
     return y, x
+
+
+# ----------------------------------------------------------------------------
+# VSSD (Shi, Dong, Xu 2024): non-causal SSD
+# ----------------------------------------------------------------------------
+
+def vssd(P, u, x0=None):
+    """"VSSD: Vision Mamba with Non-Causal State Space Duality", the non-causal
+    form of SSD: the per-token scalar dA_t = dt_t A weights the token instead of
+    decaying the state, and every token reads the one global hidden state
+
+        dt_t = softplus(W_dt vec(u_t) + dt_bias),  A = -exp(A_log)       (Hd,)
+        B_t  = W_B vec(u_t),  C_t = W_C vec(u_t)                        (N,)
+        H[hd,p,n] = x0 + sum_j dt_j[hd] A[hd] B_j[n] u_j[hd,p]
+        y_t[hd,p] = sum_n C_t[n] H[hd,p,n] + D[hd] u_t[hd,p]
+
+    (x0: the state entering before the first token, zero by default). Returns
+    (y, H). u has shape (B, L, Hd, P).
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, Hd, Pd = u.shape
+    A = -np.exp(P["A_log"])
+    N = P["B_proj"].shape[0]
+    Hs = _zeros_state(x0, (Bsz, Hd, Pd, N), np.float64)
+    for b in range(Bsz):
+        for j in range(L):
+            uf = u[b, j].reshape(Hd * Pd)
+            dt = softplus(_linear(P, "dt_proj", uf[None])[0] + P["dt_bias"])
+            Bj = _linear(P, "B_proj", uf[None])[0]
+            for h in range(Hd):
+                for p in range(Pd):
+                    for n in range(N):
+                        Hs[b, h, p, n] += dt[h] * A[h] * Bj[n] * u[b, j, h, p]
+    y = np.zeros((Bsz, L, Hd, Pd))
+    for b in range(Bsz):
+        for t in range(L):
+            Ct = _linear(P, "C_proj", u[b, t].reshape(1, Hd * Pd))[0]
+            for h in range(Hd):
+                for p in range(Pd):
+                    y[b, t, h, p] = sum(Ct[n] * Hs[b, h, p, n] for n in range(N)) + P["D"][h] * u[b, t, h, p]
+    return y, Hs
+
+
+# ----------------------------------------------------------------------------
+# S5, bidirectional (Smith, Warrington, Linderman 2023)
+# ----------------------------------------------------------------------------
+
+def s5_bidirectional(P, u):
+    """S5's bidirectional layer: one Lambda_bar, B_bar (ZOH, steps exp(log_dt))
+    for both passes, a forward and a backward state, one output matrix each:
+
+        x_t^f = Lambda_bar x_{t-1}^f + B_bar u_t        (t = 1 .. L)
+        x_t^b = Lambda_bar x_{t+1}^b + B_bar u_t        (t = L .. 1)
+        y_t   = Re(C1 x_t^f + C2 x_t^b) + D u_t
+
+    P["C"] has shape (2, H, P): C[0] = C1, C[1] = C2. Returns y.
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, H = u.shape
+    Lam = P["Lambda"]
+    dt = np.exp(P["log_dt"])
+    Lam_bar = np.exp(Lam * dt)
+    B_bar = ((Lam_bar - 1.0) / Lam)[:, None] * P["B"]
+    C1, C2 = P["C"][0], P["C"][1]
+    xf = np.zeros((Bsz, L, Lam.shape[0]), dtype=np.complex128)
+    xb = np.zeros_like(xf)
+    x = np.zeros((Bsz, Lam.shape[0]), dtype=np.complex128)
+    for t in range(L):
+        x = Lam_bar * x + u[:, t] @ B_bar.T
+        xf[:, t] = x
+    x = np.zeros((Bsz, Lam.shape[0]), dtype=np.complex128)
+    for t in range(L - 1, -1, -1):
+        x = Lam_bar * x + u[:, t] @ B_bar.T
+        xb[:, t] = x
+    return np.real(xf @ C1.T + xb @ C2.T) + P["D"] * u
