@@ -81,6 +81,12 @@ def _check_prev(g: Graph) -> None:
             if o.get("shift") != 1:
                 raise _err(g, f"prev({sname}, {o.get('shift')}): the state is only kept one token back", o.span,
                            hint=f"prev({sname}) is the state before the current token's update")
+            if g.meta["scan"]["order"] == "global":
+                # Every output of a global scan reads x_L, the state after the whole sequence:
+                # no token has a state of its own before its update.
+                raise _err(g, f"prev({sname}) under `scan global`: every output reads the state after the "
+                              f"whole sequence, not one before a token's update", o.span,
+                           hint=f"read {sname} (x_L), or scan causal to read prev({sname})")
             g.replace_op(n, Op("prev_state", (), o.span))
         elif state in g.ancestors(e):
             raise _err(g, f"prev() of a value that reads the state '{sname}'", o.span,

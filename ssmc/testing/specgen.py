@@ -30,7 +30,7 @@ likewise for mutants.
 `E:coef`, `E:selective`, `E:mimo`, `E:features`), `coef:*`, `step:*` (`const`,
 `static`, `token`, `tau`), `fn:*` (each function; `fn:const` a function of a number),
 `op:*`, `reduce:*`, `init:*` (each initializer and family), `input:*`, `out:*`,
-`merge:*`, `params:*`, `sharing:*` (a tensor's own direction sharing, decision 18:
+`merge:*`, `params:*`, `sharing:*` (a tensor's own direction sharing, decision 19:
 `sharing:param:shared`, `sharing:linear:separate`, `sharing:conv:*`, and
 `sharing:one_direction` where a single-direction scan makes it moot), `dims:*`
 (`derived`, `split`), `dplr:*`, `matrix:*`,
@@ -468,7 +468,7 @@ class _Gen:
         return Ex(name, dims=tuple(dims), cplx=cplx)
 
     def sharing(self, what: str) -> str | None:
-        """A tensor's own direction sharing (decision 18), now and then: mostly with several
+        """A tensor's own direction sharing (decision 19), now and then: mostly with several
         directions, sometimes with one (where it changes nothing)."""
         multi = self.scan_order in ("bidirectional", "cross2d")
         # (convs are rarer than params and linears: a higher chance for them)

@@ -20,6 +20,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton")
 
 CASES = {"vssd": ("VSSD", dict(Hd=2, P=2, N=3), (2, 2)),
+         "hydra": ("Hydra", dict(Hd=2, P=2, N=2), (2, 2)),
          "s5_bidirectional": ("S5Bidirectional", dict(H=2, P=3), (2,))}
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "rwkv6",
     "vssd",
     "s5_bidirectional",
+    "hydra",
     "hippo_legs",
     "hippo_legs_B",
     "hippo_legs_normal",
@@ -726,3 +727,50 @@ def s5_bidirectional(P, u):
         x = Lam_bar * x + u[:, t] @ B_bar.T
         xb[:, t] = x
     return np.real(xf @ C1.T + xb @ C2.T) + P["D"] * u
+
+
+# ----------------------------------------------------------------------------
+# Hydra (Hwang, Lahoti, Dao, Gu 2024): the quasiseparable mixer
+# ----------------------------------------------------------------------------
+
+def hydra(P, u):
+    """"Hydra: Bidirectional State Space Models Through Generalized Matrix Mixers":
+
+        QS(X) = shift(SS(X)) + flip(shift(SS(flip(X)))) + D X
+
+    SS: Mamba-2's SSD per direction k (0 forward, 1 on the flipped sequence), with the
+    direction's own projections W_dt[k], W_B[k], W_C[k] and the shared A, dt_bias:
+        dt_t = softplus(W_dt[k] vec(u_t) + dt_bias),  A = -exp(A_log)     (Hd,)
+        h_t  = exp(dt_t A) h_{t-1} + dt_t B_t u_t,    SS_t = C_t . h_t
+    shift(Y)_t = Y_{t-1}, zero at t = 0; the diagonal is u_t * (W_D vec(u_t) + D)
+    per head (shared W_D = y_proj, D). P: the state_dict (direction axis first on
+    dt_proj, B_proj, C_proj). Returns y (B, L, Hd, P).
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, Hd, Pd = u.shape
+    A = -np.exp(P["A_log"])
+    N = P["B_proj"].shape[1]
+
+    def ss(k, seq):
+        out = np.zeros((Bsz, L, Hd, Pd))
+        for b in range(Bsz):
+            h = np.zeros((Hd, Pd, N))
+            for t in range(L):
+                uf = seq[b, t].reshape(Hd * Pd)
+                dt = softplus(P["dt_proj"][k] @ uf + P["dt_bias"])
+                Bt = P["B_proj"][k] @ uf
+                Ct = P["C_proj"][k] @ uf
+                for hd in range(Hd):
+                    h[hd] = np.exp(dt[hd] * A[hd]) * h[hd] + dt[hd] * np.outer(seq[b, t, hd], Bt)
+                    out[b, t, hd] = h[hd] @ Ct
+        return out
+
+    def shift(y):
+        s = np.zeros_like(y)
+        s[:, 1:] = y[:, :-1]
+        return s
+
+    flip = (lambda y: y[:, ::-1])
+    y = shift(ss(0, u)) + flip(shift(ss(1, flip(u))))
+    diag = np.einsum("hk,blk->blh", P["y_proj"], u.reshape(Bsz, L, Hd * Pd)) + P["D"]
+    return y + u * diag[..., None]

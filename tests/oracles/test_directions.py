@@ -319,3 +319,52 @@ def test_global_takes_no_options():
     text = (ROOT / "examples" / "vssd.ssm").read_text().replace("scan       global", "scan global(merge = add)")
     with pytest.raises(ssmc.SpecError, match="takes no options"):
         ssmc.loads(text, backend="numpy")
+
+
+# ----------------------------------------------------------------------------
+# Hydra: a shifted readout (prev) in both directions, shared A, dt_bias and diagonal
+# ----------------------------------------------------------------------------
+
+HYDRA_DIMS = dict(Hd=2, P=3, N=4)
+
+
+def test_hydra_state_dict_shapes():
+    layer = _layer("hydra", "Hydra", "numpy", HYDRA_DIMS)
+    shapes = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
+    assert shapes == {"A_log": (2,), "dt_bias": (2,), "D": (2,), "dt_proj": (2, 2, 6), "B_proj": (2, 4, 6),
+                      "C_proj": (2, 4, 6), "y_proj": (2, 6)}
+
+
+@pytest.mark.parametrize("Bsz,L", [(1, 1), (1, 2), (3, 7), (2, 13)])
+def test_hydra_reference_matches_the_oracle(Bsz, L):
+    layer = _layer("hydra", "Hydra", "numpy", HYDRA_DIMS)
+    P = _params(layer)
+    u = _u((Bsz, L, 2, 3), seed=L)
+    assert rel(to_numpy(layer(t(u))), papers.hydra(P, u)) <= RTOL
+    # The mixer part alone (no diagonal): the shifted, flipped SSD outputs.
+    P0 = dict(P, D=np.zeros_like(P["D"]), y_proj=np.zeros_like(P["y_proj"]))
+    layer0 = _layer("hydra", "Hydra", "numpy", HYDRA_DIMS)
+    layer0.load_state_dict({k: t(v) for k, v in P0.items()})
+    if L > 1:
+        assert rel(to_numpy(layer0(t(u))), papers.hydra(P0, u)) <= RTOL
+
+
+@pytest.mark.parametrize("L,chunk", [(7, None), (13, 4)])
+def test_hydra_torch_matches_the_reference(L, chunk):
+    ref = _layer("hydra", "Hydra", "numpy", HYDRA_DIMS)
+    tl = _layer("hydra", "Hydra", "torch", HYDRA_DIMS)
+    tl.chunk_size = chunk
+    u = t(_u((2, L, 2, 3), seed=L))
+    assert rel(to_numpy(tl(u)), to_numpy(ref(u))) <= RTOL
+
+
+def test_hydra_torch_gradients():
+    layer = _layer("hydra", "Hydra", "torch", dict(Hd=2, P=2, N=2))
+    layer.chunk_size = 2
+    names = [n for n, _ in layer.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in layer.parameters()]
+    u = torch.randn(2, 5, 2, 2, dtype=torch.float64, requires_grad=True)
+
+    def f(u, *ps):
+        return torch.func.functional_call(layer, dict(zip(names, ps)), (u,))
+    assert torch.autograd.gradcheck(f, (u, *params), eps=1e-6, atol=1e-6, rtol=1e-5)
