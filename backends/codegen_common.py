@@ -11,6 +11,7 @@ from .. import __version__
 from ..ir import tables
 from ..ir.graph import Graph
 from ..ir.printer import dim_text
+from ..ir.systems import is_multi, order, state_nodes, system_nodes
 
 BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
 # Nodes that are names, not computations.
@@ -258,10 +259,17 @@ def class_header(g: Graph, base: str) -> list[str]:
     w(f"    CONVS = {convs!r}")
     if reads_prev_state(g):
         w("    READS_PREV_STATE = True  # the readout reads prev(x), the state before each update")
-    sys_op = g.op(meta["system"])
-    if sys_op.get("structure") == "block_diagonal":
+    if is_multi(g):
+        # Several states: the carried state is a tuple of them, in declaration order.
+        states = tuple((g.op(s["state"]).get("name"), tuple(s["state_dims"]), bool(s["state_complex"]))
+                       for s in meta["systems"])
+        w(f"    STATES = {states!r}")
+    blocks = tuple((s["state_dims"][-1], g.op(s["system"]).get("blocks"))
+                   for s in (meta["systems"] if is_multi(g) else (meta,))
+                   if g.op(s["system"]).get("structure") == "block_diagonal")
+    if blocks:
         # (dim, block count: a number or a dim): checked when the dims are given at construction.
-        w(f"    BLOCKS = {((meta['state_dims'][-1], sys_op.get('blocks')),)!r}")
+        w(f"    BLOCKS = {blocks!r}")
     w(f"    SCAN = {scan!r}")
     w(f"    ALGORITHM = {meta['algorithm']['name']!r}")
     return L
@@ -301,7 +309,7 @@ def split_body(g: Graph, roots: tuple = ()) -> tuple[list[int], list[int], list[
     # What the system and the output read, not looking into the params' initializers
     # (those run once, in `_init_<param>`): a node both read is computed in both places.
     live: set[int] = set(roots)
-    stack = [meta["system"], meta["output"], *roots]
+    stack = [meta["system"], meta["output"], *roots, *system_nodes(g)]
     while stack:
         for i in g.operands(stack.pop()):
             if i not in live:
@@ -340,3 +348,55 @@ def direction_prologue(g: Graph, pr: Printer, zeros: str, extra: tuple[str, ...]
              + zeros.format(shape=shape, complex=bool(meta["state_complex"])))
     L.append(f"        tails = list(state[1:]) if state is not None else [None] * {len(pr.convs)}")
     return L
+
+
+def multi_prologue(g: Graph, pr: Printer, zeros: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """`direction_prologue` for a block with several states: `_x0, _x1, ...` are the entering
+    states (declaration order), `tails` the conv tails after them."""
+    L = direction_prologue(g, pr, zeros, extra)
+    k = len(g.meta["systems"])
+    L = L[:-2]
+    for i, s in enumerate(g.meta["systems"]):
+        shape = "(_B, " + "".join(f"{d}, " for d in s["state_dims"]) + ")"
+        L.append(f"        _x{i} = state[{i}] if state is not None else "
+                 + zeros.format(shape=shape, complex=bool(s["state_complex"])))
+    L.append(f"        tails = list(state[{k}:]) if state is not None else [None] * {len(pr.convs)}")
+    return L
+
+
+def multi_schedule(g: Graph, reads: dict | None = None, skip=frozenset()) -> list:
+    """A block with several states, in the order it is computed: items ("node", n) (a value)
+    and ("system", i) (the whole scan of system i), each system after the values and the
+    states it reads, the rest (the readout) last. `reads[i]` replaces what system i reads
+    (its transition, step and input term) where a backend computes it otherwise (the SSD
+    form reads its factors); nodes in `skip` are computed by a system itself."""
+    meta = g.meta
+    reads = reads or {}
+    needs = {}
+    for i, system in enumerate(meta["systems"]):
+        needs[i] = set(reads[i]) if i in reads else set(g.operands(system["system"]))
+    live: set[int] = set()
+    stack = [meta["output"]] + [n for need in needs.values() for n in need]
+    live |= set(stack)
+    while stack:
+        n = stack.pop()
+        if n in skip or g.op(n).kind == "param":
+            continue
+        for i in g.operands(n):
+            if i not in live:
+                live.add(i)
+                stack.append(i)
+    body = [n for n in g.topo() if n in live and n not in skip and g.op(n).kind not in LEAVES]
+    done: set[int] = set()
+    out: list = []
+    for i in order(g):
+        need = set()
+        for n in needs[i]:
+            need |= g.ancestors(n) | {n}
+        for n in body:
+            if n in need and n not in done:
+                out.append(("node", n))
+                done.add(n)
+        out.append(("system", i))
+    out += [("node", n) for n in body if n not in done]
+    return out

@@ -8,6 +8,7 @@ from .ir import functions as F
 from .ir import tables
 from .ir.graph import Graph
 from .ir.printer import dim_text
+from .ir.systems import is_multi, order, view
 
 _PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "matvec": 2, "neg": 3, "pow": 4}
 _SYM = {"add": " + ", "sub": " - ", "mul": " * ", "div": " / ", "pow": "**", "matvec": " @ "}
@@ -98,6 +99,25 @@ def _time_word(g: Graph, n: int) -> str:
 
 def summary(g: Graph) -> str:
     """One screen: dims, inputs, state, parameters with shapes and counts, class, algorithm."""
+    if is_multi(g):
+        # One state, system and algorithm line per state.
+        parts = [_summary_one(view(g, i)).split("\n") for i in range(len(g.meta["systems"]))]
+        out = []
+        for k, line in enumerate(parts[0]):
+            if line.startswith(("  state:", "  system:", "  algorithm:")):
+                for i, p in enumerate(parts):
+                    text = p[k]
+                    if not line.startswith("  state:"):
+                        sname = g.op(g.meta["systems"][i]["state"]).get("name")
+                        text = text.replace(":", f" ({sname}):", 1)
+                    out.append(text)
+            else:
+                out.append(line)
+        return "\n".join(out)
+    return _summary_one(g)
+
+
+def _summary_one(g: Graph) -> str:
     meta = g.meta
     dims = tables.dim_values(g)
     out = [f"ssm {meta['name']}" + (f" -- {meta['description']}" if meta["description"] else "")]
@@ -164,6 +184,43 @@ _RULE_WORDS = {
 
 def explain(g: Graph) -> str:
     """The derived discrete-time equations, each value static or per-token, and the algorithm's reason."""
+    if not is_multi(g):
+        return _explain_one(g)
+    # Several states: the values and the output once; each state's equations and its
+    # classification and algorithm (one line per state), in the order the scans run.
+    parts = {i: _explain_one(view(g, i)).split("\n") for i in order(g)}
+    first = parts[order(g)[0]]
+
+    def cut(lines, start, stop):
+        a = next(k for k, line in enumerate(lines) if line.startswith(start))
+        b = next(k for k, line in enumerate(lines) if (line.startswith(stop) if stop else line == "") and k > a)
+        return lines[a:b]
+    out = first[:first.index("")+1] + cut(first, "values", "") + [""]
+    names = {i: g.op(g.meta["systems"][i]["state"]).get("name") for i in parts}
+    out.append(f"states: {', '.join(names[i] for i in range(len(names)))} (scanned in the order "
+               f"{', '.join(names[i] for i in order(g))}; the carried state is a tuple in declaration order)")
+    for i, lines in parts.items():
+        k = next(j for j, line in enumerate(lines) if line.startswith(("continuous time", "discrete time")))
+        m = next(j for j, line in enumerate(lines) if line.startswith("output (from"))
+        reads = [names[j] for j in (g.meta.get("reads") or [[]] * len(names))[i]]
+        out.append(f"state {names[i]}" + (f" (reads {', '.join(reads)} after its update):" if reads else ":"))
+        out += ["  " + line for line in lines[k:m]]
+    m = next(j for j, line in enumerate(first) if line.startswith("output (from"))
+    sc = next(j for j, line in enumerate(first) if line.startswith("scan:"))
+    out += first[m:sc + 1]
+    for i, lines in parts.items():
+        sysl = next(j for j, line in enumerate(lines) if line.startswith("system:"))
+        alg = next(j for j, line in enumerate(lines) if line.startswith("algorithm:"))
+        out.append(f"{names[i]}: {lines[sysl]}")
+        out += ["  " + line for line in lines[sysl + 1:alg]]
+    for i, lines in parts.items():
+        alg = next(j for j, line in enumerate(lines) if line.startswith("algorithm:"))
+        out.append(f"algorithm ({names[i]}): {lines[alg][len('algorithm: '):]}")
+    out.append("  (the NumPy reference backend always runs the sequential recurrences)")
+    return "\n".join(out)
+
+
+def _explain_one(g: Graph) -> str:
     meta = g.meta
     show = _Infix(g)
     st = g.op(meta["state"])

@@ -13,10 +13,69 @@ from __future__ import annotations
 
 from ...ir import functions as F
 from ...ir.graph import Graph
-from ..codegen_common import NumpyPrinter, bind_dims, reads_prev_state, class_header, direction_prologue, init_methods, module_header, split_body
+from ...ir.systems import is_multi
+from ..codegen_common import NumpyPrinter, bind_dims, reads_prev_state, class_header, direction_prologue, init_methods, module_header, \
+    multi_prologue, multi_schedule, split_body
+
+
+def _recurrence(g: Graph, pr: NumpyPrinter, system: dict, x: str) -> list[str]:
+    """The sequential loop of one system: its state variable `x` in, the per-token states
+    bound to the state's name out."""
+    sname = g.op(system["state"]).get("name")
+    sdims = tuple(system["state_dims"])
+    sys_op = g.op(system["system"])
+    abar, ebar = g.operands(system["system"])
+    structure = sys_op.get("structure")
+    matrix = structure in F.MATRIX_STRUCTURES
+    L = []
+    w = L.append
+    rule = sys_op.get("rule") or (system.get("discretization") or {}).get("rule")
+    w(f"        # the recurrence of {sname} ({(rule + ', ') if rule else ''}{structure}), one token at a time")
+    atarget = sdims[:-1] + (sdims[-1], sdims[-1]) if matrix else sdims
+    w(f"        _Abar = {pr.arg(abar, atarget)}  # [" + ", ".join(
+        (("B", "L") if g.fact(abar, "time") == "token" else ()) + atarget) + "]")
+    w(f"        _Ebar = {pr.arg(ebar, sdims)}  # [" + ", ".join(
+        (("B", "L") if g.fact(ebar, "time") == "token" else ()) + sdims) + "]")
+    at = "[:, _t]" if g.fact(abar, "time") == "token" else ""
+    et = "[:, _t]" if g.fact(ebar, "time") == "token" else ""
+    w(f"        _xs = np.empty((_B, _L) + {x}.shape[1:], dtype=np.result_type({x}, _Abar, _Ebar))")
+    w("        for _t in range(_L):")
+    if matrix:
+        w(f"            {x} = rt.matvec(_Abar{at}, {x}) + _Ebar{et}")
+    else:
+        w(f"            {x} = _Abar{at} * {x} + _Ebar{et}")
+    w(f"            _xs[:, _t] = {x}")
+    w(f"        {sname} = _xs  # [" + ", ".join(("B", "L") + sdims) + "]")
+    return L
+
+
+def render_multi(g: Graph) -> str:
+    """A block with several states: each system's loop after what it reads, then the readout."""
+    meta = g.meta
+    pr = NumpyPrinter(g)
+    L = class_header(g, "rt.ReferenceModule")
+    w = L.append
+    L.extend(init_methods(g))
+    dtypes = {True: "np.complex128", False: "np.float64"}
+    L.extend(multi_prologue(g, pr, "np.zeros({shape}, dtype={dtype})".replace(
+        "{dtype}", "{complex}")))
+    # (the zeros' dtype is filled per state below)
+    for i, line in enumerate(L):
+        for flag, dt in dtypes.items():
+            L[i] = line = line.replace(f"dtype={flag})", f"dtype={dt})")
+    for kind, item in multi_schedule(g):
+        if kind == "node":
+            w(f"        {pr.line(item)}")
+        else:
+            L.extend(_recurrence(g, pr, meta["systems"][item], f"_x{item}"))
+    finals = ", ".join(f"_x{i}" for i in range(len(meta["systems"])))
+    w(f"        return {pr.var(meta['output'])}, ({finals}, *tails)")
+    return "\n".join(bind_dims(g, L)) + "\n"
 
 
 def render_class(g: Graph) -> str:
+    if is_multi(g):
+        return render_multi(g)
     meta = g.meta
     pr = NumpyPrinter(g)
     sname = g.op(meta["state"]).get("name")

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from ...ir import functions as F
 from ...ir.graph import Graph
+from ...ir.systems import is_multi
 from ..codegen_common import BINARY, Printer, bind_dims, reads_prev_state, class_header, direction_prologue, init_methods, module_header, \
-    split_body
+    multi_prologue, multi_schedule, split_body
 
 
 class TorchPrinter(Printer):
@@ -196,6 +197,8 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
     `else:` branch (used where the fused path cannot run, e.g. when gradients are needed).
     `ssd_fn` names the function that runs the SSD form (same contract as ops.ssd_chunk),
     `factors_fn` the one that gives it the input term's factors (ops.product multiplies them)."""
+    if is_multi(g):
+        return render_multi(g, ssd_fn, factors_fn)
     meta = g.meta
     pr = TorchPrinter(g)
     sname = g.op(meta["state"]).get("name")
@@ -353,6 +356,97 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
             w(f"        {pr.line(n)}")
     # The output in its declared dims' order (the loop may have laid it out in the state's).
     w(f"        return {pr.arg(g.operands(out_node)[0], tuple(g.fact(out_node, 'dims')))}, (_x, *tails)")
+    return "\n".join(line for line in bind_dims(g, L) if line == "" or line.strip()) + "\n"
+
+
+def render_multi(g: Graph, ssd_fn: str = "ops.ssd_chunk", factors_fn: str = "ops.product") -> str:
+    """A block with several states. Values are computed over the whole sequence; each system
+    runs after the values and states it reads, with its own algorithm: the SSD form (which
+    gives its readout sum(C * x, N) directly, never the per-token states) or a chunked scan
+    (whose per-token states the readout then reads); then the readout. The LTI convolution
+    form is not used here (each system scans)."""
+    meta = g.meta
+    pr = TorchPrinter(g)
+    systems = meta["systems"]
+    ssds = {i: s["ssd"] for i, s in enumerate(systems) if s.get("ssd")}
+    # The SSD form computes the product C * x and its sum itself, from its factors.
+    skip = set()
+    for f in ssds.values():
+        skip |= {f["product"], f["readout"]}
+    schedule = multi_schedule(g, {i: {f["z"], f["c"], *f["xside"], *f["bside"]} for i, f in ssds.items()}, skip)
+    L = class_header(g, "rt.TorchModule")
+    w = L.append
+    L.extend(init_methods(g))
+    first = g.op(meta["inputs"][0]).get("name")
+    zeros = "torch.zeros({shape}, dtype={complex}, device=_dev)"
+    L.extend(multi_prologue(g, pr, zeros, (f"_dt, _dev = self._work_dtype({first}.dtype), {first}.device",)))
+    for i, line in enumerate(L):
+        L[i] = line.replace("dtype=True,", "dtype=rt.torch_module.complex_of(_dt),").replace("dtype=False,", "dtype=_dt,")
+    for kind, item in schedule:
+        if kind == "node":
+            line = pr.line(item)
+            if line:
+                w(f"        {line}")
+            continue
+        i = item
+        system = systems[i]
+        sname = g.op(system["state"]).get("name")
+        sdims = tuple(system["state_dims"])
+        sysn = system["system"]
+        abar, ebar = g.operands(sysn)
+        structure = g.op(sysn).get("structure")
+        x = f"_x{i}"
+        f = ssds.get(i)
+        if f:
+            w(f"        # the recurrence of {sname} ({structure}) in the SSD form, a chunk of tokens at a time")
+            y = f["readout"]
+            yd = pr.canonical(tuple(g.fact(y, "dims")))
+            w(f"        _ys = []")
+            w(f"        for _s in ops.chunks(_L, self._ssd_chunk(_L)):")
+            sliced = {}
+            for n in sorted({f["z"], f["c"], *f["xside"], *f["bside"]}, key=pr.num.get):
+                if g.fact(n, "time") == "token" and n not in pr.numbers:
+                    sliced[n] = f"{pr.var(n)}[:, _s]"
+            pr.renamed.update(sliced)
+
+            def factors(nodes):
+                return "[" + ", ".join(f"({pr.tensor(m)}, {pr.lay(m)!r})" for m in nodes) + "]"
+            sign = "-" if f["sign"] < 0 else ""
+            w(f"            _X, _xd = {factors_fn}({factors(f['xside'])})")
+            w(f"            _Bf, _bd = ops.product({factors(f['bside'])})")
+            z, c = f["z"], f["c"]
+            zv = pr.var(z)
+            if all(g.op(n).kind in ("const", "dim", "neg", "add", "sub", "mul", "div", "pow")
+                   for n in g.ancestors(z) | {z}):
+                zv = f"torch.tensor({zv}, dtype=torch.float64, device=_dev).to(_dt)"
+            w(f"            _y, {x} = {ssd_fn}({zv}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
+              f"{pr.tensor(c)}, {pr.lay(c)!r}, {x}, {sdims!r}, {yd!r}, self.ssd_block)")
+            w("            _ys.append(_y)")
+            for n in sliced:
+                del pr.renamed[n]
+            pr.layout[y] = yd
+            w(f"        {pr.var(y)} = ops.cat_time(_ys)  # [" + ", ".join(("B", "L") + yd) + "]")
+            continue
+        matrix = structure in F.MATRIX_STRUCTURES
+        atarget = sdims[:-1] + (sdims[-1], sdims[-1]) if matrix else sdims
+        a_tok = g.fact(abar, "time") == "token"
+        w(f"        # the recurrence of {sname} ({structure}), a chunk of tokens at a time")
+        w(f"        _Abar = {pr.tensor(abar) if abar in pr.numbers else pr.full(abar, atarget) if not a_tok else pr.arg(abar, atarget)}  # ["
+          + ", ".join((("B", "L") if a_tok else ()) + atarget) + "]")
+        w(f"        _Ebar = {pr.arg(ebar, sdims)}  # [" + ", ".join(("B", "L") + sdims) + "]")
+        numel = " * ".join(sdims)
+        w(f"        _xs = []")
+        w(f"        for _s in ops.chunks(_L, self._chunk(_B, _L, {numel})):")
+        scan = "matrix_scan" if matrix else "diag_scan"
+        at = "_Abar[:, _s]" if a_tok else "_Abar"
+        w(f"            _xs.append(ops.{scan}({at}, _Ebar[:, _s], {x}))")
+        w(f"            {x} = _xs[-1][:, -1]")
+        w(f"        {sname} = ops.cat_time(_xs) if _xs else _Ebar[:, :0] + {x}[:, None]  # ["
+          + ", ".join(("B", "L") + sdims) + "]")
+        pr.layout[system["state"]] = sdims
+    out = meta["output"]
+    finals = ", ".join(f"_x{i}" for i in range(len(systems)))
+    w(f"        return {pr.arg(g.operands(out)[0], tuple(g.fact(out, 'dims')))}, ({finals}, *tails)")
     return "\n".join(line for line in bind_dims(g, L) if line == "" or line.strip()) + "\n"
 
 

@@ -49,6 +49,7 @@ from ...errors import SsmcError
 from ...ir.graph import Graph
 from ..codegen_common import module_header, reads_prev_state
 from .derivatives import UNARY, VJP
+from ...ir.systems import is_multi
 from ..torch_backend.codegen import TorchPrinter, render_class
 
 # Per-op forward formulas ({0} the operand) and reverse-mode derivatives per operand
@@ -270,6 +271,10 @@ def supports(compiled) -> tuple[bool, str]:
     from ..torch_backend.codegen import split_loop
     from ..codegen_common import split_body
     for g in compiled.graphs:
+        if is_multi(g):
+            # Several states: the SSD systems run the SSD kernel family, the others the
+            # PyTorch chunked scan (render_multi); nothing to plan for a fused scan kernel.
+            continue
         pr = TorchPrinter(g)
         static, token, after = split_body(g)
         _, loop, exits, _ = split_loop(g, pr, token + after)

@@ -204,7 +204,7 @@ def build(block: ast.Block, source: Source) -> Graph:
     g.meta.update(name=block.name, name_span=block.name_span, description=block.description,
                   source=source, decls=[], values={}, structures={}, inputs=[], params=[],
                   dims_ast=block.dims, transition=None, discretize=None, scan=None, output=None,
-                  state=None, block_span=block.span)
+                  state=None, block_span=block.span, states=[], transitions=[], discretizes=[])
     decls = g.meta["decls"]
     for d in block.dims:
         decls.append(("dim", d.name, d.span))
@@ -217,10 +217,10 @@ def build(block: ast.Block, source: Source) -> Graph:
             n = g.add(op("state", s.span, name=s.name, dims=tuple((d.name, d.span) for d in s.dims),
                          complex=s.complex))
             decls.append(("state", s.name, s.span))
-            if g.meta["state"] is not None:
-                raise low.err("a block has exactly one `state`", s.span,
-                              hint="put all state dims in one declaration, e.g. state x[H, N]")
-            g.meta["state"] = n
+            # Several states are paired with their transitions by check_declarations.
+            g.meta["states"].append(n)
+            if g.meta["state"] is None:
+                g.meta["state"] = n
         elif isinstance(s, ast.ParamDecl):
             init = low.expr(s.init, "init", s.name)
             n = g.add(op("param", s.span, name=s.name, dims=tuple((d.name, d.span) for d in s.dims),
@@ -234,26 +234,29 @@ def build(block: ast.Block, source: Source) -> Graph:
             if s.structure is not None:
                 g.meta["structures"][s.name] = s.structure
         elif isinstance(s, ast.Transition):
-            if g.meta["transition"] is not None:
-                raise low.err(f"a second `{s.kind}`: a block has exactly one", s.span,
-                              hint="one of `dynamics x' = A x + E` or `recurrence x = Abar x + E`")
             term = low.expr(s.input_term, "value", s.state) if s.input_term is not None else None
-            g.meta["transition"] = dict(kind=s.kind, state=s.state, state_span=s.state_span, matrix=s.matrix,
+            g.meta["transitions"].append(dict(kind=s.kind, state=s.state, state_span=s.state_span, matrix=s.matrix,
                                         matrix_span=s.matrix_span, applied=s.applied_to,
                                         applied_span=s.applied_span, term=term, span=s.span,
-                                        term_span=s.input_term.span if s.input_term is not None else None)
+                                        term_span=s.input_term.span if s.input_term is not None else None))
         elif isinstance(s, ast.Discretize):
-            if g.meta["discretize"] is not None:
-                raise low.err("a second `discretize`: a block has exactly one", s.span)
             step = step_span = None
+            target = target_span = None
             for k in s.kwargs:
+                if k.name == "state":
+                    # `discretize zoh, step = dt, state = x`: the rule of one state of several.
+                    if not isinstance(k.value, ast.Name):
+                        raise low.err("state = ... names one state", k.value.span,
+                                      hint="write: discretize zoh, step = dt, state = x")
+                    target, target_span = k.value.id, k.value.span
+                    continue
                 if k.name != "step":
                     raise low.err(f"unknown discretize option '{k.name}'", k.span,
                                   hint="write: discretize zoh, step = dt")
                 step = low.expr(k.value, "value", "step")
                 step_span = k.value.span
-            g.meta["discretize"] = dict(rule=s.rule, rule_span=s.rule_span, step=step, span=s.span,
-                                        step_span=step_span)
+            g.meta["discretizes"].append(dict(rule=s.rule, rule_span=s.rule_span, step=step, span=s.span,
+                                              step_span=step_span, state=target, state_span=target_span))
         elif isinstance(s, ast.Scan):
             if g.meta["scan"] is not None:
                 raise low.err("a second `scan`: a block has exactly one", s.span)
@@ -267,4 +270,16 @@ def build(block: ast.Block, source: Source) -> Graph:
             decls.append(("output", s.name, s.span))
     g.meta.pop("_weight_counts", None)
     g.meta.pop("_prev_counts", None)
+    trs, discs = g.meta["transitions"], g.meta["discretizes"]
+    if len(g.meta["states"]) <= 1:
+        # One state: one transition and one discretization, as always.
+        if len(trs) > 1:
+            raise low.err(f"a second `{trs[1]['kind']}`: a block with one state has exactly one", trs[1]["span"],
+                          hint="one of `dynamics x' = A x + E` or `recurrence x = Abar x + E` "
+                               "(declare another state for another recurrence)")
+        untargeted = [d for d in discs]
+        if len(untargeted) > 1:
+            raise low.err("a second `discretize`: a block with one state has exactly one", untargeted[1]["span"])
+        g.meta["transition"] = trs[0] if trs else None
+        g.meta["discretize"] = discs[0] if discs else None
     return g

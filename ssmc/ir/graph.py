@@ -118,7 +118,13 @@ class Graph:
                 self.nx.remove_edge(old, user, key=slot)
                 self.nx.add_edge(new, user, key=slot)
         for key in ("values", "roots"):
-            table = self.meta.get(key, {})
+            table = self.meta.get(key) or {}
+            for name, v in table.items():
+                if v in mapping:
+                    table[name] = final(v)
+        # A block with several states keeps each system's roots beside the focused one's.
+        for system in self.meta.get("systems") or ():
+            table = system.get("roots") or {}
             for name, v in table.items():
                 if v in mapping:
                     table[name] = final(v)

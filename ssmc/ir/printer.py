@@ -49,13 +49,19 @@ def print_graph(g: Graph) -> str:
         sc = meta["scan"]
         extra = "".join(f" {k}={sc[k]}" for k in ("merge", "params", "rows", "cols") if sc.get(k))
         lines.append(f"scan {sc['order']}{extra}")
-    if "classification" in meta:
-        c = meta["classification"]
-        lines.append("system " + ("LTI" if c["lti"] else "selective") + " " +
-                     " ".join(f"{k}={c[k]}" for k in ("A", "step", "input_coef", "readout", "readout_linear"))
-                     + (f" forcing={c['forcing']}" if c.get("forcing") else ""))
-    if "algorithm" in meta:
-        lines.append(f"algorithm {meta['algorithm']['name']}")
+    # A block with several states: one system line and one algorithm line per state.
+    systems = meta.get("systems") or [meta]
+    for system in systems:
+        who = f" {g.op(system['state']).get('name')}:" if meta.get("systems") else ""
+        c = system.get("classification")
+        if c:
+            lines.append("system" + who + " " + ("LTI" if c["lti"] else "selective") + " " +
+                         " ".join(f"{k}={c[k]}" for k in ("A", "step", "input_coef", "readout", "readout_linear"))
+                         + (f" forcing={c['forcing']}" if c.get("forcing") else ""))
+    for system in systems:
+        who = f" {g.op(system['state']).get('name')}:" if meta.get("systems") else ""
+        if system.get("algorithm"):
+            lines.append(f"algorithm{who} {system['algorithm']['name']}")
     for n in order:
         o = g.op(n)
         attrs = ", ".join(f"{k}={_attr(v)}" for k, v in o.attrs if v is not None)

@@ -30,6 +30,8 @@ def verify(g: Graph, after: str) -> None:
     if "discretize" in done:
         assert not g.find("dynamics"), f"after {after}: a dynamics node survived"
         assert g.op(g.meta["system"]).kind == "recurrence"
+        for system in g.meta.get("systems") or ():
+            assert g.op(system["system"]).kind == "recurrence", f"after {after}: a system is not a recurrence"
     for key in ("output", "state"):
         if g.meta.get(key) is not None:
             assert g.meta[key] in g.nx, f"after {after}: meta[{key}] points at a missing node"

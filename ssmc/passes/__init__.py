@@ -1,6 +1,7 @@
 """The pass pipeline. Reading PIPELINE tells what ssmc does to a spec, in order.
 
-Each pass is `Graph -> Graph`, returns a new graph, and states in its docstring what
+Each pass is `Graph -> Graph` (`each_system(p)` runs a pass written for one system on
+every state's system of a block with several, ssmc/ir/systems.py), returns a new graph, and states in its docstring what
 holds afterwards; `verify` checks the structural invariants between passes.
 """
 from __future__ import annotations
@@ -18,17 +19,18 @@ from .resolve import resolve_names
 from .shapes import infer_shapes
 from .structure import check_structure
 from .time import infer_time
+from ..ir.systems import each_system
 
 PIPELINE = (
     check_declarations,              # names legal and unique, dims evaluated, block complete
-    resolve_names,                   # refs -> edges, dims exist, no cycles
+    resolve_names,                   # refs -> edges, dims exist, no cycles; several states ordered
     infer_shapes,                    # named dims of every value, broadcasting by name
     infer_time,                      # static / per-token, real / complex
-    check_structure,                 # A, E and step fit the state and the structure
-    check_linearity,                 # E linear in the input (sympy); LTI or selective
-    discretize,                      # dynamics -> recurrence(Abar, Ebar), derived with sympy
+    each_system(check_structure),    # A, E and step fit the state and the structure
+    each_system(check_linearity),    # E linear in the input (sympy); LTI or selective
+    each_system(discretize),         # dynamics -> recurrence(Abar, Ebar), derived with sympy
     eliminate_common_subexpressions, # merge equal nodes, drop dead ones
-    choose_algorithm,                # advisory algorithm for the fast backends
+    each_system(choose_algorithm),   # advisory algorithm for the fast backends
 )
 
 

@@ -11,6 +11,7 @@ Example: y = exp(a) * exp(a)   ->  %1 = exp(a); %2 = mul(%1, %1)
 from __future__ import annotations
 
 from ..ir.graph import Graph
+from ..ir.systems import state_nodes, system_nodes
 
 NEVER = ("param", "input", "state", "linear", "conv", "prev", "random", "recurrence", "dynamics", "output")
 
@@ -39,7 +40,8 @@ def eliminate_common_subexpressions(g: Graph) -> Graph:
     g.replace_uses(merged)
     for n in merged:
         g.erase(n)
-    keep = {g.meta["system"], g.meta["output"], *g.meta["params"], *g.meta["inputs"], g.meta["state"]}
+    keep = {g.meta["system"], g.meta["output"], *g.meta["params"], *g.meta["inputs"], g.meta["state"],
+            *system_nodes(g), *state_nodes(g)}
     live = set(keep)
     for k in keep:
         live |= g.ancestors(k)

@@ -21,6 +21,7 @@ from ..errors import SpecError, Span
 from ..frontend import ast
 from ..ir import functions as F
 from ..ir.graph import Graph, op
+from ..ir.systems import SYSTEM_KEYS, focus, save
 
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 DIM_FUNCS = ("ceil", "floor", "min", "max")
@@ -343,6 +344,115 @@ def _structure(g: Graph, s: ast.Structure) -> dict:
     return dict(structure=s.name, blocks=None, span=s.span)
 
 
+def _system(g: Graph) -> None:
+    """The system of the state meta["state"] (its transition and discretization) complete
+    and consistent; its node built (meta["system"], meta["system_info"], meta["rule"])."""
+    meta = g.meta
+    where = meta["name_span"]
+    bname = meta["name"]
+    tr = meta["transition"]
+    state = g.op(meta["state"])
+    sname = state.get("name")
+    for name, span, what in ((tr["state"], tr["state_span"], "left-hand side"),
+                             (tr["applied"], tr["applied_span"], "state applied to")):
+        if name != sname:
+            raise _err(g, f"the {what} of `{tr['kind']}` must be the state '{sname}', not '{name}'", span,
+                       hint=f"write: {tr['kind']} {sname}{chr(39) if tr['kind'] == 'dynamics' else ''} = "
+                            f"{tr['matrix']} {sname} + ...")
+    if tr["term"] is None:
+        raise _err(g, f"`{tr['kind']}` has no input term", tr["span"],
+                   hint=f"write: {tr['kind']} ... = {tr['matrix']} {sname} + B * u")
+    disc = meta["discretize"]
+    if disc is not None and disc.get("state") not in (None, sname):
+        raise _err(g, f"discretize ..., state = {disc['state']}: the block's state is '{sname}'",
+                   disc["state_span"], hint=f"write state = {sname}, or leave it out")
+    if tr["kind"] == "dynamics":
+        if disc is None:
+            raise _err(g, f"ssm {bname} has `dynamics` but no `discretize`", tr["span"],
+                       hint="add: discretize zoh, step = dt")
+        if disc["rule"] not in F.RULES:
+            raise _err(g, f"unknown discretization rule '{disc['rule']}'", disc["rule_span"],
+                       hint=F.did_you_mean(disc["rule"], F.RULES) or "one of: " + ", ".join(F.RULES))
+        if disc["step"] is None:
+            raise _err(g, "discretize needs a step", disc["span"], hint=f"write: discretize {disc['rule']}, step = dt")
+    elif disc is not None:
+        raise _err(g, "`recurrence` is already discrete; remove `discretize`", disc["span"],
+                   hint="or write the continuous system with `dynamics`")
+    structs = meta["structures"]
+    if tr["matrix"] not in structs:
+        kind = meta["names"].get(tr["matrix"])
+        hint = (f"annotate it: {tr['matrix']}_m = {tr['matrix']} : diagonal" if kind == "param"
+                else f"write: {tr['matrix']} = ... : diagonal (or scalar, dense, dplr, block_diagonal(blocks = k))")
+        if kind is None:
+            hint = F.did_you_mean(tr["matrix"], structs) or hint
+            raise _err(g, f"unknown state matrix '{tr['matrix']}'", tr["matrix_span"], hint=hint)
+        raise _err(g, f"the state matrix '{tr['matrix']}' needs a structure annotation", tr["matrix_span"], hint=hint)
+    sysinfo = dict(structs[tr["matrix"]], matrix=tr["matrix"], kind=tr["kind"])
+    matrix = meta["values"][tr["matrix"]]
+    if tr["kind"] == "dynamics":
+        n = g.add(op("dynamics", tr["span"], rule=disc["rule"], structure=sysinfo["structure"],
+                     blocks=sysinfo["blocks"]), matrix, tr["term"], disc["step"])
+        meta["rule"] = disc["rule"]
+    else:
+        n = g.add(op("recurrence", tr["span"], structure=sysinfo["structure"], blocks=sysinfo["blocks"]),
+                  matrix, tr["term"])
+        meta["rule"] = None
+    meta["system"] = n
+    meta["system_info"] = sysinfo
+
+
+def _pair_systems(g: Graph) -> None:
+    """Several states: each gets exactly one transition (named by its left-hand side) and the
+    discretization that names it (`discretize ..., state = x`), else the one that names no
+    state (for every state with `dynamics`). Builds meta["systems"] in declaration order."""
+    meta = g.meta
+    snames = {g.op(n).get("name"): n for n in meta["states"]}
+    by_state: dict[str, dict] = {}
+    for tr in meta["transitions"]:
+        if tr["state"] not in snames:
+            raise _err(g, f"`{tr['kind']}` of '{tr['state']}', which is not a state", tr["state_span"],
+                       hint=F.did_you_mean(tr["state"], snames, "states") or
+                       "the states are " + ", ".join(snames))
+        if tr["state"] in by_state:
+            raise _err(g, f"a second `{tr['kind']}` of the state '{tr['state']}': each state has exactly one",
+                       tr["span"], hint="one of `dynamics x' = A x + E` or `recurrence x = Abar x + E` per state")
+        by_state[tr["state"]] = tr
+    targeted: dict[str, dict] = {}
+    shared = None
+    for d in meta["discretizes"]:
+        if d["state"] is None:
+            if shared is not None:
+                raise _err(g, "a second `discretize` for every state; give one a state: "
+                              "discretize ..., state = x", d["span"])
+            shared = d
+            continue
+        if d["state"] not in snames:
+            raise _err(g, f"discretize ..., state = {d['state']}: not a state", d["state_span"],
+                       hint=F.did_you_mean(d["state"], snames, "states") or "the states are " + ", ".join(snames))
+        if d["state"] in targeted:
+            raise _err(g, f"a second `discretize` for the state '{d['state']}'", d["span"])
+        targeted[d["state"]] = d
+    systems = []
+    used_shared = False
+    for name, n in snames.items():
+        tr = by_state.get(name)
+        if tr is None:
+            raise _err(g, f"the state '{name}' has no `dynamics` or `recurrence`", g.op(n).span,
+                       hint=f"write: recurrence {name} = A {name} + ... (each state has one)")
+        disc = targeted.get(name)
+        if disc is None and tr["kind"] == "dynamics":
+            disc = shared
+            used_shared = used_shared or shared is not None
+        systems.append({"state": n, "transition": tr, "discretize": disc})
+    if shared is not None and not used_shared:
+        raise _err(g, "`discretize` names no state, and every state without its own is a `recurrence` "
+                      "(already discrete)", shared["span"], hint="remove it, or write state = x for a `dynamics`")
+    meta["systems"] = systems
+    meta["focus"] = 0
+    for k in SYSTEM_KEYS:
+        meta[k] = systems[0].get(k)
+
+
 def check_declarations(g: Graph) -> Graph:
     """Names legal and unique; dims evaluated; the block complete; one system node built."""
     g = g.copy()
@@ -379,70 +489,34 @@ def check_declarations(g: Graph) -> Graph:
         raise _err(g, f"ssm {bname} has no `state`", where, hint="declare it, e.g. state x[H, N]")
     if not meta["inputs"]:
         raise _err(g, f"ssm {bname} has no `input`", where, hint="declare it, e.g. input u[H]")
-    tr = meta["transition"]
-    if tr is None:
+    if not meta["transitions"]:
         raise _err(g, f"ssm {bname} has no `dynamics` or `recurrence`", where,
                    hint="write: dynamics x' = A x + B * u")
     if meta["output"] is None:
         raise _err(g, f"ssm {bname} has no `output`", where, hint="write: output y = sum(C * x, N)")
     if meta["scan"] is None:
         raise _err(g, f"ssm {bname} has no `scan`", where, hint="write: scan causal")
-    state = g.op(meta["state"])
-    sname = state.get("name")
-    for name, span, what in ((tr["state"], tr["state_span"], "left-hand side"),
-                             (tr["applied"], tr["applied_span"], "state applied to")):
-        if name != sname:
-            raise _err(g, f"the {what} of `{tr['kind']}` must be the state '{sname}', not '{name}'", span,
-                       hint=f"write: {tr['kind']} {sname}{chr(39) if tr['kind'] == 'dynamics' else ''} = "
-                            f"{tr['matrix']} {sname} + ...")
-    if tr["term"] is None:
-        raise _err(g, f"`{tr['kind']}` has no input term", tr["span"],
-                   hint=f"write: {tr['kind']} ... = {tr['matrix']} {sname} + B * u")
-    disc = meta["discretize"]
-    if tr["kind"] == "dynamics":
-        if disc is None:
-            raise _err(g, f"ssm {bname} has `dynamics` but no `discretize`", tr["span"],
-                       hint="add: discretize zoh, step = dt")
-        if disc["rule"] not in F.RULES:
-            raise _err(g, f"unknown discretization rule '{disc['rule']}'", disc["rule_span"],
-                       hint=F.did_you_mean(disc["rule"], F.RULES) or "one of: " + ", ".join(F.RULES))
-        if disc["step"] is None:
-            raise _err(g, "discretize needs a step", disc["span"], hint=f"write: discretize {disc['rule']}, step = dt")
-    elif disc is not None:
-        raise _err(g, "`recurrence` is already discrete; remove `discretize`", disc["span"],
-                   hint="or write the continuous system with `dynamics`")
     _scan(g)
     _check_draws(g)
-    structs = {name: _structure(g, s) for name, s in meta["structures"].items()}
-    meta["structures"] = structs
-    if tr["matrix"] not in structs:
-        kind = meta["names"].get(tr["matrix"])
-        hint = (f"annotate it: {tr['matrix']}_m = {tr['matrix']} : diagonal" if kind == "param"
-                else f"write: {tr['matrix']} = ... : diagonal (or scalar, dense, dplr, block_diagonal(blocks = k))")
-        if kind is None:
-            hint = F.did_you_mean(tr["matrix"], structs) or hint
-            raise _err(g, f"unknown state matrix '{tr['matrix']}'", tr["matrix_span"], hint=hint)
-        raise _err(g, f"the state matrix '{tr['matrix']}' needs a structure annotation", tr["matrix_span"], hint=hint)
-    sysinfo = dict(structs[tr["matrix"]], matrix=tr["matrix"], kind=tr["kind"])
-    matrix = meta["values"][tr["matrix"]]
-    if tr["kind"] == "dynamics":
-        n = g.add(op("dynamics", tr["span"], rule=disc["rule"], structure=sysinfo["structure"],
-                     blocks=sysinfo["blocks"]), matrix, tr["term"], disc["step"])
-        meta["rule"] = disc["rule"]
+    meta["structures"] = {name: _structure(g, s) for name, s in meta["structures"].items()}
+    if len(meta["states"]) > 1:
+        _pair_systems(g)
+        for i in range(len(meta["systems"])):
+            focus(g, i)
+            _system(g)
+            save(g)
+        focus(g, 0)
     else:
-        n = g.add(op("recurrence", tr["span"], structure=sysinfo["structure"], blocks=sysinfo["blocks"]),
-                  matrix, tr["term"])
-        meta["rule"] = None
-    meta["system"] = n
-    meta["system_info"] = sysinfo
+        _system(g)
     # Repeated dims: only a param may repeat the state's last dim, as its last two dims.
-    last = state.get("dims")[-1][0] if state.get("dims") else None
-    for n2 in meta["params"] + meta["inputs"] + [meta["state"]]:
+    lasts = {g.op(sn).get("dims")[-1][0] for sn in meta["states"] if g.op(sn).get("dims")}
+    last = g.op(meta["state"]).get("dims")[-1][0] if g.op(meta["state"]).get("dims") else None
+    for n2 in meta["params"] + meta["inputs"] + meta["states"]:
         o = g.op(n2)
         names = [d for d, _ in o.get("dims")]
         for i, (d, span) in enumerate(o.get("dims")):
             if names.count(d) > 1:
-                ok = o.kind == "param" and names.count(d) == 2 and names[-2:] == [d, d] and d == last
+                ok = o.kind == "param" and names.count(d) == 2 and names[-2:] == [d, d] and d in lasts
                 if not ok:
                     raise _err(g, f"dim '{d}' repeats in {o.get('name')}[{', '.join(names)}]", span,
                                hint=f"only a param may repeat the state's last dim, as its last two dims: "

@@ -141,7 +141,14 @@ class _ToSympy:
                 # leaf is kept, and different operations never cancel (`sum(x * x, N) -
                 # sum(x, N) * sum(x, N)` is not 0, `re(x) ** 2 - im(x) ** 2` neither).
                 dims = o.get("dims") or ()
-                r = sp.Symbol("_" + k + "".join("_" + str(d) for d in dims)) * args[0]
+                marker = "_" + k + "".join("_" + str(d) for d in dims)
+                if self.sym in args[0].free_symbols and not _nonlinear_in(args[0], self.sym):
+                    r = sp.Symbol(marker) * args[0]
+                else:
+                    # Not linear in the leaf (or free of it): an opaque function of its argument,
+                    # never marker * argument, which would cancel against that argument
+                    # elsewhere (`exp(r) / sum(exp(r), H)`, a softmax, is not 1 / marker).
+                    r = sp.Function(marker)(args[0])
             elif k in _FUNCS:
                 r = _FUNCS[k](args[0])
             else:

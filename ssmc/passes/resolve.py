@@ -2,7 +2,8 @@
 declaration names exists; initializers use only dims and constants; no cycles.
 
 Guarantees afterwards: no `ref` ops remain; meta["values"] maps each named value to
-its node; a name that is a dim used as a value is a `dim` op (a static scalar).
+its node; a name that is a dim used as a value is a `dim` op (a static scalar); a block
+with several states has meta["order"], the order its systems run in (passes/systems.py).
 
 Example:  dt = exp(log_dt)   (ref log_dt) -> exp(param log_dt)
 """
@@ -13,6 +14,7 @@ import networkx as nx
 from ..errors import SpecError
 from ..ir import functions as F
 from ..ir.graph import Graph, op
+from .systems import order_systems
 
 
 def _err(g, msg, span, hint=None):
@@ -58,7 +60,7 @@ def resolve_names(g: Graph) -> Graph:
     g = g.copy()
     meta = g.meta
     symbols: dict[str, int] = {}
-    for n in meta["inputs"] + meta["params"] + [meta["state"]]:
+    for n in meta["inputs"] + meta["params"] + (meta.get("states") or [meta["state"]]):
         symbols[g.op(n).get("name")] = n
     symbols.update(meta["values"])
     output_name = g.op(meta["output"]).get("name")
@@ -167,4 +169,4 @@ def resolve_names(g: Graph) -> Graph:
         span = decl_span.get(named[0], g.op(first).span)
         raise _err(g, "cyclic definition: " + " -> ".join(named + [named[0]]), span,
                    hint="values may not depend on themselves; only the state is recurrent")
-    return g
+    return order_systems(g)

@@ -98,7 +98,10 @@ def check_structure(g: Graph) -> Graph:
         if g.fact(step, "complex"):
             raise _err(g, "the step must be real", sspan, hint="take re(...) or abs(...)")
     out = meta["output"]
-    if meta["state"] not in g.ancestors(out):
+    # With several states, a state may instead be read by another state's system (which the
+    # output reads in turn: order_systems ran them in order).
+    readers = [out] + [s["system"] for s in meta.get("systems") or () if s["state"] != meta["state"]]
+    if not any(meta["state"] in g.ancestors(r) for r in readers):
         raise _err(g, f"the output does not read the state '{sname}'", g.op(out).span,
                    hint=f"e.g. output y = sum(C * {sname}, {last})")
     if matrix_pair(g.fact(out, "dims")):

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from ..errors import SpecError
 from ..ir import functions as F
-from ..ir.graph import Graph, Op
+from ..ir.graph import Graph
+from ..ir.systems import state_nodes, Op
 
 REAL_ONLY = ("softplus", "inv_softplus", "silu", "sigmoid", "relu", "tanh")
 RANK = {"static": 0, "init": 0, "token": 1}
@@ -71,12 +72,17 @@ def _check_prev(g: Graph) -> None:
     state is refused (zero before the first token would contradict prev(x), which is
     the initial state there): the readout is written with prev(x) inside instead."""
     state = g.meta["state"]
+    states = state_nodes(g)
     for n in g.topo():
         o = g.op(n)
         if o.kind != "prev":
             continue
         (e,) = g.operands(n)
         sname = g.op(state).get("name")
+        if len(states) > 1 and any(s == e or s in g.ancestors(e) for s in states):
+            raise _err(g, "prev() of a state, or of a value that reads one, in a block with several states "
+                          "is not supported yet", o.span,
+                       hint="read the states after their update, or keep prev(x) to a block with one state")
         if e == state:
             if o.get("shift") != 1:
                 raise _err(g, f"prev({sname}, {o.get('shift')}): the state is only kept one token back", o.span,

@@ -112,6 +112,9 @@ class ReferenceModule(nn.Module):
     DIMS: tuple = ()
     INPUTS: tuple = ()
     STATE: tuple = ()
+    # A block with several states: ((name, dims, complex), ...) in declaration order; the
+    # carried state is then a tuple of them (then the conv tails), never a bare tensor.
+    STATES: tuple = ()
     OUTPUT: tuple = ()
     PARAMS: tuple = ()
     CONVS: tuple = ()
@@ -316,24 +319,36 @@ class ReferenceModule(nn.Module):
         """Input `name` as the array the generated code computes with."""
         return self._to_array(t, compute)
 
+    def _states(self) -> tuple:
+        return self.STATES or (self.STATE,)
+
+    def _tupled(self) -> bool:
+        """Whether the carried state is a tuple (several states or conv tails) or a tensor."""
+        return bool(self.CONVS) or len(self._states()) > 1
+
     def _check_state(self, state, b: int, d: dict) -> tuple:
-        """The parts of a given state (x, conv tails...), each checked for its type, shape,
-        dtype and device against what the module would make (one line each)."""
-        sname, sdims, scplx = self.STATE
+        """The parts of a given state (the states, conv tails...), each checked for its type,
+        shape, dtype and device against what the module would make (one line each)."""
+        states = self._states()
         cls = type(self).__name__
-        if self.CONVS and (not isinstance(state, (tuple, list)) or len(state) != 1 + len(self.CONVS)):
-            raise ShapeError(f"{cls}: the state is a tuple (x, conv tails...) of {1 + len(self.CONVS)} tensors; "
-                             f"use init_state() or return_state=True to get one")
-        parts = tuple(state) if self.CONVS else (state,)
-        inner = ", ".join(f"{n}={d[n]}" for n in sdims)
-        wants = [(f"the state {sname}", (b,) + _shape(sdims, d), f"(batch, {inner})", scplx)]
+        wants = []
+        for sname, sdims, scplx in states:
+            inner = ", ".join(f"{n}={d[n]}" for n in sdims)
+            wants.append((f"the state {sname}", (b,) + _shape(sdims, d), f"(batch, {inner})", scplx))
         for wname, ch, k, *cplx in self.CONVS:
             kk = k if isinstance(k, int) else d[k]
             want = (b, kk - 1) + _shape(ch, d)
             kind = "prev" if re.search(r"_prev\d*$", wname) else "conv"
             wants.append((f"the {kind} tail of {wname}", want, str(want), bool(cplx and cplx[0])))
-        floats = "float16, bfloat16, float32 or float64" + (" (or complex64, complex128)" if scplx else "")
+        if self._tupled() and (not isinstance(state, (tuple, list)) or len(state) != len(wants)):
+            what = ", ".join(s[0] for s in states) if len(states) > 1 else "x"
+            what += ", conv tails..." if self.CONVS else ""
+            shapes = "" if len(states) == 1 else " of shapes " + ", ".join(text for _, _, text, _ in wants)
+            raise ShapeError(f"{cls}: the state is a tuple ({what}) of {len(wants)} tensors{shapes}; "
+                             f"use init_state() or return_state=True to get one")
+        parts = tuple(state) if self._tupled() else (state,)
         for (what, want, text, cplx), t in zip(wants, parts):
+            floats = "float16, bfloat16, float32 or float64" + (" (or complex64, complex128)" if cplx else "")
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ShapeError(f"{cls}: {what} must have shape {text}, got {got}")
@@ -347,9 +362,9 @@ class ReferenceModule(nn.Module):
 
     def _state_in(self, state, b: int, d: dict, compute=None):
         parts = self._check_state(state, b, d)
-        scplx = self.STATE[2]
+        states = self._states()
         # A tail is complex where its CONVS entry says so (prev of a complex value).
-        cplx = (scplx,) + tuple(bool(c[3:] and c[3]) for c in self.CONVS)
+        cplx = tuple(st[2] for st in states) + tuple(bool(c[3:] and c[3]) for c in self.CONVS)
         return tuple(self._to_array(t, compute, complex_=cplx[i]) for i, t in enumerate(parts))
 
     def _check_init_state(self, batch, dtype) -> None:
@@ -362,22 +377,22 @@ class ReferenceModule(nn.Module):
 
     def _state_out(self, state):
         ts = tuple(self._from_array(s) for s in state)
-        return ts if self.CONVS else ts[0]
+        return ts if self._tupled() else ts[0]
 
     # --- the public API ----------------------------------------------------------
     def init_state(self, batch: int, dtype: torch.dtype = torch.float64):
         """The zero state for `batch` sequences (with zero conv tails if the spec has conv)."""
         self._check_init_state(batch, dtype)
-        sname, sdims, scplx = self.STATE
         d = self.dims
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        x = torch.zeros((batch,) + _shape(sdims, d), dtype=cdtype if scplx else dtype, device=self._device)
-        if not self.CONVS:
-            return x
+        xs = [torch.zeros((batch,) + _shape(sdims, d), dtype=cdtype if scplx else dtype, device=self._device)
+              for _, sdims, scplx in self._states()]
+        if not self._tupled():
+            return xs[0]
         tails = [torch.zeros((batch, (k if isinstance(k, int) else d[k]) - 1) + _shape(ch, d),
                              dtype=cdtype if cplx and cplx[0] else dtype, device=self._device)
                  for _, ch, k, *cplx in self.CONVS]
-        return (x, *tails)
+        return (*xs, *tails)
 
     def _orders(self, L: int, d: dict):
         """One permutation of time per direction (None: identity)."""
@@ -467,7 +482,7 @@ class ReferenceModule(nn.Module):
             if parts is not None:
                 rows = torch.as_tensor(members, device=parts[0].device)
                 picked = tuple(p.index_select(0, rows) for p in parts)
-                state = picked if self.CONVS else picked[0]
+                state = picked if self._tupled() else picked[0]
             out = self.forward(gather(u), initial_state=state, return_state=return_state,
                                **{k: gather(v) if isinstance(v, torch.Tensor) and v.dim() >= 2 else v
                                   for k, v in kw.items()})
@@ -475,12 +490,12 @@ class ReferenceModule(nn.Module):
             for j, i in enumerate(members):
                 ys[i] = y[j: j + 1]
                 if return_state:
-                    finals[i] = tuple(f[j: j + 1] for f in (final if self.CONVS else (final,)))
+                    finals[i] = tuple(f[j: j + 1] for f in (final if self._tupled() else (final,)))
         y = torch.cat(ys, dim=1)
         if not return_state:
             return y
         stacked = tuple(torch.cat([f[k] for f in finals], dim=0) for k in range(len(finals[0])))
-        return y, (stacked if self.CONVS else stacked[0])
+        return y, (stacked if self._tupled() else stacked[0])
 
     def _empty_batch(self, call, u, state, kw):
         """An empty batch: `call` on one row of zeros, joined to the (empty, checked) inputs
@@ -490,7 +505,7 @@ class ReferenceModule(nn.Module):
             return torch.cat([t, t.new_zeros((1,) + tuple(t.shape[1:]))], dim=0)
 
         if state is not None:
-            state = tuple(pad(p) for p in state) if self.CONVS else pad(state)
+            state = tuple(pad(p) for p in state) if self._tupled() else pad(state)
         out = call(pad(u), state, {k: pad(v) for k, v in kw.items()})
 
         def cut(o):

@@ -144,17 +144,17 @@ class TorchModule(ReferenceModule):
     def init_state(self, batch: int, dtype: torch.dtype = torch.float32):
         """The zero state (float32 / complex64 by default) for `batch` sequences."""
         self._check_init_state(batch, dtype)
-        sname, sdims, scplx = self.STATE
         d = self.dims
         device = self._ref_device
-        x = torch.zeros((batch,) + tuple(d[n] for n in sdims),
-                        dtype=complex_of(dtype) if scplx else dtype, device=device)
-        if not self.CONVS:
-            return x
+        xs = [torch.zeros((batch,) + tuple(d[n] for n in sdims),
+                          dtype=complex_of(dtype) if scplx else dtype, device=device)
+              for _, sdims, scplx in self._states()]
+        if not self._tupled():
+            return xs[0]
         tails = [torch.zeros((batch, (k if isinstance(k, int) else d[k]) - 1) + tuple(d[n] for n in ch),
                              dtype=complex_of(dtype) if cplx and cplx[0] else dtype, device=device)
                  for _, ch, k, *cplx in self.CONVS]
-        return (x, *tails)
+        return (*xs, *tails)
 
     def state_numel(self) -> int:
         return math.prod(self.dims[n] for n in self.STATE[1])

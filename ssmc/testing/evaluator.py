@@ -29,6 +29,7 @@ It is deliberately slow and plain: clarity over speed, shapes of a few elements.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -188,16 +189,30 @@ class Spec:
         self.block = block
         self.name = block.name
         self.inputs = [s for s in block.body if isinstance(s, ast.InputDecl)]
-        (self.state,) = [s for s in block.body if isinstance(s, ast.StateDecl)]
+        # Several states (language page, "Several states"): each has one transition naming
+        # it; a discretize with `state = x` is x's, the one naming no state every other
+        # `dynamics` state's. The spec's attributes state, transition, discretize, sdims
+        # and last describe one state: the first here, another in `view(name)`.
+        self.states = [s for s in block.body if isinstance(s, ast.StateDecl)]
+        if not self.states:
+            raise EvalError("no state")
         self.params = {s.name: s for s in block.body if isinstance(s, ast.ParamDecl)}
         self.values = {s.name: s for s in block.body if isinstance(s, ast.Assign)}
-        (self.transition,) = [s for s in block.body if isinstance(s, ast.Transition)]
+        transitions = [s for s in block.body if isinstance(s, ast.Transition)]
+        self.transition_of = {t.state: t for t in transitions}
+        if len(self.transition_of) != len(transitions) or set(self.transition_of) != {s.name for s in self.states}:
+            raise EvalError("each state needs exactly one transition")
         disc = [s for s in block.body if isinstance(s, ast.Discretize)]
-        self.discretize = disc[0] if disc else None
+        self.discretize_of = {}
+        shared = [d for d in disc if self.kw(d, "state") is None]
+        for st_ in self.states:
+            own = [d for d in disc if isinstance(self.kw(d, "state"), ast.Name) and self.kw(d, "state").id == st_.name]
+            if self.transition_of[st_.name].kind == "dynamics":
+                self.discretize_of[st_.name] = own[0] if own else (shared[0] if shared else None)
         (self.scan,) = [s for s in block.body if isinstance(s, ast.Scan)]
         (self.output,) = [s for s in block.body if isinstance(s, ast.Output)]
-        self.sdims = tuple(d.name for d in self.state.dims)
-        self.last = self.sdims[-1]
+        self.lasts = {st_.dims[-1].name for st_ in self.states if st_.dims}
+        self._focus(self.states[0])
         self.dimnames = {d.name for d in block.dims}
         # The weights of `linear` and `conv`, per call node, named as the language says:
         # after the named value (or output) whose definition holds the call; in the input
@@ -222,11 +237,24 @@ class Spec:
                     self.weight_of[id(call)] = base if k == 1 else f"{base}{k}"
                     self.call_of[self.weight_of[id(call)]] = call
 
+    def _focus(self, st_):
+        self.state = st_
+        self.transition = self.transition_of[st_.name]
+        self.discretize = self.discretize_of.get(st_.name)
+        self.sdims = tuple(d.name for d in st_.dims)
+        self.last = self.sdims[-1]
+
+    def view(self, name) -> "Spec":
+        """The spec seen from the state `name` (its transition, discretization, dims)."""
+        v = copy.copy(self)
+        v._focus(next(st_ for st_ in self.states if st_.name == name))
+        return v
+
     def param_dims(self, name) -> tuple:
         """A param's declared dims; the second of a repeated state dim is the column."""
         dims = [d.name for d in self.params[name].dims]
-        if len(dims) >= 2 and dims[-1] == dims[-2] == self.last:
-            dims[-1] = self.last + COL
+        if len(dims) >= 2 and dims[-1] == dims[-2] and dims[-1] in self.lasts:
+            dims[-1] = dims[-1] + COL
         return tuple(dims)
 
     def kw(self, node, name, default=None):
@@ -365,14 +393,19 @@ class Run:
         self.s, self.sizes, self.p, self.inputs = spec, sizes, params, inputs
         self.L = next(iter(inputs.values())).shape[0]
         self.memo: dict = {}
-        self.states: dict = {}
-        cplx = spec.state.complex
-        shape = tuple(sizes[d] for d in spec.sdims)
-        self.x = np.zeros(shape, dtype=np.complex128 if cplx else np.float64)
-        if x0 is not None:
-            self.x = self.x + x0
-        self.x0 = self.x
-        self.cplx = cplx
+        # Per state (by name): its view of the spec, its current value, its value after
+        # each token's update; x0 is one array, or a tuple in declaration order.
+        self.views = {st_.name: spec.view(st_.name) for st_ in spec.states}
+        self.xs: dict = {}
+        self.x0s: dict = {}
+        self.states: dict = {n: {} for n in self.views}
+        self.updating: set = set()
+        x0s = (x0,) if len(spec.states) == 1 else (x0 if x0 is not None else (None,) * len(spec.states))
+        for st_, x0_ in zip(spec.states, x0s):
+            v = self.views[st_.name]
+            shape = tuple(sizes[d] for d in v.sdims)
+            x = np.zeros(shape, dtype=np.complex128 if st_.complex else np.float64)
+            self.xs[st_.name] = self.x0s[st_.name] = x + x0_ if x0_ is not None else x
 
     # --- expressions at token t ------------------------------------------------
     def ev(self, e, t) -> V:
@@ -381,7 +414,7 @@ class Run:
         if hit is not None:
             return hit
         v = self._ev(e, t)
-        if not (isinstance(e, ast.Name) and e.id == self.s.state.name):
+        if not (isinstance(e, ast.Name) and e.id in self.views):
             self.memo[key] = v
         return v
 
@@ -411,11 +444,14 @@ class Run:
         for i in s.inputs:
             if i.name == n:
                 return V(self.inputs[n][t], tuple(d.name for d in i.dims))
-        if n == s.state.name:
-            x = self.states.get(t)
-            if x is None:
-                raise EvalError(f"the state is read at token {t} before its update")
-            return V(x, s.sdims)
+        if n in self.views:
+            if t not in self.states[n]:
+                # Another state's transition reads this one: it is updated first (the
+                # language: it sees the state after the token's update); a cycle is an error.
+                if n in self.updating or not self.updating:
+                    raise EvalError(f"the state {n} is read at token {t} before its update")
+                self.step_token(t, n)
+            return V(self.states[n][t], self.views[n].sdims)
         if n in s.params:
             return V(self.p[n], s.param_dims(n))
         if n in s.values:
@@ -468,44 +504,47 @@ class Run:
             # state before the current token's update (the entering state at the first).
             arg = e.args[0]
             k = int(e.args[1].value) if len(e.args) > 1 else 1
-            if self._is_state(arg):
-                return V(self.states[t - 1] if t >= 1 else self.x0, self.s.sdims)
+            name = self._is_state(arg)
+            if name is not None:
+                v = self.views[name]
+                if t >= 1 and t - 1 not in self.states[name]:
+                    raise EvalError(f"prev({name}) at token {t} before the update at {t - 1}")
+                return V(self.states[name][t - 1] if t >= 1 else self.x0s[name], v.sdims)
             if t - k < 0:
                 cur = self.ev(arg, t)
                 return V(np.zeros_like(cur.a), cur.dims)
             return self.ev(arg, t - k)
         raise EvalError(f"function {fn}")
 
-    def _is_state(self, e) -> bool:
-        """Whether e names the state (directly or through named values that are only its name)."""
+    def _is_state(self, e):
+        """The state that e names (directly or through named values that are only its name), or None."""
         seen = set()
         while isinstance(e, ast.Name) and e.id not in seen:
-            if e.id == self.s.state.name:
-                return True
+            if e.id in self.views:
+                return e.id
             seen.add(e.id)
             if e.id not in self.s.values:
-                return False
+                return None
             e = self.s.values[e.id].value
-        return False
+        return None
 
     # --- the recurrence ----------------------------------------------------------
-    def to_state(self, v: V, dims=None) -> np.ndarray:
-        dims = dims or self.s.sdims
+    def to_state(self, v: V, dims=None, spec=None) -> np.ndarray:
+        dims = dims or (spec or self.s).sdims
         return np.broadcast_to(align(v, dims), tuple(self.sizes[d.rstrip(COL)] for d in dims))
 
-    def transition_matrix(self, t):
+    def transition_matrix(self, t, s):
         """The state matrix at token t: (kind, array) with kind 'elementwise' or 'matrix'."""
-        s = self.s
         kind, st = s.structure()
         expr = s.values[s.transition.matrix].value
         sd = s.sdims
         mdims = sd + (s.last + COL,)
         if kind in ("diagonal", "scalar"):
-            return "elementwise", self.to_state(self.ev(expr, t))
+            return "elementwise", self.to_state(self.ev(expr, t), spec=s)
         if kind == "dplr":
             lam, P, Q = (self.ev(a, t) for a in expr.args)
             (r,) = [d for d in P.dims if d not in sd]
-            lam_a = self.to_state(lam)
+            lam_a = self.to_state(lam, spec=s)
             P_a = self.to_state(P, sd + (r,))
             # Q's N is the column index of A
             Qc = V(Q.a, tuple(s.last + COL if d == s.last else d for d in Q.dims))
@@ -528,12 +567,13 @@ class Run:
             raise EvalError(kind)
         return "matrix", A
 
-    def step_token(self, t):
-        s = self.s
+    def step_token(self, t, name):
+        s = self.views[name]
+        self.updating.add(name)
         tr = s.transition
-        kind, A = self.transition_matrix(t)
-        E = self.to_state(self.ev(tr.input_term, t)) if tr.input_term is not None else np.zeros(self.x.shape)
-        x = self.x
+        kind, A = self.transition_matrix(t, s)
+        x = self.xs[name]
+        E = self.to_state(self.ev(tr.input_term, t), spec=s) if tr.input_term is not None else np.zeros(x.shape)
         if tr.kind == "recurrence":
             if kind == "elementwise":
                 new = A * x + E
@@ -543,7 +583,7 @@ class Run:
             rule = s.discretize.rule
             step_v = self.ev(s.kw(s.discretize, "step"), t)
             if kind == "elementwise":
-                d = self.to_state(step_v)
+                d = self.to_state(step_v, spec=s)
                 ab, eb = elementwise(rule, A, d, E)
                 new = ab * x + eb
             else:
@@ -554,10 +594,11 @@ class Run:
                 for idx in np.ndindex(*x.shape[:-1]):
                     ab, eb = matrix(rule, A[idx], d[idx], E[idx])
                     new[idx] = ab @ x[idx] + eb
-        if not self.cplx and np.iscomplexobj(new):
+        if not s.state.complex and np.iscomplexobj(new):
             raise EvalError("a complex update of a real state")
-        self.x = new.astype(self.x.dtype)
-        self.states[t] = self.x
+        self.xs[name] = new.astype(x.dtype)
+        self.states[name][t] = self.xs[name]
+        self.updating.discard(name)
 
     def run(self):
         ys = []
@@ -571,10 +612,13 @@ class Run:
                 ys.append(self.ev(self.s.output.value, t))
             return np.stack([y.a for y in ys]), ys[0].dims, self.x
         for t in range(self.L):
-            self.step_token(t)
+            for st_ in self.s.states:
+                if t not in self.states[st_.name]:
+                    self.step_token(t, st_.name)
             ys.append(self.ev(self.s.output.value, t))
         dims = ys[0].dims
-        return np.stack([y.a for y in ys]), dims, self.x
+        finals = tuple(self.xs[st_.name] for st_ in self.s.states)
+        return np.stack([y.a for y in ys]), dims, finals[0] if len(finals) == 1 else finals
 
 
 def _true(v) -> bool:
@@ -591,8 +635,9 @@ def evaluate(block: ast.Block, sizes: dict, params: dict, inputs: dict,
 
     sizes: every dim's size (as `eval_dims` gives them); params: `state_dict()` as
     numpy arrays (with the direction axis for `params = separate`); inputs: name ->
-    array `(batch, length, *dims)`; initial_state: `(batch, *state dims)` or None.
-    Returns y `(batch, length, *output dims[, dir])` (and the final states).
+    array `(batch, length, *dims)`; initial_state: `(batch, *state dims)` or None (with
+    several states, a tuple of them in declaration order).
+    Returns y `(batch, length, *output dims[, dir])` (and the final states, likewise).
     """
     spec = Spec(block)
     prim = spec.inputs[0].name
@@ -604,7 +649,8 @@ def evaluate(block: ast.Block, sizes: dict, params: dict, inputs: dict,
         for i, order in enumerate(orders):
             p = {k: (v[i] if spec.separate_of(k) else v) for k, v in params.items()}
             seq = {k: v[b][order] for k, v in inputs.items()}
-            x0 = None if initial_state is None else initial_state[b]
+            x0 = None if initial_state is None else (
+                initial_state[b] if len(spec.states) == 1 else tuple(x[b] for x in initial_state))
             y, dims, xf = Run(spec, sizes, p, seq, x0).run()
             back = np.empty_like(y)
             back[order] = y
@@ -624,6 +670,8 @@ def evaluate(block: ast.Block, sizes: dict, params: dict, inputs: dict,
         ys.append(y)
     y = np.stack(ys)
     if return_state:
+        if len(spec.states) > 1:
+            return y, tuple(np.stack([f[k] for f in finals]) for k in range(len(spec.states)))
         return y, np.stack(finals)
     return y
 

@@ -109,6 +109,7 @@ class _Case:
         # conv and prev of a per-token value look back in time: a reverse scan's chained
         # halves see different tokens before them (prev(x) of the state does not).
         self.has_conv = "conv(" in text or "prev(" in text
+        self.nstates = len(self.spec.states)
 
     def draw_inputs(self, batch, length):
         out = {}
@@ -122,11 +123,15 @@ class _Case:
         return out
 
     def draw_state(self, batch):
-        shape = (batch,) + tuple(self.sizes[d] for d in self.spec.sdims)
-        x = 0.5 * self.rng.standard_normal(shape)
-        if self.spec.state.complex:
-            x = x + 0.5j * self.rng.standard_normal(shape)
-        return x
+        """A random entering state (a tuple of them, in declaration order, for several)."""
+        xs = []
+        for st_ in self.spec.states:
+            shape = (batch,) + tuple(self.sizes[d.name] for d in st_.dims)
+            x = 0.5 * self.rng.standard_normal(shape)
+            if st_.complex:
+                x = x + 0.5j * self.rng.standard_normal(shape)
+            xs.append(x)
+        return xs[0] if len(xs) == 1 else tuple(xs)
 
 
 def _torch_inputs(inputs: dict, dtype):
@@ -264,8 +269,14 @@ def check_spec(text: str, sizes: dict | None = None, length: int = 7, batch: int
                 if out is not None:
                     y, xf = out
                     compare(be, "forward", _np(y), y_ref)
-                    xs = xf[0] if isinstance(xf, tuple) else xf
-                    compare(be, "forward", _np(xs), x_ref, what="final state")
+                    # The returned state: the state (or the states, in declaration order),
+                    # then any conv tails.
+                    k = case.nstates
+                    got = tuple(xf[:k]) if isinstance(xf, tuple) else (xf,)
+                    wants = x_ref if k > 1 else (x_ref,)
+                    for i, (a, b) in enumerate(zip(got, wants)):
+                        compare(be, "forward", _np(a), b,
+                                what="final state" + (f" {case.spec.states[i].name}" if k > 1 else ""))
             else:
                 y = run(be, "forward", lambda: _call(lay, prim, ins))
                 if y is not None:
@@ -274,10 +285,11 @@ def check_spec(text: str, sizes: dict | None = None, length: int = 7, batch: int
         if "initial_state" in checks and case.single:
             x0 = case.draw_state(B)
             want = ref(x0=x0)
-            x0t = _state_tensor(x0, case.spec.state.complex, t64)
+            x0t = (_state_tensor(x0, case.spec.state.complex, t64) if case.nstates == 1 else
+                   tuple(_state_tensor(x, st_.complex, t64) for x, st_ in zip(x0, case.spec.states)))
             if lay.CONVS:
                 # The carried tails of conv and prev (zero: the evaluator starts from none).
-                x0t = (x0t, *lay.init_state(B, dtype=t64)[1:])
+                x0t = (*(x0t if case.nstates > 1 else (x0t,)), *lay.init_state(B, dtype=t64)[case.nstates:])
             y = run(be, "initial_state", lambda: _call(lay, prim, ins, initial_state=x0t))
             if y is not None:
                 compare(be, "initial_state", _np(y), want)

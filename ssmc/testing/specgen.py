@@ -35,6 +35,8 @@ likewise for mutants.
 `sharing:one_direction` where a single-direction scan makes it moot), `dims:*`
 (`derived`, `split`), `dplr:*`, `matrix:*`,
 `value:*` (`ref`: a named value used in another, `state`: one reading the state),
+`states:*` (several states: `states:2`, `states:3`, `states:recurrence`, `states:dynamics`
+and its rule, `states:dag` an input term reading an earlier state, `states:gate`),
 `text:crlf`, `text:continued` (a statement over several lines; `text:cont:paren`,
 `text:cont:op_end`, `text:cont:op_start`, `text:cont:backslash` for the way it is
 broken). `GenSpec.dims` holds every dim's value at `sizes` (derived ones
@@ -866,6 +868,8 @@ class _Gen:
             self.stmts.append(Stmt("discretize", f"discretize {self.rule}, step = {step.text}"))
         self.scan()
         self.output()
+        if ch.chance(0.2):
+            self.extra_states()
         self.ensure_inputs_used()
         length = self.length if self.scan_order == "cross2d" else ch.choice([1, 2, 3, 5, 7, 11, 12, 4, 8])
         return _Built(self.block, self.descr(), self.stmts, dict(self.base), dict(self.dims), length,
@@ -1456,6 +1460,66 @@ class _Gen:
         self.note(out)
         y = self.fresh(ch.choice(["y", "out", "yo"]))
         self.stmts.append(Stmt("output", f"output {y} = {out.text}", y))
+
+    # ---- several states (issue 9; language page, "Several states") ----------
+    def extra_states(self):
+        """One or two more (real) states over some of the first state's dims, each with
+        its own `recurrence` (a decay in (0, 1): static, per-token or a number) or
+        `dynamics` (a stable diagonal A, discretized by a rule of its own:
+        `discretize RULE, step = S, state = NAME`), its input term a linear map of an
+        input, maybe times a bounded function of an earlier state (a DAG: it reads that
+        state after its update). The output reads every new state (added, or as a gate)."""
+        ch = self.ch
+        k = ch.weighted([(3, 1), (1, 2)])
+        self.tags.add(f"states:{k + 1}")
+        out = [s for s in self.stmts if s.kind == "output"][0]
+        earlier = [(self.state, self.sdims, self.cplx)]
+        for _ in range(k):
+            dims = tuple(ch.subset(self.sdims, 1, 2))
+            name = self.fresh(ch.choice(["z", "s2", "m", "kv"]))
+            self.stmts.append(Stmt("state", f"state {name}[{', '.join(dims)}]", name))
+            kind = ch.choice(["recurrence", "recurrence", "dynamics"])
+            self.tags.add(f"states:{kind}")
+            if kind == "recurrence":
+                form = ch.choice(["static", "token", "const"])
+                if form == "static":
+                    p = self.param(dims, ch.choice(["log(uniform(0.5, 0.95))", "log(0.8)"]), hint="a_log")
+                    a = self.value(call("exp", p, dims=dims), "a2", structure="diagonal")
+                elif form == "token":
+                    arg = self.input_leaf()
+                    a = self.value(call("sigmoid", Ex(f"linear({arg.text}, {', '.join(dims)})", dims=dims, tok=True,
+                                                      learn=True)), "a2", structure="diagonal")
+                    self.tags.add("linear")
+                else:
+                    a = self.value(num(0, ch.choice(["0.9", "0.5", "1"])), "g2", structure="scalar")
+            else:
+                p = self.param(dims, ch.choice(["log(uniform(0.5, 2))", "log(1 + arange(%s))" % dims[-1]]),
+                               hint="A2_log")
+                a = self.value(neg(call("exp", p, dims=dims)), "A2", structure="diagonal")
+            arg = self.input_leaf()
+            term = f"linear({arg.text}, {', '.join(dims)})"
+            if ch.chance(0.4):
+                # a DAG: the input term reads an earlier state, after its update
+                prev, pdims, pcplx = ch.choice(earlier)
+                r = f"mean({prev}, {', '.join(pdims)})"
+                term = f"tanh({'re(' + r + ')' if pcplx else r}) * {term}"
+                self.tags.add("states:dag")
+            if kind == "recurrence":
+                self.stmts.append(Stmt("recurrence", f"recurrence {name} = {a.text} {name} + {term}"))
+            else:
+                self.stmts.append(Stmt("dynamics", f"dynamics {name}' = {a.text} {name} + {term}"))
+                rule = ch.choice(["zoh", "bilinear", "euler", "backward_euler", "zoh_euler"])
+                self.stmts.append(Stmt("discretize", f"discretize {rule}, step = {ch.choice(['0.1', '0.2'])}, "
+                                                     f"state = {name}"))
+                self.tags.add(f"states:{rule}")
+            head, expr = out.text.split(" = ", 1)
+            read = f"mean({name}, {', '.join(dims)})"
+            if ch.chance(0.5):
+                out.text = f"{head} = {expr} + 0.5 * {read}"
+            else:
+                out.text = f"{head} = ({expr}) * sigmoid({read})"
+                self.tags.add("states:gate")
+            earlier.append((name, dims, False))
 
     def ensure_inputs_used(self):
         """Every input appears somewhere (an unused input is not what a spec means)."""

@@ -47,6 +47,8 @@ __all__ = [
     "vssd",
     "s5_bidirectional",
     "hydra",
+    "linear_attention",
+    "gsa",
     "hippo_legs",
     "hippo_legs_B",
     "hippo_legs_normal",
@@ -455,6 +457,87 @@ def rwkv6(P, x, S0=None, reverse=False):
         o[:, t] = np.einsum("bhk,bhkv->bhv", r, S + P["u"][None, :, :, None] * kv)
         S = w[..., None] * S + kv
     return o, S
+
+
+# ----------------------------------------------------------------------------
+# several states in one layer (issue 9): the carried state is a tuple
+# ----------------------------------------------------------------------------
+
+def elu_plus_one(x):
+    """phi(x) = elu(x) + 1: x + 1 for x > 0, exp(x) otherwise."""
+    return np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0.0)))
+
+
+def linear_attention(P, u, x0=None, reverse=False, eps=1e-6):
+    """Katharopoulos et al. (2020), "Transformers are RNNs", causal linear attention
+    with its normaliser (eqs. 16-20), per head h:
+
+        q_t, k_t = W_q u_t, W_k u_t  (H, Dk),   v_t = W_v u_t  (H, Dv)
+        S_t = S_{t-1} + phi(k_t) v_t^T                      (H, Dk, Dv)
+        z_t = z_{t-1} + phi(k_t)                            (H, Dk)
+        y_t = phi(q_t)^T S_t / (phi(q_t)^T z_t + eps)       (H, Dv)
+
+    with phi = elu + 1. x0 and the returned state are the pair (S, z).
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, _ = u.shape
+    Wq, Wk, Wv = P["q_proj"], P["k_proj"], P["v_proj"]
+    Dv_total = Wv.shape[0]
+    S0, z0 = (None, None) if x0 is None else x0
+    H, Dk, Dv = P["_dims"]   # the head count and sizes (the projections fix only products)
+    S = _zeros_state(S0, (Bsz, H, Dk, Dv), np.float64)
+    z = _zeros_state(z0, (Bsz, H, Dk), np.float64)
+    assert Dv_total == H * Dv
+    y = np.zeros((Bsz, L, H, Dv))
+    for t in _times(L, reverse):
+        ut = u[:, t]
+        q = (ut @ Wq.T).reshape(Bsz, H, Dk)
+        k = (ut @ Wk.T).reshape(Bsz, H, Dk)
+        v = (ut @ Wv.T).reshape(Bsz, H, Dv)
+        fq, fk = elu_plus_one(q), elu_plus_one(k)
+        for b in range(Bsz):
+            for h in range(H):
+                S[b, h] = S[b, h] + np.outer(fk[b, h], v[b, h])
+                z[b, h] = z[b, h] + fk[b, h]
+                y[b, t, h] = (fq[b, h] @ S[b, h]) / (fq[b, h] @ z[b, h] + eps)
+    return y, (S, z)
+
+
+def gsa(P, u, x0=None, reverse=False):
+    """Zhang et al. (2024), "Gated Slot Attention" (eqs. of Sec. 3), per head h with M
+    slots and one forget gate alpha_t in (0, 1)^M:
+
+        q_t, k_t = W_q u_t, W_k u_t (H, Dk),  v_t = W_v u_t (H, Dv)
+        alpha_t  = sigmoid(W_alpha u_t)                     (H, M)
+        K_t = K_{t-1} diag(alpha_t) + k_t (1 - alpha_t)^T   (H, Dk, M)
+        V_t = diag(alpha_t) V_{t-1} + (1 - alpha_t) v_t^T   (H, M, Dv)
+        o_t = V_t^T softmax(K_t^T q_t / sqrt(Dk))           (H, Dv)
+
+    x0 and the returned state are the pair (K, V).
+    """
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, _ = u.shape
+    H, Dk, Dv, M = P["_dims"]
+    K0, V0 = (None, None) if x0 is None else x0
+    K = _zeros_state(K0, (Bsz, H, Dk, M), np.float64)
+    V = _zeros_state(V0, (Bsz, H, M, Dv), np.float64)
+    y = np.zeros((Bsz, L, H, Dv))
+    for t in _times(L, reverse):
+        ut = u[:, t]
+        q = (ut @ P["q_proj"].T).reshape(Bsz, H, Dk)
+        k = (ut @ P["k_proj"].T).reshape(Bsz, H, Dk)
+        v = (ut @ P["v_proj"].T).reshape(Bsz, H, Dv)
+        alpha = 1.0 / (1.0 + np.exp(-(ut @ P["alpha_proj"].T).reshape(Bsz, H, M)))
+        for b in range(Bsz):
+            for h in range(H):
+                a = alpha[b, h]
+                K[b, h] = K[b, h] * a[None, :] + np.outer(k[b, h], 1.0 - a)
+                V[b, h] = a[:, None] * V[b, h] + np.outer(1.0 - a, v[b, h])
+                score = K[b, h].T @ q[b, h] / math.sqrt(Dk)
+                w = np.exp(score - score.max())
+                w = w / w.sum()
+                y[b, t, h] = V[b, h].T @ w
+    return y, (K, V)
 
 
 # ----------------------------------------------------------------------------

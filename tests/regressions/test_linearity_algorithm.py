@@ -392,3 +392,17 @@ def test_fft_for_a_readout_written_with_linear(output):
     text = selective("W_B", "B * u").replace("y = sum(C * x, N)", f"y = {output}")
     assert _graph(text).meta["classification"]["lti"]
     assert agree(text, length=40) == "fft_conv"
+
+
+@pytest.mark.parametrize("output", [
+    "exp(r) / sum(exp(r), H)",                            # a softmax over H of the readout r
+    "exp(r) / (1 + sum(exp(r), H))",
+], ids=["softmax", "over-one-plus-sum"])
+def test_a_sum_of_a_nonlinear_readout_is_not_cancelled(output):
+    """Found with issue 9 (GSA's softmax readout): the linearity check wrote sum(e, H) as a
+    marker times e, so exp(r) / sum(exp(r), H) cancelled to 1 / marker, a readout 'linear
+    and static' in the state; an LTI system then ran its FFT form and was wrong (0.25 off)."""
+    text = selective("W_B", "B * u").replace("y = sum(C * x, N)", f"y = {output}\n  r = sum(C * x, N)")
+    cls = _graph(text).meta["classification"]
+    assert not cls["readout_linear"] and not cls["lti"]
+    assert agree(text, length=40) == "chunked_scan"
