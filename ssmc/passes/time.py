@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from ..errors import SpecError
 from ..ir import functions as F
-from ..ir.graph import Graph
-from ..ir.systems import state_nodes, Op
+from ..ir.graph import Graph, Op
+from ..ir.systems import state_nodes
 
 REAL_ONLY = ("softplus", "inv_softplus", "silu", "sigmoid", "relu", "tanh")
 RANK = {"static": 0, "init": 0, "token": 1}
