@@ -303,6 +303,11 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
             zv = f"torch.tensor({zv}, dtype=torch.float64, device=_dev).to(_dt)"
         w(f"            {pr.var(y)}, _x = {ssd_fn}({zv}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
           f"{pr.tensor(c)}, {pr.lay(c)!r}, _x, {sdims!r}, {yd!r}, self.ssd_block)  # [B, T, " + ", ".join(yd) + "]")
+    elif glob and g.op(abar).kind == "const" and g.op(abar).get("value") == 1:
+        # A global scan whose transition is the identity (VSSD): x_L is x_0 plus the sum
+        # of the input terms, a chunk's sum at a time; no per-token states are made.
+        w(f"            _x = _x + {pr.arg(ebar, sdims)}.sum(1)  # x_L = x_0 + sum_t Ebar_t: [B, "
+          + ", ".join(sdims) + "]")
     else:
         a_tok = g.fact(abar, "time") == "token"
         w(f"            _Abar = {pr.tensor(abar) if abar in pr.numbers else pr.arg(abar, atarget)}  # ["
