@@ -290,3 +290,22 @@ def test_retnet_against_fla_naive_retention_and_simple_gla():
     y, s = _run(layer, u, x0)
     assert rel(y, to_np(o)) <= 1e-5
     assert rel(s, to_np(h)) <= 1e-5
+
+
+# ----------------------------------------------------------------------------
+# initializations the papers fix
+# ----------------------------------------------------------------------------
+
+def test_initializations():
+    # Griffin, Appendix A: a^c uniform in [0.9, 0.999], a = sigmoid(Lambda), c = 8
+    layer = getattr(_mod("rglru", "numpy"), "RGLRU")(seed=0, dtype=torch.float64, H=4000)
+    ac = _sig(to_np(layer.get_parameter("Lambda"))) ** 8
+    assert ac.min() >= 0.9 - 1e-12 and ac.max() <= 0.999 + 1e-12
+    assert abs(ac.mean() - 0.9495) < 0.005 and ac.min() < 0.901 and ac.max() > 0.998   # uniform, not clustered
+    # GSS: LayerNorm starts as the identity map of the normalized token
+    P = {k: to_np(v) for k, v in getattr(_mod("gss", "numpy"), "GSS")(seed=0, N=4).state_dict().items()}
+    assert np.all(P["ln_scale"] == 1) and np.all(P["ln_bias"] == 0)
+    assert np.allclose(P["Lambda"].real, -0.5, atol=1e-6) and np.all(P["Lambda"].imag > 0)
+    # S7: Lambda at the real part of the diagonalized HiPPO-LegS matrix
+    P = {k: to_np(v) for k, v in getattr(_mod("s7", "numpy"), "S7")(seed=0).state_dict().items()}
+    assert np.allclose(P["Lambda"], -0.5, atol=1e-6)
