@@ -130,6 +130,9 @@ def infer_time(g: Graph) -> Graph:
     """Tag every node static / token / init and real / complex."""
     g = g.copy()
     annotate_time(g)
+    if g.meta["scan"]["order"] == "global" and len(state_nodes(g)) > 1:
+        raise _err(g, "`scan global` in a block with several states is not supported yet", g.meta["scan"]["span"],
+                   hint="one state per block with scan global")
     _check_prev(g)
     for p in g.meta["params"]:
         o = g.op(p)

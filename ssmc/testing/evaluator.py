@@ -603,14 +603,19 @@ class Run:
     def run(self):
         ys = []
         if self.s.scan.order == "global":
-            # Every token's output reads the state after the whole sequence (x_L).
+            # Every token's output reads the states after the whole sequence (x_L): the
+            # updates run first, then the readout with each state's final value.
             for t in range(self.L):
-                self.step_token(t)
-            for t in range(self.L):
-                self.states[t] = self.x
+                for st_ in self.s.states:
+                    if t not in self.states[st_.name]:
+                        self.step_token(t, st_.name)
+            self.memo.clear()
+            for st_ in self.s.states:
+                self.states[st_.name] = {t: self.xs[st_.name] for t in range(self.L)}
             for t in range(self.L):
                 ys.append(self.ev(self.s.output.value, t))
-            return np.stack([y.a for y in ys]), ys[0].dims, self.x
+            finals = tuple(self.xs[st_.name] for st_ in self.s.states)
+            return np.stack([y.a for y in ys]), ys[0].dims, finals[0] if len(finals) == 1 else finals
         for t in range(self.L):
             for st_ in self.s.states:
                 if t not in self.states[st_.name]:

@@ -417,3 +417,21 @@ def test_global_variants_agree_with_the_evaluator(name):
     rep = check_spec(GLOBAL_VARIANTS[name], length=7, backends=("numpy", "torch"))
     assert not rep.findings, "\n".join(map(str, rep.findings))
     assert rep.checks_run >= 6
+
+
+def test_global_with_several_states_is_refused():
+    text = """
+ssm G {
+  dims H = 2
+  input u[H]
+  state x[H]
+  state z[H]
+  g = 0.5 : scalar
+  recurrence x = g x + u
+  recurrence z = g z + u
+  scan global
+  output y = x + z
+}"""
+    with pytest.raises(ssmc.SpecError, match="several states") as e:
+        ssmc.loads(text, backend="numpy")
+    assert e.value.line == 10
