@@ -281,6 +281,12 @@ def _explain_one(g: Graph) -> str:
                    f"rows backward, columns forward, columns backward) merged by {sc['merge']}, "
                    f"{sc['params']} parameters",
     }
+    # Tensors that set their own sharing (decision 19), named after the scan's default.
+    own = [(name, info["separate"]) for name, _, info in tables.parameters(g) if "separate" in info]
+    if own:
+        parts = [f"{', '.join(n for n, s in own if s == want)} {word}"
+                 for want, word in ((True, "separate"), (False, "shared")) if any(s == want for _, s in own)]
+        orders[sc["order"]] += " (except " + "; ".join(parts) + ")"
     out.append(f"scan: {sc['order']}: {orders[sc['order']]}")
     cls = meta["classification"]
     out.append("system: " + ("LTI" if cls["lti"] else "selective"))
