@@ -257,13 +257,15 @@ def test_shapes_follow_each_tensors_sharing(order, copies):
 
 
 def test_mixed_sharing_agrees_with_the_evaluator():
-    from ssmc.testing.harness import check_spec
-    for order, length in (("bidirectional(params = separate)", 7), ("cross2d(rows = R, cols = Cc)", 6),
-                          ("bidirectional", 5)):
+    from ssmc.testing.harness import ALL_CHECKS, check_spec
+    for order, length, grad in (("bidirectional(params = separate)", 7, True),
+                                ("cross2d(rows = R, cols = Cc)", 6, False), ("bidirectional", 5, False)):
         text = MIXED.replace("ORDER", order).replace("dims    H = 3, N = 2", "dims    H = 3, N = 2, R = 2, Cc = 3")
-        rep = check_spec(text, length=length, backends=("numpy", "torch"))
+        # (gradients once: the sharing is the same code for every order)
+        checks = ALL_CHECKS if grad else tuple(c for c in ALL_CHECKS if c != "grad")
+        rep = check_spec(text, length=length, backends=("numpy", "torch"), checks=checks)
         assert not rep.findings, "\n".join(map(str, rep.findings))
-        assert rep.checks_run >= 4
+        assert rep.checks_run >= 3
 
 
 def test_flags_change_nothing_with_one_direction():
