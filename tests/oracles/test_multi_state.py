@@ -243,9 +243,16 @@ def test_algorithms_per_state():
     """Each state gets its own algorithm: S of linear attention and GSA's key slots run the
     SSD form, z and the value slots (decay along the summed dim) a chunked scan."""
     from ssmc.compiler import analyse_path
+    from ssmc.explain import explain, summary
     for name, want in (("linear_attention", ["ssd", "chunked_scan"]), ("gsa", ["ssd", "chunked_scan"])):
         g = analyse_path(CASES[name]["path"]).graphs[0]
         assert [s["algorithm"]["name"] for s in g.meta["systems"]] == want
+        names = [g.op(s["state"]).get("name") for s in g.meta["systems"]]
+        text, short = explain(g), summary(g)
+        for n, a in zip(names, want):
+            # one line per state in each
+            assert sum(line.startswith(f"algorithm ({n}): {a}:") for line in text.splitlines()) == 1
+            assert sum(line == f"  algorithm ({n}): {a}" for line in short.splitlines()) == 1
 
 
 # --- fla-core's naive references (float32 inside: a float32 tolerance) --------------
