@@ -407,9 +407,6 @@ def _pair_systems(g: Graph) -> None:
     state (for every state with `dynamics`). Builds meta["systems"] in declaration order."""
     meta = g.meta
     snames = {g.op(n).get("name"): n for n in meta["states"]}
-    if meta["scan"]["order"] == "global":
-        raise _err(g, "`scan global` with several states is not supported yet", meta["scan"].get("span"),
-                   hint="scan causal, reverse, bidirectional or cross2d, or one state")
     by_state: dict[str, dict] = {}
     for tr in meta["transitions"]:
         if tr["state"] not in snames:

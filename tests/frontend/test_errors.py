@@ -278,7 +278,7 @@ ROWS = [
         14, 10, "the output does not read the state 'z'", "sum(C * z, N)", id="two-states-unread"),
     row(edit({4: "  state x[H, N]; state z[H, N]", 11: "  dynamics x' = A x + B * u; recurrence z = A z + u",
               13: "  scan global", 14: "  output y = sum(C * x, N) + sum(C * z, N)"}),
-        13, 3, "`scan global` with several states is not supported yet", None, id="two-states-global"),
+        13, 3, "`scan global` in a block with several states is not supported yet", None, id="two-states-global"),
 
     # --- bad dims --------------------------------------------------------------------------
     row(edit({2: "  dims H = -4, N = 8"}), 2, 12, "dim 'H' = -4 must be positive", ">= 1", id="dim-negative"),
