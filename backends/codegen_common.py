@@ -8,6 +8,7 @@ beyond that (the recurrence) it writes itself.
 from __future__ import annotations
 
 from .. import __version__
+from ..ir import functions as F
 from ..ir import tables
 from ..ir.graph import Graph
 from ..ir.printer import dim_text
@@ -104,6 +105,8 @@ class Printer:
             return f"-{self.var(ins[0])}"
         if k in BINARY:
             return f"{self.arg(ins[0], out)} {BINARY[k]} {self.arg(ins[1], out)}"
+        if k in F.PAIRWISE or k in F.CLAMPS:
+            return self.bounded(k, [self.arg(i, out) for i in ins])
         if k in ("sum", "mean"):
             src = tuple(g.fact(ins[0], "dims"))
             axes = tuple(src.index(d) - len(src) for d, _ in o.get("dims"))
@@ -145,6 +148,14 @@ class Printer:
             return f"rt.init.{o.get('dist')}({shape}, {args}, generator=gen{extra})"
         raise AssertionError(f"{type(self).__name__} cannot print {k}")
 
+    def bounded(self, k: str, args: list[str]) -> str:
+        """min/max/clamp of operands already printed in the result's dims."""
+        if k in F.PAIRWISE:
+            return f"{self.RT}.{'minimum' if k == 'min' else 'maximum'}({args[0]}, {args[1]})"
+        names = {"min": "lo", "max": "hi"}
+        bounds = ", ".join(f"{names[w]}={a}" for w, a in zip(F.CLAMPS[k], args[1:]))
+        return f"{self.RT}.clamp({args[0]}, {bounds})"
+
     def line(self, n: int) -> str:
         g = self.g
         o = g.op(n)
@@ -169,7 +180,8 @@ class NumpyPrinter(Printer):
         "exp": "np.exp", "log": "np.log", "expm1": "np.expm1", "log1p": "np.log1p", "sqrt": "np.sqrt",
         "abs": "np.abs", "tanh": "np.tanh", "sigmoid": "rt.sigmoid", "relu": "rt.relu", "softplus": "rt.softplus",
         "inv_softplus": "rt.inv_softplus", "silu": "rt.silu", "re": "np.real", "im": "np.imag", "conj": "np.conj",
-        "phi1": "rt.phi1", "expm": "rt.expm", "phi1m": "rt.phi1m",
+        "phi1": "rt.phi1", "expm": "rt.expm", "phi1m": "rt.phi1m", "gelu": "rt.gelu", "gelu_tanh": "rt.gelu_tanh",
+        "erf": "rt.erf",
     }
 
 

@@ -26,6 +26,7 @@ class TorchPrinter(Printer):
         "abs": "torch.abs", "tanh": "torch.tanh", "sigmoid": "ops.sigmoid", "relu": "ops.relu",
         "softplus": "ops.softplus", "inv_softplus": "ops.inv_softplus", "silu": "ops.silu", "re": "ops.real",
         "im": "ops.imag", "conj": "ops.conj", "phi1": "ops.phi1", "expm": "ops.expm", "phi1m": "ops.phi1m",
+        "gelu": "ops.gelu", "gelu_tanh": "ops.gelu_tanh", "erf": "torch.erf",
     }
     SUM = "torch.{kind}({x}, dim={axes!r})"
     ARANGE = "torch.arange({dim}, dtype=_dt, device=_dev)"
@@ -119,6 +120,12 @@ class TorchPrinter(Printer):
         if k in self.UNARY or k == "neg":
             self.layout[n] = self.lay(ins[0])
             return super().expr(n)
+        if k in F.PAIRWISE or k in F.CLAMPS:
+            # Like a binary operator, in the state's dim order; numbers as tensors (torch's
+            # minimum and clamp take tensors).
+            out = self.canonical(dims)
+            self.layout[n] = out
+            return self.bounded(k, [self.full(i, out) if i in self.numbers else self.arg(i, out) for i in ins])
         if k == "sum" and ins[0] in self.fused:
             a, b = g.operands(ins[0])
             la, lb = self.lay(a), self.lay(b)

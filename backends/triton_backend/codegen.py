@@ -48,7 +48,7 @@ import re
 from ...errors import SsmcError
 from ...ir.graph import Graph
 from ..codegen_common import module_header, reads_prev_state
-from .derivatives import UNARY, VJP
+from .derivatives import NARY, UNARY, VJP
 from ...ir.systems import is_multi
 from ..torch_backend.codegen import TorchPrinter, render_class
 
@@ -57,6 +57,8 @@ from ..torch_backend.codegen import TorchPrinter, render_class
 # sympy definition per op (derivatives.py).
 _UNARY = {k: v for k, v in UNARY.items() if k != "square"}
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+# min, max and clamp: `{0}`, `{1}`, `{2}` the operands (derivatives.py).
+_NARY = NARY
 _VJP = VJP
 _HOST_KINDS = ("solve", "expm", "phi1m", "matvec", "dplr", "blockdiag", "eye", "linear", "conv")
 # What complex values (pairs of real registers) support, forward and backward (Kernel.cvjp).
@@ -251,7 +253,8 @@ def _plan(g: Graph, loop: list[int]):
             raise Unsupported("a power of a complex value other than by an integer constant")
         if complex_in and o.kind not in _COMPLEX_OK and o.kind != "pow":
             raise Unsupported(f"{o.kind}() of a complex value")
-        if o.kind not in _UNARY and o.kind not in _BINARY and o.kind not in ("sum", "mean", "pow") \
+        if o.kind not in _UNARY and o.kind not in _BINARY and o.kind not in _NARY \
+                and o.kind not in ("sum", "mean", "pow") \
                 and not (complex_in and o.kind in _COMPLEX_OK):
             raise Unsupported(f"{o.kind}() inside the recurrence")
         if o.kind in ("sum", "mean"):
@@ -468,6 +471,8 @@ class _Kernel:
             return _UNARY[o.kind].format(ins[0])
         if o.kind in _BINARY:
             return f"{ins[0]} {_BINARY[o.kind]} {ins[1]}"
+        if o.kind in _NARY:
+            return _NARY[o.kind].format(*ins)
         total = self.colsum(ins[0])
         return total if o.kind == "sum" else f"{total} / s_{self.col}"
 
@@ -578,7 +583,8 @@ class _Kernel:
         ops_ = g.operands(n)
         a = [self.ref(i) for i in ops_]
         res = self.tile[n]
-        fields = dict(G=gname, a=a[0], b=a[1] if len(a) > 1 else None, r=res, col=self.col)
+        fields = dict(G=gname, a=a[0], b=a[1] if len(a) > 1 else None, c=a[2] if len(a) > 2 else None, r=res,
+                      col=self.col)
         out = [f.format(**fields) for f in _VJP[k]]
         return [(i, c) for i, c in zip(ops_, out) if c is not None and g.op(i).kind not in ("const", "dim")]
 

@@ -35,10 +35,11 @@ import functools
 
 import sympy as sp
 
-__all__ = ["UNARY", "VJP", "DEFINITIONS", "derivative", "tables", "to_triton"]
+__all__ = ["UNARY", "NARY", "VJP", "DEFINITIONS", "derivative", "tables", "to_triton"]
 
 # Real symbols: |a| then differentiates to sign(a), not an expression in re/im.
-a, b = sp.symbols("a b", real=True)
+# (c: clamp's upper bound, its third operand.)
+a, b, c = sp.symbols("a b c", real=True)
 # The result (`{r}`), the gradient (`{G}`) and the logistic of `a` (rewrites only).
 _R, _G, _S = sp.symbols("_r _G _s", real=True)
 
@@ -61,6 +62,20 @@ _EXPM1_SERIES = sp.horner(sp.exp(a).series(a, 0, 10).removeO() - 1)
 _LOG1P_SERIES = sp.horner(sp.log(1 + a).series(a, 0, 15).removeO())
 
 _SIGMOID = 1 / (1 + sp.exp(-a))
+
+
+class _Logistic(sp.Function):
+    """1 / (1 + exp(-w)), kept whole: its derivative L (1 - L) then never divides inf by
+    inf where exp(-w) overflows (gelu_tanh's w is cubic in a: it overflows already near
+    a = -10 in float32)."""
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
+
+
+# GELU's constants, as float literals (no sqrt(pi) left for the printer).
+_RSQRT2 = sp.Float(0.7071067811865476, 17)          # 1 / sqrt(2)
+_GELU_TANH_K = sp.Float(0.7978845608028654, 17)     # sqrt(2 / pi)
 _PHI1_EXACT = (sp.exp(a) - 1) / a
 # sympy's series of exp, less 1, over a (the same as series(_PHI1_EXACT), which takes
 # ten times as long at import); Horner form: fewer multiplications when printed.
@@ -90,6 +105,19 @@ DEFINITIONS: dict[str, sp.Expr] = {
     # Real parts and conjugates of real values: the identity.
     "re": a,
     "conj": a,
+    # torch's exact GELU a * Phi(a), and its tanh approximation a/2 (1 + tanh(w)), written
+    # a * logistic(2 w), the same function without tanh's 1 - 2 / (exp(2w) + 1).
+    "erf": sp.erf(a),
+    "gelu": a / 2 * (1 + sp.erf(_RSQRT2 * a)),
+    "gelu_tanh": a * _Logistic(2 * _GELU_TANH_K * (a + sp.Float(0.044715, 17) * a ** 3)),
+    # min and max: at a tie torch gives each operand half the gradient.
+    "min": sp.Piecewise((a, a < b), (b, a > b), ((a + b) / 2, True)),
+    "max": sp.Piecewise((a, a > b), (b, a < b), ((a + b) / 2, True)),
+    # clamp(a, min = b, max = c) = min(max(a, b), c) as torch.clamp: a gets the gradient
+    # where b <= a <= c, a bound where it is the result (b > c gives c).
+    "clamp": sp.Piecewise((c, (a > c) | (c < b)), (b, a < b), (a, True)),
+    "clamp_min": sp.Piecewise((b, a < b), (a, True)),
+    "clamp_max": sp.Piecewise((b, a > b), (a, True)),
 }
 # Reductions over the tile's columns, not elementwise: their gradient is broadcast back.
 _REDUCTIONS = {"sum": ("{G}",), "mean": ("{G} / s_{col}",)}
@@ -141,6 +169,18 @@ class _Printer:
             return self.names[e], _ARG  # arbitrary text: parenthesised in any operation
         if e.is_Number:
             return _number(e)
+        if e.is_number and e.is_real:
+            # A constant such as 2 / sqrt(pi) (erf's derivative): its value as a literal.
+            return _number(sp.Float(sp.N(e, 17)))
+        if isinstance(e, sp.erf):
+            return f"tl.erf({self.p(e.args[0])})", _ATOM
+        if isinstance(e, _Logistic):
+            return f"1.0 / (1.0 + tl.exp({self.p(-e.args[0], _NEG)}))", _MUL
+        if isinstance(e, (sp.And, sp.Or)):
+            # Triton's & and | on conditions bind tighter than comparisons: each in parentheses.
+            joint = " & " if isinstance(e, sp.And) else " | "
+            parts = sorted(e.args, key=sp.default_sort_key)
+            return joint.join(f"({self.p(x)})" for x in parts), _CMP
         if isinstance(e, sp.Add):
             return self.add(e)
         if isinstance(e, sp.Mul) or (isinstance(e, sp.Pow) and e.exp.is_negative):
@@ -330,7 +370,7 @@ def derivative(f, x):
     return pieces[0][0] if len(pieces) == 1 else sp.Piecewise(*pieces)
 
 
-_VJP_NAMES = {a: "{a}", b: "{b}", _R: "{r}", _G: "{G}"}
+_VJP_NAMES = {a: "{a}", b: "{b}", c: "{c}", _R: "{r}", _G: "{G}"}
 
 
 @functools.lru_cache(maxsize=None)
@@ -338,7 +378,7 @@ def tables() -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
     """(UNARY, VJP), printed from DEFINITIONS. Cached: sympy's work is done once."""
     unary, vjp = {}, {}
     for name, f in DEFINITIONS.items():
-        operands = [s for s in (a, b) if f.has(s)]
+        operands = [s for s in (a, b, c) if f.has(s)]
         if operands == [a]:
             unary[name] = to_triton(f, {a: "{0}"})
         vjp[name] = tuple(to_triton(_G * derivative(f, s), _VJP_NAMES) for s in operands)
@@ -346,4 +386,13 @@ def tables() -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
     return unary, vjp
 
 
+@functools.lru_cache(maxsize=None)
+def nary() -> dict[str, str]:
+    """Forward text of the functions of several operands that are no operator (min, max,
+    clamp): `{0}`, `{1}`, `{2}` the operands."""
+    return {name: to_triton(f, {a: "{0}", b: "{1}", c: "{2}"}) for name, f in DEFINITIONS.items()
+            if name in ("min", "max", "clamp", "clamp_min", "clamp_max")}
+
+
 UNARY, VJP = tables()
+NARY = nary()

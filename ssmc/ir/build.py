@@ -101,6 +101,13 @@ class _Lowering:
             self._no_kwargs(e)
             self._arity(e, 1, 1, f"{fn}(x)")
             return g.add(op(fn, e.span), self.expr(e.args[0], mode, owner))
+        if fn in F.PAIRWISE:
+            self._no_kwargs(e)
+            self._arity(e, 2, 2, f"{fn}(a, b)")
+            a, b = (self.expr(x, mode, owner) for x in e.args)
+            return g.add(op(fn, e.span), a, b)
+        if fn == "clamp":
+            return self._clamp(e, mode, owner)
         if fn in F.REDUCTIONS:
             self._no_kwargs(e)
             self._arity(e, 2, None, f"{fn}(e, N)")
@@ -183,6 +190,30 @@ class _Lowering:
             raise self.err(f"'{fn}' takes no arguments", e.span, hint=f"write `= {fn}`")
         raise self.err(f"unknown function '{fn}'", e.fn_span or e.span,
                        hint=F.did_you_mean(fn, F.ALL_FUNCTIONS, "functions") or None)
+
+    def _clamp(self, e: ast.Call, mode: str, owner: str | None) -> int:
+        """clamp(e, lo, hi), or with keywords clamp(e, min = lo, max = hi) where either bound
+        may be left out (a positional lo may be followed by max = hi)."""
+        self._no_kwargs(e, ("min", "max"))
+        usage = "clamp(e, lo, hi) or clamp(e, min = lo, max = hi)"
+        if not e.args or len(e.args) > 3:
+            raise self.err(f"clamp() takes 3 arguments, got {len(e.args)}", e.span, hint=f"write {usage}")
+        bounds = {}
+        for which, a in zip(("min", "max"), e.args[1:]):
+            bounds[which] = a
+        for k in e.kwargs:
+            if k.name in bounds:
+                raise self.err(f"clamp() is given its {k.name} bound twice", k.span, hint=f"write {usage}")
+            bounds[k.name] = k.value
+        if not bounds:
+            raise self.err("clamp() needs a bound", e.span, hint=f"write {usage}")
+        if len(e.args) == 2 and "max" not in bounds:
+            raise self.err("clamp(e, lo) with one bound written without its name", e.args[1].span,
+                           hint="write clamp(e, min = lo), or both bounds: clamp(e, lo, hi)")
+        which = tuple(w for w in ("min", "max") if w in bounds)
+        kind = {("min", "max"): "clamp", ("min",): "clamp_min", ("max",): "clamp_max"}[which]
+        args = [self.expr(e.args[0], mode, owner)] + [self.expr(bounds[w], mode, owner) for w in which]
+        return self.g.add(op(kind, e.span), *args)
 
     def _weight_name(self, owner: str | None, suffix: str) -> str:
         base = f"{owner}{suffix}"

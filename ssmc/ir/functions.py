@@ -7,7 +7,15 @@ import keyword
 
 # Elementwise functions of one argument.
 ELEMENTWISE = ("exp", "log", "expm1", "log1p", "sqrt", "abs", "tanh", "sigmoid", "relu",
-               "softplus", "inv_softplus", "silu", "re", "im", "conj")
+               "softplus", "inv_softplus", "silu", "re", "im", "conj", "gelu", "gelu_tanh", "erf")
+# Elementwise functions of two values, broadcast by name like `+`.
+PAIRWISE = ("min", "max")
+# clamp(e, lo, hi) / clamp(e, min = lo, max = hi): the IR kind says which bounds it has;
+# its operands are e, then the bounds in that order.
+CLAMPS = {"clamp": ("min", "max"), "clamp_min": ("min",), "clamp_max": ("max",)}
+# Functions that need real arguments (a complex one is an error).
+REAL_ONLY = ("softplus", "inv_softplus", "silu", "sigmoid", "relu", "tanh", "gelu", "gelu_tanh", "erf",
+             "min", "max", "clamp", "clamp_min", "clamp_max")
 REDUCTIONS = ("sum", "mean")
 # Calls that take a value and name dims: (min args, max args or None).
 SPECIAL = {"sum": (2, None), "mean": (2, None), "arange": (1, 1), "linear": (2, None),
@@ -35,7 +43,7 @@ KEYWORDS = ("ssm", "dims", "input", "state", "param", "dynamics", "discretize", 
 GENERATED = ("np", "torch", "rt", "ops", "math", "self", "true", "false", "d", "p", "gen", "inputs", "state", "tails",
              "need_final")
 
-ALL_FUNCTIONS = ELEMENTWISE + tuple(SPECIAL) + tuple(RANDOM) + FAMILIES + CONSTANT_INITS
+ALL_FUNCTIONS = ELEMENTWISE + PAIRWISE + ("clamp",) + tuple(SPECIAL) + tuple(RANDOM) + FAMILIES + CONSTANT_INITS
 
 RESERVED = frozenset(KEYWORDS + ALL_FUNCTIONS + tuple(CONSTANTS) + GENERATED
                      + tuple(keyword.kwlist) + tuple(keyword.softkwlist) + tuple(dir(builtins)))

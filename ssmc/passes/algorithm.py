@@ -42,6 +42,7 @@ from .time import annotate_time
 _KERNEL_OPS = ("add", "sub", "mul", "div", "neg", "sum", "mean", "re", "im", "conj", "const", "dim", "param",
                "input", "state", "output", "exp", "log", "sqrt", "abs", "expm1", "log1p", "phi1", "arange",
                "pow", "tanh", "sigmoid", "softplus", "inv_softplus", "silu", "relu", "family",
+               "gelu", "gelu_tanh", "erf", "min", "max", "clamp", "clamp_min", "clamp_max",
                "matvec", "solve", "eye", "expm", "phi1m", "dplr", "blockdiag", "linear")
 
 

@@ -142,6 +142,15 @@ _FUNCS = {
     "silu": (lambda x: x * 0.5 * (1.0 + math.tanh(0.5 * x)), None),
     "re": (lambda x: x, lambda z: z.real), "im": (lambda x: 0.0, lambda z: z.imag),
     "conj": (lambda x: x, lambda z: z.conjugate()),
+    "erf": (math.erf, None),
+    "gelu": (lambda x: 0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0))), None),
+    "gelu_tanh": (lambda x: 0.5 * x * (1.0 + math.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))), None),
+}
+# Functions of several numbers: min(max(e, lo), hi) for clamp, as torch.clamp.
+_FUNCS_N = {
+    "min": min, "max": max,
+    "clamp": lambda x, lo, hi: min(max(x, lo), hi),
+    "clamp_min": max, "clamp_max": min,
 }
 
 
@@ -175,6 +184,10 @@ def _number(g: Graph, n: int, used: set[str]):
             if k == "pow" and isinstance(a, float) and isinstance(b, float) and a < 0 and not b.is_integer():
                 return _NAN  # as numpy's real power of a negative number
             return {"add": a + b, "sub": a - b, "mul": a * b, "div": a / b, "pow": a ** b}[k]
+        if k in _FUNCS_N:
+            if any(isinstance(x, complex) for x in args):
+                return None  # (an error of infer_time's)
+            return float(_FUNCS_N[k](*args))
         if k in _FUNCS:
             real, cplx = _FUNCS[k]
             x = args[0]

@@ -152,7 +152,9 @@ class _ToSympy:
             elif k in _FUNCS:
                 r = _FUNCS[k](args[0])
             else:
-                r = sp.Function(k)(args[0])
+                # Any other function (gelu, min, clamp, ...) is an opaque function of all its
+                # arguments: linear in none of them.
+                r = sp.Function(k)(*args)
         self.memo[n] = r
         return r
 

@@ -68,8 +68,14 @@ def shape_of(g: Graph, n: int) -> tuple[str, ...]:
         return (d, d) if o.get("fn") in F.MATRIX_FAMILIES else (d,)
     if k in F.ELEMENTWISE or k in ("neg", "output", "conv", "prev", "prev_state", "expm", "phi1", "phi1m", "inv"):
         return ins[0]
-    if k in ("add", "sub", "mul", "div", "pow"):
+    if k in ("add", "sub", "mul", "div", "pow") or k in F.PAIRWISE:
         return broadcast(g, ins[0], ins[1], o.span)
+    if k in F.CLAMPS:
+        # The bounds broadcast with the value by name, like min(max(e, lo), hi).
+        out = ins[0]
+        for other in ins[1:]:
+            out = broadcast(g, out, other, o.span)
+        return out
     if k in ("sum", "mean"):
         e = ins[0]
         pair = matrix_pair(e)

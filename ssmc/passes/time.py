@@ -20,7 +20,7 @@ from ..ir import functions as F
 from ..ir.graph import Graph, Op
 from ..ir.systems import state_nodes
 
-REAL_ONLY = ("softplus", "inv_softplus", "silu", "sigmoid", "relu", "tanh")
+REAL_ONLY = F.REAL_ONLY
 RANK = {"static": 0, "init": 0, "token": 1}
 
 
@@ -56,7 +56,8 @@ def time_of(g: Graph, n: int, init_nodes) -> tuple[str, bool]:
     else:
         cplx = any(g.fact(i, "complex") for i in ins)
     if k in REAL_ONLY and cplx:
-        raise _err(g, f"{k}() needs a real argument, but this one is complex", o.span,
+        raise _err(g, f"{k}() needs a real argument, but this one is complex" if len(ins) == 1 else
+                   f"{'clamp' if k in F.CLAMPS else k}() needs real arguments, but one is complex", o.span,
                    hint="take re(...) or abs(...) first")
     if k == "conv" and g.fact(ins[0], "time") != "token":
         raise _err(g, "conv() runs along time, so its argument must be per-token", o.span,

@@ -6,6 +6,8 @@ and whose leading axes (batch, time) are left alone.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -55,6 +57,41 @@ def silu(x):
 
 def relu(x):
     return np.maximum(x, 0.0)
+
+
+# math.erf elementwise: correctly rounded to about an ulp, in float64 (NumPy has no erf).
+_ERF = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def erf(x):
+    return _ERF(x) if np.ndim(x) else math.erf(x)
+
+
+def gelu(x):
+    """x * Phi(x), Phi the standard normal CDF (torch's exact GELU)."""
+    return 0.5 * x * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
+
+
+def gelu_tanh(x):
+    """GELU's tanh approximation, x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+def minimum(a, b):
+    return np.minimum(a, b)
+
+
+def maximum(a, b):
+    return np.maximum(a, b)
+
+
+def clamp(x, lo=None, hi=None):
+    """min(max(x, lo), hi), either bound absent (torch.clamp's meaning, lo > hi gives hi)."""
+    if lo is not None:
+        x = np.maximum(x, lo)
+    if hi is not None:
+        x = np.minimum(x, hi)
+    return x
 
 
 def phi1(z):

@@ -45,6 +45,46 @@ def relu(x):
     return torch.relu(x)
 
 
+def gelu(x):
+    return F.gelu(x)
+
+
+def gelu_tanh(x):
+    return F.gelu(x, approximate="tanh")
+
+
+def erf(x):
+    return torch.erf(x)
+
+
+def _tensors(*xs):
+    """Python numbers among tensors as 0-d tensors of the tensors' dtype and device."""
+    t = next(x for x in xs if torch.is_tensor(x))
+    return [x if torch.is_tensor(x) else torch.tensor(x, dtype=t.dtype, device=t.device) for x in xs]
+
+
+def minimum(a, b):
+    # torch's gradient at a tie: half to each operand.
+    return torch.minimum(*_tensors(a, b))
+
+
+def maximum(a, b):
+    return torch.maximum(*_tensors(a, b))
+
+
+def clamp(x, lo=None, hi=None):
+    """torch.clamp, bounds broadcast with x: min(max(x, lo), hi); torch's gradients (x gets
+    the gradient where lo <= x <= hi; a bound where it is the result, strictly)."""
+    given = [v for v in (x, lo, hi) if v is not None]
+    if not any(torch.is_tensor(v) for v in given):
+        return min(max(x, lo if lo is not None else x), hi if hi is not None else x)
+    x, *rest = _tensors(*given)
+    lo = rest.pop(0) if lo is not None else None
+    hi = rest.pop(0) if hi is not None else None
+    shape = torch.broadcast_shapes(*[v.shape for v in (x, lo, hi) if v is not None])
+    return torch.clamp(x.expand(shape), min=lo, max=hi)
+
+
 def real(x):
     return x.real if x.is_complex() else x
 

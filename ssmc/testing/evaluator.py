@@ -109,8 +109,24 @@ def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _gelu(z):
+    # x * Phi(x), Phi the standard normal CDF: (1 + erf(x / sqrt 2)) / 2
+    return z * 0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
+
+
+def _gelu_tanh(z):
+    # x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
+    return z / 2.0 * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z ** 3)))
+
+
 # The elementwise functions of the language page.
 UNARY = {
+    "erf": _erf,
+    "gelu": _gelu,
+    "gelu_tanh": _gelu_tanh,
     "exp": np.exp,
     "log": np.log,
     "expm1": np.expm1,
@@ -460,6 +476,19 @@ class Run:
 
     def call(self, e: ast.Call, t) -> V:
         fn = e.fn
+        if fn in ("min", "max"):
+            # elementwise, broadcast by name like `+`
+            return self._minmax(fn, *(self.ev(a, t) for a in e.args))
+        if fn == "clamp":
+            # clamp(e, lo, hi) = min(max(e, lo), hi); clamp(e, min = lo, max = hi), either left out
+            bounds = dict(zip(("min", "max"), e.args[1:]))
+            bounds.update({k.name: k.value for k in e.kwargs})
+            v = self.ev(e.args[0], t)
+            if "min" in bounds:
+                v = self._minmax("max", v, self.ev(bounds["min"], t))
+            if "max" in bounds:
+                v = self._minmax("min", v, self.ev(bounds["max"], t))
+            return v
         if fn in UNARY:
             (arg,) = e.args
             v = self.ev(arg, t)
@@ -527,6 +556,12 @@ class Run:
                 return None
             e = self.s.values[e.id].value
         return None
+
+    def _minmax(self, fn, x: V, y: V) -> V:
+        dims = _order(x.dims, y.dims)
+        a, b = align(x, dims), align(y, dims)
+        r = np.minimum(a, b) if fn == "min" else np.maximum(a, b)
+        return V(r, dims)
 
     # --- the recurrence ----------------------------------------------------------
     def to_state(self, v: V, dims=None, spec=None) -> np.ndarray:

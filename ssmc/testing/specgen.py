@@ -507,7 +507,9 @@ class _Gen:
         if k == "expr":
             # activations need real arguments: no tanh of a (complex) draw for a complex param
             return self.ch.choice(["0.5", "-0.7", "pi / 4", "1 + 0.5 * normal(0, 1)", "sqrt(uniform(0.1, 1))"]
-                                  + ([] if cplx else ["tanh(normal(0, 1))"]))
+                                  + ([] if cplx else ["tanh(normal(0, 1))", "clamp(normal(0, 1), -1, 1)",
+                                                      "max(normal(0, 1), -0.5)", "gelu(normal(0, 1)) + 0.2",
+                                                      "clamp(normal(0, 1), min = -0.8)"]))
         d = self.ch.choice(vec)
         if k == "arange":
             return self.ch.choice([f"1 + arange({d})", f"arange({d}) / {d} - 0.4", f"exp(-arange({d}))",
@@ -620,7 +622,7 @@ class _Gen:
         integer exponent; relu/abs get an offset argument (no kink at a structural 0)."""
         if depth <= 0 or self.ch.chance(0.2):
             return self.leaf(allowed, tok, st_)
-        opts = [(5, "unary"), (5, "binary"), (2, "reduce"), (1, "pow"), (2, "div"), (1, "cpart")]
+        opts = [(5, "unary"), (5, "binary"), (2, "reduce"), (1, "pow"), (2, "div"), (1, "cpart"), (3, "bounded")]
         if learn and allowed:
             opts.append((2, "linear"))
         if learn and tok and self._fitting_inputs(allowed):
@@ -656,6 +658,8 @@ class _Gen:
         if k == "binary":
             op = self.ch.choice(["+", "-", "*"])
             return binop(op, sub(), sub())
+        if k == "bounded":
+            return self.bounded(sub)
         if k == "div":
             self.tags.add("op:/")
             return binop("/", sub(), self.divisor(allowed, depth - 1, tok, st_, learn))
@@ -675,6 +679,35 @@ class _Gen:
         if k == "linear":
             return self.linear(allowed, depth, tok, st_)
         return self.conv(allowed, depth, st_)
+
+    def bounded(self, sub) -> Ex:
+        """gelu, gelu_tanh, erf, min, max and clamp (section 7). The second operand of
+        min/max and the bounds of clamp are offset from the first so that no structural
+        tie (two zeros) puts gradcheck on a kink; a bound may be a param."""
+        ch = self.ch
+        f = ch.choice(["gelu", "gelu_tanh", "erf", "min", "max", "clamp"])
+        self.tags.add("fn:" + f)
+        if f in ("gelu", "gelu_tanh", "erf"):
+            return call(f, sub())
+        if f in ("min", "max"):
+            a, b = sub(), sub()
+            b = binop("+", b, num(0, ch.choice(["0.3", "0.45"])))
+            if ch.chance(0.5):
+                a, b = b, a
+            return call(f, a, b, dims=_dims_of(a.dims, b.dims))
+        e = sub()
+        form = ch.choice(["both", "kw_both", "kw_min", "kw_max", "pos_kw"])
+        self.tags.add("clamp:" + form)
+        lo, hi = ch.choice([("-0.5", "0.7"), ("-1", "0.25"), ("0.05", "2")])
+        dims = e.dims
+        if form != "kw_min" and e.dims and ch.chance(0.25):
+            p = self.param(ch.subset(e.dims, 1), "uniform(0.3, 0.6)", hint="cap")
+            hi = f"{p.text} + 0.4"
+            dims = _dims_of(e.dims, p.dims)
+            self.tags.add("clamp:param")
+        extra = {"both": [lo, hi], "kw_both": [f"min = {lo}", f"max = {hi}"], "kw_min": [f"min = {lo}"],
+                 "kw_max": [f"max = {hi}"], "pos_kw": [lo, f"max = {hi}"]}[form]
+        return call("clamp", e, dims=dims, extra=extra)
 
     def unit(self, allowed, depth, tok=False, st_=False, learn=False) -> Ex:
         """A value in [-1, 1] (or [0, 1])."""
@@ -1231,7 +1264,13 @@ class _Gen:
             lin = Ex(f"linear({arg.text}, {', '.join(outd)}{self.bias_kw()})", dims=tuple(outd), tok=True, learn=True,
                      direct=arg.direct)
             self.tags.add("linear")
-            return call("softplus", binop("+", lin, bias))
+            dt = call("softplus", binop("+", lin, bias))
+            if ch.chance(0.3):
+                # Mamba-2's dt_limit: the step clamped (it stays positive)
+                self.tags |= {"fn:clamp", "step:clamp"}
+                return call("clamp", dt, extra=ch.choice([["0.001", "0.1"], ["min = 0.001", "max = 0.1"],
+                                                           ["min = 0.01"]]))
+            return dt
         e = self.real(allowed, 2, tok=True, learn=True)
         if not e.tok:
             # make it per-token: add the mean of the primary input over its dims

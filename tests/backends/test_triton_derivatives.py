@@ -62,13 +62,15 @@ _VJP = {
 from ssmc.backends.triton_backend import derivatives as D  # noqa: E402
 
 # numpy as `tl`: the functions the printer may emit.
+import math  # noqa: E402
+
 TL = SimpleNamespace(exp=np.exp, log=np.log, sqrt=np.sqrt, abs=np.abs, where=np.where,
-                     maximum=np.maximum, minimum=np.minimum)
+                     maximum=np.maximum, minimum=np.minimum, erf=np.vectorize(math.erf, otypes=[np.float64]))
 
 # Plain names for the placeholders, and an expression of the same value that breaks if
 # a placeholder is not parenthesised: `2.0 * a - a` is exactly `a` (Sterbenz), but
 # `-{a}` gives -3a, `x / {a}` gives x / 2 * a - a, `x * {a}` gives 2xa - a.
-PLAIN = {"a": "a", "b": "b", "G": "G", "r": "r", "col": "n"}
+PLAIN = {"a": "a", "b": "b", "c": "c", "G": "G", "r": "r", "col": "n"}
 TRICKY = {k: f"2.0 * {v} - {v}" for k, v in PLAIN.items() if k != "col"} | {"col": "n"}
 
 
@@ -105,6 +107,11 @@ UNARY_REF = {
     "sigmoid": sigmoid, "silu": lambda x: x * sigmoid(x), "relu": lambda x: np.maximum(x, 0.0),
     "softplus": lambda x: np.logaddexp(0.0, x), "phi1": phi1, "square": lambda x: x * x,
     "re": lambda x: x, "conj": lambda x: x,
+    # erf and GELU from math.erf and numpy's tanh (the formulas of the language page)
+    "erf": np.vectorize(math.erf, otypes=[np.float64]),
+    # (with erfc: 1 + erf(x / sqrt 2) cancels for x below -5, and so would the finite differences)
+    "gelu": lambda x: x * 0.5 * np.vectorize(math.erfc, otypes=[np.float64])(-x / math.sqrt(2.0)),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3))),
 }
 BINARY_REF = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}
 
@@ -119,7 +126,8 @@ POINTS = {op: _GENERAL for op in UNARY_REF} | {
 }
 POINTS2 = [(x, y) for x in (-3.0, -0.5, 0.7, 12.0) for y in (-2.5, -0.1, 0.3, 4.0)]
 UNARY_OPS = sorted(UNARY_REF)
-SMOOTH_NEAR_0 = {"phi1", "exp", "sigmoid", "silu", "softplus", "square", "neg", "re", "conj"}
+SMOOTH_NEAR_0 = {"phi1", "exp", "sigmoid", "silu", "softplus", "square", "neg", "re", "conj", "erf", "gelu",
+                 "gelu_tanh"}
 
 
 def step(op, x):
@@ -162,7 +170,7 @@ def test_placeholders_and_literals():
     for op, fmt in D.UNARY.items():
         assert _fields(fmt) == {"0"}, (op, fmt)
     for op, fmts in D.VJP.items():
-        allowed = {"G", "a", "b", "r"} if len(fmts) == 2 else {"G", "a", "r"}
+        allowed = {1: {"G", "a", "r"}, 2: {"G", "a", "b", "r"}, 3: {"G", "a", "b", "c", "r"}}[len(fmts)]
         allowed |= {"col"} if op == "mean" else set()
         for fmt in fmts:
             assert _fields(fmt) <= allowed, (op, fmt)
@@ -208,6 +216,69 @@ def test_binary(op):
         ga, gb = grads(D.VJP, D.UNARY, op, x, y, g=1.7)
         np.testing.assert_allclose(ga, 1.7 * fd(lambda t: f(t, y), x, 1e-6), rtol=1e-6, err_msg=f"d{op}/da")
         np.testing.assert_allclose(gb, 1.7 * fd(lambda t: f(x, t), y, 1e-6), rtol=1e-6, err_msg=f"d{op}/db")
+
+
+# --- min, max, clamp: forwards, derivatives, and torch's rule at ties --------------------
+
+NARY_REF = {
+    "min": np.minimum, "max": np.maximum,
+    "clamp": lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+    "clamp_min": np.maximum, "clamp_max": np.minimum,
+}
+
+
+def _nary_grads(op, *xs, g=1.3):
+    names = dict(zip("abc", xs))
+    r = NARY_REF[op](*xs)
+    return [run(f, PLAIN, G=g, r=r, **names) for f in D.VJP[op]]
+
+
+@pytest.mark.parametrize("op", sorted(NARY_REF))
+def test_nary_forward_and_derivatives(op):
+    n = len(D.VJP[op])
+    pts = [(-3.0, -0.5, 0.7), (0.2, -0.5, 0.7), (2.0, -0.5, 0.7), (0.0, 1.0, -1.0), (-0.4, 0.3, 0.1),
+           (5.0, 4.0, 3.0), (-2.0, 0.1, 9.0)]
+    for p in pts:
+        xs = p[:n]
+        got = eval(compile(D.NARY[op].format("x0", "x1", "x2"), "<triton>", "eval"),
+                   {"__builtins__": {}, "tl": TL}, {f"x{i}": v for i, v in enumerate(xs)})
+        assert got == NARY_REF[op](*xs), (op, xs)
+        grads_ = _nary_grads(op, *xs)
+        for k in range(n):
+            def f(t, k=k):
+                ys = list(xs)
+                ys[k] = t
+                return NARY_REF[op](*ys)
+            np.testing.assert_allclose(grads_[k], 1.3 * fd(f, xs[k], 1e-7), rtol=1e-6, atol=1e-12,
+                                       err_msg=f"d {op} / d operand {k} at {xs}")
+
+
+def test_nary_ties_follow_torch():
+    """At ties (no finite difference says anything there) the table gives torch's
+    subgradients: min/max half to each, clamp's x at its ends, a bound where lo > hi."""
+    torch = pytest.importorskip("torch")
+
+    def torch_grads(fn, *xs):
+        ts = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in xs]
+        (fn(*ts) * 1.3).backward()
+        return [float(t.grad) for t in ts]
+
+    tfn = {"min": torch.minimum, "max": torch.maximum,
+           "clamp": lambda x, lo, hi: torch.clamp(x, min=lo, max=hi),
+           "clamp_min": lambda x, lo: torch.clamp(x, min=lo), "clamp_max": lambda x, hi: torch.clamp(x, max=hi)}
+    cases = {"min": [(1.0, 1.0)], "max": [(-2.0, -2.0)], "clamp_min": [(0.5, 0.5)], "clamp_max": [(0.5, 0.5)],
+             "clamp": [(-0.5, -0.5, 0.7), (0.7, -0.5, 0.7), (0.0, 1.0, -1.0), (2.0, 1.0, -1.0), (-3.0, 1.0, -1.0)]}
+    for op, pts in cases.items():
+        for xs in pts:
+            np.testing.assert_allclose(_nary_grads(op, *xs), torch_grads(tfn[op], *xs), err_msg=f"{op} at {xs}")
+
+
+def test_nary_no_nan_far_out():
+    # gelu_tanh's logistic of a cubic overflows from a = -10 on in float32
+    for x in (-1e4, -60.0, -12.0, 12.0, 60.0, 1e4):
+        for op in ("gelu", "gelu_tanh", "erf"):
+            (got,) = grads(D.VJP, D.UNARY, op, np.float32(x), g=np.float32(1.0))
+            assert np.isfinite(got), (op, x, got)
 
 
 def test_phi1_at_zero():
