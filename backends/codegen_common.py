@@ -253,6 +253,9 @@ def class_header(g: Graph, base: str) -> list[str]:
     w("    )")
     inputs = tuple((g.op(i).get("name"), tuple(g.fact(i, "dims"))) for i in meta["inputs"])
     w(f"    INPUTS = {inputs!r}")
+    cplx_inputs = tuple(g.op(i).get("name") for i in meta["inputs"] if g.op(i).get("complex"))
+    if cplx_inputs:
+        w(f"    COMPLEX_INPUTS = {cplx_inputs!r}  # complex64 / complex128 tensors")
     w(f"    STATE = ({state.get('name')!r}, {tuple(meta['state_dims'])!r}, {bool(meta['state_complex'])!r})")
     w(f"    OUTPUT = ({g.op(out_node).get('name')!r}, {tuple(g.fact(out_node, 'dims'))!r})")
     w("    PARAMS = (")

@@ -81,6 +81,8 @@ class DimDef(Node):
 class InputDecl(Node):
     name: str
     dims: tuple[DimRef, ...]
+    # `input u[H] complex`; dump() leaves the default out (the goldens of real inputs).
+    complex: bool = field(default=False, metadata={"omit_default": True})
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ def dump(node, indent: int = 0) -> str:
         if f.name == "span" or not f.compare:
             continue
         v = getattr(node, f.name)
+        if f.metadata.get("omit_default") and v == f.default:
+            continue
         if isinstance(v, Node) or (isinstance(v, tuple) and v and isinstance(v[0], Node)):
             children.append((f.name, v))
         elif isinstance(v, tuple) and not v:

@@ -170,6 +170,10 @@ class _ToAst(Transformer):
     def input_stmt(self, meta, children):
         return _InputsStmt(_span(meta), tuple(children))
 
+    def input_decl(self, meta, children):
+        (name, dims), flag = children
+        return (name, dims, flag is not None)
+
     def tensor_decl(self, meta, children):
         name, dims = children
         return (name, dims)
@@ -523,8 +527,8 @@ def _regroup(file: ast.File, source: Source) -> ast.File:
             if isinstance(s, _DimsStmt):
                 dims.extend(s.children)
             elif isinstance(s, _InputsStmt):
-                for name, dl in s.children:
-                    body.append(ast.InputDecl(_span(name), str(name), dl))
+                for name, dl, cplx in s.children:
+                    body.append(ast.InputDecl(_span(name), str(name), dl, cplx))
             else:
                 body.append(s)
         blocks.append(ast.Block(b.span, b.name, b.description, tuple(dims), tuple(body), name_span=b.name_span))

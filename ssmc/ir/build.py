@@ -241,7 +241,9 @@ def build(block: ast.Block, source: Source) -> Graph:
         decls.append(("dim", d.name, d.span))
     for s in block.body:
         if isinstance(s, ast.InputDecl):
-            n = g.add(op("input", s.span, name=s.name, dims=tuple((d.name, d.span) for d in s.dims)))
+            # (`complex` only where written: the IR of real inputs prints as before)
+            n = g.add(op("input", s.span, name=s.name, dims=tuple((d.name, d.span) for d in s.dims),
+                         **({"complex": True} if s.complex else {})))
             g.meta["inputs"].append(n)
             decls.append(("input", s.name, s.span))
         elif isinstance(s, ast.StateDecl):

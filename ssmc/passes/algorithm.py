@@ -46,8 +46,17 @@ _KERNEL_OPS = ("add", "sub", "mul", "div", "neg", "sum", "mean", "re", "im", "co
                "matvec", "solve", "eye", "expm", "phi1m", "dplr", "blockdiag", "linear")
 
 
+_COMPLEX_INPUT = "an input is complex (the kernel and SSD forms take real inputs)"
+
+
+def _complex_input(g: Graph) -> bool:
+    return any(g.op(i).get("complex") for i in g.meta["inputs"])
+
+
 def _kernel_form(g: Graph) -> tuple[dict | None, str]:
     """The dims of the LTI kernel form, or None and why it does not apply."""
+    if _complex_input(g):
+        return None, _COMPLEX_INPUT
     meta = g.meta
     sysn = meta["system"]
     structure = g.op(sysn).get("structure")
@@ -225,6 +234,8 @@ def _ssd_form(g: Graph) -> tuple[dict | None, str]:
     Ebar a product of factors with N (the "B side") and without (the "X side"). The state's
     dims may come in any order; the structure may be scalar or a diagonal A free of N.
     Returns a plan: the log-decay is built by choose_algorithm once the form is chosen."""
+    if _complex_input(g):
+        return None, _COMPLEX_INPUT
     meta = g.meta
     sysn = meta["system"]
     abar, ebar = g.operands(sysn)

@@ -45,7 +45,7 @@ def time_of(g: Graph, n: int, init_nodes) -> tuple[str, bool]:
     elif k in ("state", "param"):
         cplx = bool(o.get("complex"))
     elif k == "input":
-        cplx = False
+        cplx = bool(o.get("complex"))
     elif k == "family":
         cplx = o.get("fn") in F.COMPLEX_FAMILIES
     elif k == "random":

@@ -20,6 +20,13 @@ from ..errors import ShapeError
 from . import initializers as _init
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_COMPLEX = (torch.complex64, torch.complex128)
+
+
+def _real_class(dtype: torch.dtype) -> torch.dtype:
+    """A complex input's precision class: complex64 computes like float32, complex128 like
+    float64 (Decision (24))."""
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
 
 
 def resolve_dims(cls, given: dict) -> dict[str, int]:
@@ -111,6 +118,8 @@ class ReferenceModule(nn.Module):
     BACKEND = "numpy"
     DIMS: tuple = ()
     INPUTS: tuple = ()
+    # The inputs declared `complex` (they take complex64 / complex128 tensors).
+    COMPLEX_INPUTS: tuple = ()
     STATE: tuple = ()
     # A block with several states: ((name, dims, complex), ...) in declaration order; the
     # carried state is then a tuple of them (then the conv tails), never a bare tensor.
@@ -273,11 +282,17 @@ class ReferenceModule(nn.Module):
         """Make `_device` the device inputs and states must be on (the torch backend
         follows its parameters)."""
 
-    def _check(self, what: str, t, want: tuple, dims_text: str):
+    def _check(self, what: str, t, want: tuple, dims_text: str, cplx: bool = False):
         cls = type(self).__name__
         if not isinstance(t, torch.Tensor):
             raise ShapeError(f"{cls}: {what} must be a torch.Tensor of shape {dims_text}, got {type(t).__name__}")
-        if t.dtype not in _FLOATS:
+        if cplx and t.dtype not in _COMPLEX:
+            raise ShapeError(f"{cls}: {what} is declared complex: it must be complex64 or complex128 of shape "
+                             f"{dims_text}, got {t.dtype}")
+        if not cplx and t.dtype in _COMPLEX:
+            raise ShapeError(f"{cls}: {what} is real (declare `input {what}[...] complex` for complex values): it "
+                             f"must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        if not cplx and t.dtype not in _FLOATS:
             raise ShapeError(f"{cls}: {what} must be float16, bfloat16, float32 or float64 of shape {dims_text}, "
                              f"got {t.dtype}")
         if tuple(t.shape) != want:
@@ -309,15 +324,18 @@ class ReferenceModule(nn.Module):
                 raise TypeError(f"{cls}: missing input '{name}' of shape {_describe(name, dims, d, lead)}")
             want = (b,) + (() if single else (L,)) + _shape(dims, d)
             self._check(name, t, want, _describe(name, dims, d, lead if i == 0 else
-                                                 ("batch" if single else f"batch={b}, length={L}")))
-        compute = self._compute_dtype(first.dtype)
+                                                 ("batch" if single else f"batch={b}, length={L}")),
+                        cplx=name in self.COMPLEX_INPUTS)
+        dtype = _real_class(first.dtype)
+        compute = self._compute_dtype(dtype)
         for i, (name, _) in enumerate(self.INPUTS):
             out[name] = self._input_array(name, u if i == 0 else kw[name], compute)
-        return out, first.dtype, b, L
+        return out, dtype, b, L
 
     def _input_array(self, name: str, t, compute):
-        """Input `name` as the array the generated code computes with."""
-        return self._to_array(t, compute)
+        """Input `name` as the array the generated code computes with (complex ones in the
+        complex dtype of the compute dtype)."""
+        return self._to_array(t, compute, complex_=name in self.COMPLEX_INPUTS)
 
     def _states(self) -> tuple:
         return self.STATES or (self.STATE,)

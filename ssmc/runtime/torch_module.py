@@ -104,8 +104,9 @@ class TorchModule(ReferenceModule):
         return out
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        """The dtype of states and static values, given the (converted) first input's."""
-        return dtype
+        """The dtype of states and static values, given the (converted) first input's (a
+        complex input's real counterpart)."""
+        return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
 
     def _compute_dtype(self, dtype: torch.dtype):
         return torch.float64 if dtype == torch.float64 else torch.float32
@@ -137,9 +138,9 @@ class TorchModule(ReferenceModule):
         # Follow the module: its parameters' device is where inputs must be.
         self._device = self._ref_device
 
-    def _check(self, what, t, want, dims_text):
+    def _check(self, what, t, want, dims_text, cplx: bool = False):
         self._sync_device()
-        return super()._check(what, t, want, dims_text)
+        return super()._check(what, t, want, dims_text, cplx)
 
     def init_state(self, batch: int, dtype: torch.dtype = torch.float32):
         """The zero state (float32 / complex64 by default) for `batch` sequences."""

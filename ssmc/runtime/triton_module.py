@@ -73,7 +73,7 @@ class TritonModule(TorchModule):
 
     def _work_dtype(self, dtype: torch.dtype) -> torch.dtype:
         # States and static values are float32 whatever the inputs' storage.
-        return _wide(dtype)
+        return _wide(super()._work_dtype(dtype))
 
     def _take(self, a, perm):
         return a if self._maps_on else super()._take(a, perm)

@@ -115,11 +115,14 @@ class _Case:
         out = {}
         for i in self.spec.inputs:
             shape = (batch, length) + tuple(self.sizes[d.name] for d in i.dims)
-            if not i.dims:
+            if not i.dims and not i.complex:
                 # scalar inputs are time steps in most specs (`tau`): keep them positive
                 out[i.name] = self.rng.uniform(0.5, 1.5, shape)
             else:
                 out[i.name] = self.rng.standard_normal(shape)
+                if i.complex:
+                    # `input v[...] complex`: complex values of the same size
+                    out[i.name] = (out[i.name] + 1j * self.rng.standard_normal(shape)) / np.sqrt(2)
         return out
 
     def draw_state(self, batch):
@@ -134,8 +137,15 @@ class _Case:
         return xs[0] if len(xs) == 1 else tuple(xs)
 
 
+def _tensor(v, dtype):
+    """An input array as a tensor of `dtype`, or of its complex counterpart (complex inputs)."""
+    if np.iscomplexobj(v):
+        return torch.tensor(v, dtype=torch.complex128 if dtype == torch.float64 else torch.complex64)
+    return torch.tensor(v, dtype=dtype)
+
+
 def _torch_inputs(inputs: dict, dtype):
-    return {k: torch.tensor(v, dtype=dtype) for k, v in inputs.items()}
+    return {k: _tensor(v, dtype) for k, v in inputs.items()}
 
 
 def _call(layer, prim, ins: dict, **kw):
@@ -208,7 +218,8 @@ def check_spec(text: str, sizes: dict | None = None, length: int = 7, batch: int
     prim = case.spec.inputs[0].name
     L, B = length, batch
     inputs = case.draw_inputs(B, L)
-    inputs32 = {k: v.astype(np.float32).astype(np.float64) for k, v in inputs.items()}
+    inputs32 = {k: v.astype(np.complex64 if np.iscomplexobj(v) else np.float32).astype(
+        np.complex128 if np.iscomplexobj(v) else np.float64) for k, v in inputs.items()}
 
     def ref(params_=params, inputs_=inputs, x0=None, return_state=False):
         return evaluate(case.block, case.sizes, params_, inputs_, initial_state=x0,
@@ -365,9 +376,9 @@ def _grad_checks(rep, layers, case, inputs, prim):
     F = rep.findings
     lay = layers["torch"]
     names = [n for n, p in lay.named_parameters()]
-    ins = {k: torch.tensor(v[:, : min(v.shape[1], 5)], dtype=torch.float64) for k, v in inputs.items()}
+    ins = {k: _tensor(v[:, : min(v.shape[1], 5)], torch.float64) for k, v in inputs.items()}
     if case.spec.scan.order == "cross2d":
-        ins = {k: torch.tensor(v, dtype=torch.float64) for k, v in inputs.items()}
+        ins = {k: _tensor(v, torch.float64) for k, v in inputs.items()}
     ins[prim].requires_grad_(True)
     base = {n: p.detach().clone().requires_grad_(True) for n, p in lay.named_parameters()}
 

@@ -37,6 +37,7 @@ likewise for mutants.
 `value:*` (`ref`: a named value used in another, `state`: one reading the state),
 `states:*` (several states: `states:2`, `states:3`, `states:recurrence`, `states:dynamics`
 and its rule, `states:dag` an input term reading an earlier state, `states:gate`),
+`input:complex` (a complex primary input),
 `text:crlf`, `text:continued` (a statement over several lines; `text:cont:paren`,
 `text:cont:op_end`, `text:cont:op_start`, `text:cont:backslash` for the way it is
 broken). `GenSpec.dims` holds every dim's value at `sizes` (derived ones
@@ -889,6 +890,9 @@ class _Gen:
         A = self.state_matrix()
         E = self.input_term()
         self.note(E)
+        self.cinput = None
+        if self.cplx and ch.chance(0.25):
+            E = self.complex_input(E)
         sign = ch.choice(["+", "+", "-"])
         if sign == "-":
             self.tags.add("input:subtracted")
@@ -905,6 +909,8 @@ class _Gen:
         if self.scan_order != "global" and ch.chance(0.2):
             self.extra_states()
         self.ensure_inputs_used()
+        if self.cinput:
+            self.inputs.insert(0, self.cinput)
         length = self.length if self.scan_order == "cross2d" else ch.choice([1, 2, 3, 5, 7, 11, 12, 4, 8])
         return _Built(self.block, self.descr(), self.stmts, dict(self.base), dict(self.dims), length,
                       self.tags, self.state, self.sdims, self.cplx, self.inputs, self.params, self.values,
@@ -960,6 +966,25 @@ class _Gen:
         cx = " complex" if self.cplx else ""
         self.stmts.append(Stmt("state", f"state {self.state}[{', '.join(sd)}]{cx}", self.state))
         self.tags.add(f"state:{len(sd)}d")
+
+    def complex_input(self, E: Ex) -> Ex:
+        """`input w[...] complex` as the primary input (declared first), entering the input
+        term as `Bw * w` with a complex coefficient; what E drove before becomes a per-token
+        forcing beside it (decision 7). Only on a complex state (a complex input term needs
+        one)."""
+        ch = self.ch
+        w = self.fresh(ch.choice(["w", "uc", "zin"]))
+        wd = tuple(ch.subset(self.sdims, 0 if len(self.sdims) > 1 else 1, 2))
+        Bd = tuple(ch.subset(self.sdims, 1))
+        Bw = self.param(_dims_of(Bd, ()), self.coef_init(Bd, cplx=True), hint="Bw", cplx=True)
+        # (joins self.inputs, as the primary, once the rest is built: the step and the output
+        # draw real expressions of the inputs)
+        self.cinput = (w, wd)
+        first = next(i for i, s in enumerate(self.stmts) if s.kind == "input")
+        self.stmts.insert(first, Stmt("input", f"input {w}[{', '.join(wd)}] complex", w))
+        self.tags |= {"input:complex"}
+        piece = binop("*", Bw, Ex(w, dims=wd, tok=True, cplx=True, direct=frozenset([w])))
+        return binop("+", E, piece) if ch.chance(0.5) else binop("+", piece, E)
 
     def make_inputs(self):
         """The primary input (its dims drawn from the state's, or with a channel dim of

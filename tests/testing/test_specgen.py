@@ -107,7 +107,7 @@ def test_the_generator_covers_the_language():
         "fn:exp", "fn:log", "fn:expm1", "fn:log1p", "fn:sqrt", "fn:abs", "fn:tanh", "fn:sigmoid",
         "fn:relu", "fn:softplus", "fn:inv_softplus", "fn:silu", "fn:re", "fn:im", "fn:conj",
         "op:/", "op:**", "dimnum", "arange",
-        "fn:gelu", "fn:gelu_tanh", "fn:erf", "fn:min", "fn:max", "fn:clamp", "step:clamp",
+        "input:complex", "fn:gelu", "fn:gelu_tanh", "fn:erf", "fn:min", "fn:max", "fn:clamp", "step:clamp",
         "text:continued", "text:cont:paren", "text:cont:op_end", "text:cont:op_start", "text:cont:backslash",
         "global", "sharing:param:shared", "sharing:param:separate", "sharing:linear:shared",
         "sharing:linear:separate", "sharing:conv:shared", "sharing:conv:separate", "sharing:one_direction",
