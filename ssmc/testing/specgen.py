@@ -475,7 +475,7 @@ class _Gen:
         directions, sometimes with one (where it changes nothing)."""
         multi = self.scan_order in ("bidirectional", "cross2d")
         # (convs are rarer than params and linears: a higher chance for them)
-        if not self.ch.chance((0.6 if what == "conv" else 0.3) if multi else 0.05):
+        if not self.ch.chance((0.9 if what == "conv" else 0.3) if multi else 0.05):
             return None
         s = self.ch.choice(["shared", "separate"])
         self.tags.add(f"sharing:{what}:{s}" if multi else "sharing:one_direction")
