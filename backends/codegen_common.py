@@ -13,6 +13,7 @@ from ..ir import tables
 from ..ir.graph import Graph
 from ..ir.printer import dim_text
 from ..ir.systems import is_multi, order, state_nodes, system_nodes
+from ..passes.shapes import dplr_parts
 
 BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "**"}
 # Nodes that are names, not computations.
@@ -122,10 +123,12 @@ class Printer:
             nd = out[-1]
             lead = out[:-2]
             lam, p, q = ins
-            r = g.fact(p, "dims")[-1]
-            rq = g.fact(q, "dims")[-1]
-            return (f"{rt}.dplr({self.arg(lam, lead + (nd,))}, {self.arg(p, lead + (nd, r))}, "
-                    f"{self.arg(q, lead + (nd, rq))})")
+            _, vector, rank = dplr_parts(g, g.fact(lam, "dims"), g.fact(p, "dims"), g.fact(q, "dims"), n)
+            pq = lead + (nd, rank) if rank else lead + (nd,)
+            # A scalar Lambda (no N) is Lambda times the identity; rank-one P, Q have no rank dim.
+            extra = ("" if vector else ", diagonal=False") + ("" if rank else ", rank_one=True")
+            return (f"{rt}.dplr({self.arg(lam, lead + (nd,) if vector else lead)}, {self.arg(p, pq)}, "
+                    f"{self.arg(q, pq)}, {nd}{extra})")
         if k == "prev_state":
             # The state before each token's update: the entering state `_x0`, then the states.
             return f"{rt}.prev_state({self.var(ins[0])}, _x0)"

@@ -5,6 +5,7 @@ Rules (docs/language.md, "Named dimensions"):
   sum(e[H, N], N)  -> [H]
   a[H] * M[N, N]   -> [H, N, N] (a square matrix keeps its repeated pair last)
   linear(e, R)     -> [R];  conv(e, K), prev(e) -> dims of e;  dplr(L[H,N], P[H,N,R], Q) -> [H, N, N]
+                   dplr(a[H], b[H, N], c[N]) -> [H, N, N] (scalar Lambda, rank one)
 
 Guarantees afterwards: every node has the fact `dims` (a tuple of dim names), and every
 param's initializer has dims that broadcast into the param's declared dims.
@@ -97,18 +98,7 @@ def shape_of(g: Graph, n: int) -> tuple[str, ...]:
             raise _err(g, f"linear() of a square matrix {fmt(ins[0])}", o.span)
         return tuple(d for d, _ in o.get("out_dims"))
     if k == "dplr":
-        lam, p, q = ins
-        if not lam:
-            raise _err(g, "dplr(Lambda, P, Q): Lambda needs the state's last dim", o.span)
-        nd = lam[-1]
-        for name, m in (("P", p), ("Q", q)):
-            if len(m) < 2 or m[-2] != nd or m[-1] == nd:
-                raise _err(g, f"dplr(Lambda, P, Q): {name} has dims {fmt(m)}, expected [..., {nd}, R]", o.span,
-                           hint=f"declare it like {name}[{', '.join(list(lam[:-1]) + [nd, 'R'])}]")
-        lead = tuple(lam[:-1])
-        for m in (p, q):
-            lead = lead + tuple(d for d in m[:-2] if d not in lead)
-        return lead + (nd, nd)
+        return _dplr_shape(g, n, o, ins)
     if k in ("matmul", "solve"):
         return broadcast(g, ins[0], ins[1], o.span)
     if k == "matvec":
@@ -123,6 +113,53 @@ def shape_of(g: Graph, n: int) -> tuple[str, ...]:
     if k in ("dynamics", "recurrence"):
         return ()
     raise AssertionError(f"no shape rule for {k}")
+
+
+def dplr_parts(g: Graph, lam, p, q, n: int | None = None) -> tuple[str, bool, str | None]:
+    """How dplr(Lambda, P, Q) (node n) reads its operands' dims: (N, Lambda is a vector over N,
+    the rank dim or None for rank one). N is the last dim of the state whose transition it
+    is (the only state, or the one whose system reads n)."""
+    from ..ir.systems import state_nodes, system_nodes
+
+    states = state_nodes(g)
+    lasts = [g.op(s).get("dims")[-1][0] for s in states if g.op(s).get("dims")]
+    nd = lasts[0] if len(lasts) == 1 else None
+    if nd is None and n is not None:
+        for sysn, st in zip(system_nodes(g), states):
+            if g.op(st).get("dims") and g.operands(sysn) and g.operands(sysn)[0] == n:
+                nd = g.op(st).get("dims")[-1][0]
+    if nd is None:
+        nd = p[-1] if p and p[-1] in lasts else p[-2] if len(p) >= 2 else lam[-1] if lam else None
+    rank = p[-1] if p and p[-1] != nd else None
+    return nd, bool(lam) and lam[-1] == nd, rank
+
+
+def _dplr_shape(g: Graph, n: int, o, ins) -> tuple[str, ...]:
+    """dplr(Lambda, P, Q) (decision 6): Lambda [..., N] (a diagonal) or a scalar per some
+    leading dims (no N: Lambda times the identity); P, Q [..., N, R] or [..., N] (rank one).
+    The result is [..., N, N], N the state's last dim."""
+    lam, p, q = ins
+    nd, vector, rank = dplr_parts(g, lam, p, q, n)
+    if nd is None:
+        raise _err(g, "dplr(Lambda, P, Q): Lambda needs the state's last dim", o.span)
+    if nd in lam and not vector:
+        raise _err(g, f"dplr(Lambda, P, Q): Lambda has dims {fmt(lam)}, with {nd} not last", o.span,
+                   hint=f"Lambda[..., {nd}] for a diagonal, or Lambda without {nd} for a scalar per head")
+    if matrix_pair(lam):
+        raise _err(g, f"dplr(Lambda, P, Q): Lambda is a square matrix {fmt(lam)}", o.span,
+                   hint=f"Lambda is the diagonal [..., {nd}] or a scalar gate")
+    lead = tuple(lam[:-1]) if vector else tuple(lam)
+    for name, m in (("P", p), ("Q", q)):
+        one = bool(m) and m[-1] == nd and nd not in m[:-1]
+        full = len(m) >= 2 and m[-2] == nd and m[-1] != nd and nd not in m[:-2]
+        if not (one if rank is None else full and m[-1] == rank):
+            want = f"[..., {nd}]" if rank is None else f"[..., {nd}, {rank}]"
+            raise _err(g, f"dplr(Lambda, P, Q): {name} has dims {fmt(m)}, expected {want} "
+                          f"([..., {nd}] for rank one, [..., {nd}, R] for rank R, the same for P and Q)",
+                       o.span, hint=f"declare it like {name}[{', '.join(list(lead) + [nd, 'R'])}] or "
+                                    f"{name}[{', '.join(list(lead) + [nd])}]")
+        lead = lead + tuple(d for d in m[:(-1 if rank is None else -2)] if d not in lead)
+    return lead + (nd, nd)
 
 
 def annotate_shapes(g: Graph, nodes=None) -> None:

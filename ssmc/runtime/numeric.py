@@ -131,9 +131,17 @@ def matvec(m, v):
     return np.einsum("...ij,...j->...i", m, v)
 
 
-def dplr(lam, p, q):
-    """diag(lam) - P Q^* (Q^* the conjugate transpose over the rank axis)."""
-    n = lam.shape[-1]
+def dplr(lam, p, q, n=None, diagonal: bool = True, rank_one: bool = False):
+    """diag(lam) - P Q^* (Q^* the conjugate transpose over the rank axis; Q^T for real Q).
+
+    `diagonal=False`: lam has no N axis (a scalar times the identity); `rank_one=True`:
+    P and Q are [..., N] (no rank axis)."""
+    lam, p, q = np.asarray(lam), np.asarray(p), np.asarray(q)
+    if not diagonal:
+        lam = lam[..., None]
+    if rank_one:
+        p, q = p[..., None], q[..., None]
+    n = p.shape[-2] if n is None else n
     return lam[..., :, None] * np.eye(n) - np.einsum("...nr,...mr->...nm", p, np.conj(q))
 
 

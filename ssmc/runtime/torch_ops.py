@@ -148,11 +148,18 @@ def matvec(m, v):
     return (m @ v.unsqueeze(-1)).squeeze(-1)
 
 
-def dplr(lam, p, q):
+def dplr(lam, p, q, n=None, diagonal: bool = True, rank_one: bool = False):
+    """diag(lam) - P Q^* as a dense matrix (see numeric.dplr for the flags)."""
     # A real P or Q meets a complex Lambda (or the other way round): promoted to the common
-    # dtype, as einsum does not mix them.
+    # dtype, as einsum does not mix them. A number Lambda (dplr(1, ...)) becomes a tensor.
+    if not torch.is_tensor(lam):
+        lam = as_tensor(lam, torch.promote_types(p.dtype, q.dtype), p.device)
     lam, p, q = _common(lam, p, q)
-    n = lam.shape[-1]
+    if not diagonal:
+        lam = lam.unsqueeze(-1)
+    if rank_one:
+        p, q = p.unsqueeze(-1), q.unsqueeze(-1)
+    n = p.shape[-2] if n is None else n
     eye = torch.eye(n, dtype=lam.dtype, device=lam.device)
     return lam.unsqueeze(-1) * eye - torch.einsum("...nr,...mr->...nm", p, q.conj())
 
