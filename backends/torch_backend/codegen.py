@@ -220,7 +220,8 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
     w = L.append
     L.extend(init_methods(g))
     # The SSD form reads its log-decay, which choose_algorithm may have added beside Abar.
-    static, token, after = split_body(g, roots=(meta["ssd"]["z"],) if meta.get("ssd") else ())
+    form = meta.get("ssd") or meta.get("delta")
+    static, token, after = split_body(g, roots=(form["z"],) if form else ())
     pre, loop, exits, post = split_loop(g, pr, token + after)
     xdtype = "rt.torch_module.complex_of(_dt)" if meta["state_complex"] else "_dt"
     first = g.op(meta["inputs"][0]).get("name")
@@ -234,13 +235,20 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         L.extend(_fft_branch(g, pr, abar, ebar, out_node))
     rule = sys_op.get("rule")
     ssd = meta.get("ssd")
+    delta = meta.get("delta")
     state_node = meta["state"]
     # What reads the state, found once (the ancestors of every node are quadratic in long chains).
     reads_state = g.descendants(state_node)
+    feeds = set()
     if ssd:
-        # The SSD form computes the readout's sum(C * x, N) itself; the discretized Abar
-        # and Ebar, the product C * x and the per-token states are never made.
         feeds = {ssd["z"], ssd["c"], *ssd["xside"], *ssd["bside"]}
+    elif delta:
+        feeds = {delta["z"], delta["p"], delta["q"], delta["c"], *delta["xside"], *delta["kside"]}
+    if form:
+        # The SSD and delta-rule forms compute the readout's sum(C * x, N) themselves; the
+        # discretized Abar and Ebar (for the delta rule, the per-token N x N matrices), the
+        # product C * x and the per-token states are never made.
+        ssd = form
         wanted = set(feeds)
         for f in feeds:
             wanted |= g.ancestors(f)
@@ -257,7 +265,10 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         w("        # per-token values over the whole sequence")
         for n in pre:
             w(f"        {pr.line(n)}")
-    if ssd:
+    if delta:
+        w(f"        # the recurrence ({(rule + ', ') if rule else ''}{structure}) in the chunked delta-rule form, "
+          "a chunk of tokens at a time")
+    elif ssd:
         w(f"        # the recurrence ({(rule + ', ') if rule else ''}{structure}) in the SSD form, a chunk of tokens at a time")
     else:
         w(f"        # the recurrence ({(rule + ', ') if rule else ''}{structure}) and everything of the state's size,")
@@ -268,7 +279,7 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
     # Per-token values made before the loop and read inside it: this chunk's slice.
     inside = set(loop) | ({ssd["readout"]} if ssd else set())
     reads = {i for n in loop for i in g.operands(n)}
-    reads |= ({ssd["z"], ssd["c"], *ssd["xside"], *ssd["bside"]} if ssd
+    reads |= (feeds if ssd
               else {ebar} | ({abar} if g.fact(abar, "time") == "token" else set()))
     needed = sorted({i for i in reads if i not in inside and g.fact(i, "time") == "token"
                      and g.op(i).kind != "state"}, key=pr.num.get)
@@ -291,7 +302,22 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         first_pass = [n for n in loop if n not in reads_state]
     for n in first_pass:
         w(f"            {_chunk_line(pr, n)}")
-    if ssd:
+    if delta:
+        def factors(nodes):
+            return "[" + ", ".join(f"({pr.tensor(f)}, {pr.lay(f)!r})" for f in nodes) + "]"
+        sign = "-" if delta["sign"] < 0 else ""
+        w(f"            _X, _xd = ops.product({factors(delta['xside'])})")
+        w(f"            _K, _kd = ops.product({factors(delta['kside'])})")
+        y = delta["readout"]
+        yd = pr.canonical(tuple(g.fact(y, "dims")))
+        pr.layout[y] = yd
+        z = delta["z"]
+        zv = pr.tensor(z)
+        args = ", ".join(f"{pr.tensor(n)}, {pr.lay(n)!r}" for n in (delta["p"], delta["q"]))
+        w(f"            {pr.var(y)}, _x = ops.delta_chunk({zv}, {pr.lay(z)!r}, {args}, {sign}_X, _xd, _K, _kd, "
+          f"{pr.tensor(delta['c'])}, {pr.lay(delta['c'])!r}, _x, {sdims!r}, {delta['rank']!r}, {yd!r}, "
+          f"self.delta_block)  # [B, T, " + ", ".join(yd) + "]")
+    elif ssd:
         # The SSD form reads tensors: a factor or a C that is a number (`C = N ** -0.5`) becomes one.
         def factors(nodes):
             return "[" + ", ".join(f"({pr.tensor(f)}, {pr.lay(f)!r})" for f in nodes) + "]"

@@ -4,6 +4,8 @@
         K_k[P, Y', U'] = sum_S' W[P, Y', S'] Abar[P, S']^k c[P, S', U'] computed once, applied by FFT
         (for dense, DPLR and block-diagonal A, matrix powers of Abar over the state's last dim)
   selective, decay free of the readout's N    -> "ssd"        (Mamba-2's chunked matmul form)
+  selective, real dplr(Lambda, P, Q) with a    -> "delta_chunked" (DeltaNet's chunked WY form)
+        scalar Lambda, low-rank P, Q, E = X * K and readout sum(C * x, N)
   selective (or LTI outside the kernel form)  -> "chunked_scan" / "chunked_matrix_scan"
   a readout of prev(x) (the state before the update)  -> "chunked_scan" / "chunked_matrix_scan"
   a `global` scan (outputs read x_L)          -> "chunked_scan" / "chunked_matrix_scan" (state first)
@@ -29,14 +31,15 @@ Guarantees afterwards: meta["algorithm"] = {"name", "reason"}; for "fft_conv" al
 meta["lti_kernel"] = {"P", "S", "U", "Y"} (tuples of dim names) and "matrix"; for "ssd" also
 meta["ssd"] = {"z" (log-decay: Abar = exp(z)), "n" (the readout's summed dim N), "xside",
 "bside" (factors of Ebar without / with N), "sign", "c", "product" (C * x), "readout" (its
-sum over N)}. Nodes the pass adds (the log-decay) are read only by the fast backends.
+sum over N)}; for "delta_chunked" meta["delta"] = {"z" (log of Lambda), "p", "q", "rank" (the rank
+dim or None), "n", "xside", "kside", "sign", "c", "product", "readout"}. Nodes the pass adds (the log-decay) are read only by the fast backends.
 """
 from __future__ import annotations
 
 import math
 
 from ..ir.graph import Graph, op
-from .shapes import annotate_shapes
+from .shapes import annotate_shapes, dplr_parts
 from .time import annotate_time
 
 _KERNEL_OPS = ("add", "sub", "mul", "div", "neg", "sum", "mean", "re", "im", "conj", "const", "dim", "param",
@@ -280,6 +283,66 @@ def _ssd_form(g: Graph) -> tuple[dict | None, str]:
                 readout=musers[0][0]), ""
 
 
+def _readout(g: Graph):
+    """(the product C * x, its sum over N, C, N) where the state is read only as sum(C * x, N)."""
+    state = g.meta["state"]
+    users = g.users(state)
+    if len(users) != 1 or g.op(users[0][0]).kind != "mul":
+        return None
+    m = users[0][0]
+    musers = g.users(m)
+    if len(musers) != 1 or g.op(musers[0][0]).kind != "sum" or len(g.op(musers[0][0]).get("dims")) != 1:
+        return None
+    c = [i for i in g.operands(m) if i != state]
+    if len(c) != 1 or g.op(c[0]).kind in ("const", "dim"):
+        return None
+    return m, musers[0][0], c[0], g.op(musers[0][0]).get("dims")[0][0]
+
+
+def _delta_form(g: Graph) -> tuple[dict | None, str]:
+    """The chunked delta-rule form (DeltaNet, Gated DeltaNet, Longhorn): a real state
+    x[..., N] with the transition dplr(Lambda, P, Q) = Lambda I - P Q^T per token, Lambda a
+    positive scalar per head (no N; a number such as 1, a sigmoid, an exp), P and Q rank one
+    ([..., N]) or of a small rank R, the input term a product X * K of factors without N
+    (X, the "value side") and with N (K), and the readout sum(C * x, N), N the state's
+    last dim. Rows of the state (the dims other than N) evolve independently:
+      x_t = Lambda_t x_{t-1} - (x_{t-1} Q_t) P_t^T + X_t K_t^T,
+    which runtime/torch_ops.delta_chunk evaluates with matmuls per chunk of tokens
+    (the WY / UT-transform representation). Returns a plan like _ssd_form's."""
+    meta = g.meta
+    sysn = meta["system"]
+    abar, ebar = g.operands(sysn)
+    sdims = tuple(meta["state_dims"])
+    nd = sdims[-1]
+    if g.op(abar).kind != "dplr":
+        return None, "the state matrix is not written dplr(Lambda, P, Q) in the recurrence (it is discretized)"
+    if meta["state_complex"]:
+        return None, "the state is complex (the delta-rule form is for a real state)"
+    lam, p, q = g.operands(abar)
+    _, vector, rank = dplr_parts(g, g.fact(lam, "dims"), g.fact(p, "dims"), g.fact(q, "dims"))
+    if vector:
+        return None, f"Lambda varies along {nd} (the delta-rule form needs a scalar Lambda per head)"
+    if any(g.fact(i, "complex") for i in (lam, p, q)):
+        return None, "the state matrix is complex"
+    plan = _log_plan(g, lam)
+    if plan is None:
+        return None, ("Lambda is not known to be positive (write it as 1, exp(...), sigmoid(...) or a positive "
+                      "constant to get its logarithm)")
+    r = _readout(g)
+    if r is None or r[3] != nd:
+        return None, f"the readout does not read the state as sum(C * x, {nd}), {nd} the state's last dim"
+    product, readout, c, _ = r
+    leaves, sign = _mul_leaves(g, ebar)
+    kside = [f for f in leaves if nd in g.fact(f, "dims")]
+    xside = [f for f in leaves if nd not in g.fact(f, "dims")]
+    if not kside or any(g.op(f).kind in ("const", "dim") for f in kside):
+        return None, f"the input term has no factor over {nd}"
+    if not xside:
+        return None, f"the input term has no factor without {nd}"
+    return dict(z=plan, p=p, q=q, rank=rank, n=nd, xside=xside, kside=kside, sign=sign, c=c, product=product,
+                readout=readout), ""
+
+
 def choose_algorithm(g: Graph) -> Graph:
     """Record the algorithm the system admits, with the reason."""
     g = g.copy()
@@ -339,6 +402,27 @@ def choose_algorithm(g: Graph) -> Graph:
             name = "chunked_scan"
             reason = (f"selective ({', '.join(per_token) or 'readout'} per-token) with a {structure} state matrix: "
                       f"{chunked}; SSD not chosen: {why}")
+    elif structure == "dplr":
+        form, why = _delta_form(g)
+        if form is not None:
+            name = "delta_chunked"
+            new = []
+            lam = g.operands(g.operands(g.meta["system"])[0])[0]
+            form["z"] = _build(g, form["z"], g.op(lam).span, new)
+            annotate_shapes(g, new)
+            annotate_time(g, new)
+            rank = f"rank {form['rank']}" if form["rank"] else "rank-one"
+            reason = (f"selective ({', '.join(per_token)} per-token) with a real dplr state matrix "
+                      f"Lambda I - P Q^T, Lambda a scalar per head and {rank} P, Q: the chunked delta-rule form "
+                      "(DeltaNet / Gated DeltaNet): within a chunk, a unit lower-triangular solve built from "
+                      "Q P^T (the WY / UT transform) and masked matmuls of the cumulative log-decays give the "
+                      "outputs; across chunks, the state carried by one matrix product per chunk; "
+                      "the per-token N x N matrices are never made")
+            g.meta["delta"] = form
+        else:
+            name = "chunked_matrix_scan"
+            reason = (f"selective ({', '.join(per_token)} per-token) with a dplr state matrix: {chunked}, "
+                      f"with matrix products; delta-rule form not chosen: {why}")
     else:
         name = "chunked_matrix_scan"
         reason = (f"selective ({', '.join(per_token)} per-token) with a {structure} state matrix: {chunked}, "

@@ -85,6 +85,9 @@ class TorchModule(ReferenceModule):
     #: tokens per block of the SSD form: its masked matmuls are block x block.
     ssd_block = 64
 
+    #: tokens per block of the chunked delta rule: its triangular solve is block x block.
+    delta_block = 64
+
     def _ssd_chunk(self, length: int) -> int:
         """Tokens per pass of the SSD form: many blocks at once, bounded memory."""
         return int(self.chunk_size) if self.chunk_size else 4096

@@ -549,3 +549,127 @@ def as_tensor(v, dtype, device):
 def real_view(t):
     """A complex tensor as its real view [..., 2] (for kernels that keep pairs of real registers)."""
     return torch.view_as_real(t.resolve_conj().contiguous())
+
+
+def delta_chunk(z, zd, P, pd, Q, qd, X, xd, K, kd, Cf, cd, x0, sd, rank, yd, block: int = 64):
+    """The chunked delta rule over named dims, for a stretch of tokens.
+
+    The recurrence, for a real state x [b, *sd] whose last dim N carries the matrix:
+        x_t = exp(z_t) x_{t-1} - (x_{t-1} Q_t) P_t^T + X_t K_t^T,       y_t = x_t C_t
+    i.e. x_t = A_t x_{t-1} + X_t K_t^T with A_t = dplr(exp(z_t), P_t, Q_t) = exp(z_t) I - P_t Q_t^T
+    acting on N (DeltaNet: z = 0, P = beta k, Q = k, X = beta v, K = k). The dims of z, P, Q,
+    K and C other than N (and the rank) are the heads G; the other state dims V are rows
+    that evolve independently (the value dim). z [b, T, *zd] (or static), P, Q [b, T, *pd]
+    with N last, or N then the rank dim `rank`; X [b, T, *xd] (no N), K, C [b, T, *kd / cd].
+    Returns y [b, T, *yd] (yd: the state's dims without N) and the leaving state [b, *sd].
+
+    Within a block of l tokens entering with state S0, write w_t = x_{t-1} Q_t (one vector
+    over V per rank index) and Lc the cumulative log-decay in the block. Unrolling,
+        x_t = exp(Lc_t) S0 + sum_{i<=t} exp(Lc_t - Lc_i) (X_i K_i^T - w_i P_i^T),
+    so the w of the whole block solve one unit lower-triangular system
+        w_t + sum_{i<t} e^{Lc_{t-1}-Lc_i} (Q_t.P_i) w_i = e^{Lc_{t-1}} S0 Q_t + sum_{i<t} e^{Lc_{t-1}-Lc_i} (Q_t.K_i) X_i
+    (the UT transform of DeltaNet's WY representation, here for any P, Q, K and rank). Its
+    solution is w = Wx + Uq S0^T with Wx and Uq free of S0, which gives every block's
+    outputs y = Yx + Cq S0^T and its state map x_end = S0 Ablk + Sx by batched matmuls; only
+    the chain S0 -> x_end over blocks is sequential (one N x N product per block). Every
+    exponent is a sum of the block's own log-decays (<= 0 where decays are <= 1).
+    One token alone (step()) runs the plain recurrence.
+    """
+    b = x0.shape[0]
+    n = sd[-1]
+    sizes = dict(zip(sd, x0.shape[1:]))
+    if rank is not None:
+        sizes[rank] = P.shape[P.dim() - len(pd) + list(pd).index(rank)]
+    G = tuple(d for d in sd[:-1] if any(d in ds for ds in (zd, pd, qd, kd, cd)))
+    V = tuple(d for d in sd[:-1] if d not in G)
+    T = max(t.shape[1] for t, ds in ((z, zd), (P, pd), (Q, qd), (X, xd), (K, kd), (Cf, cd))
+            if torch.is_tensor(t) and t.dim() > len(ds))
+    dtype = x0.dtype
+    for t in (z, P, Q, X, K, Cf):
+        if torch.is_tensor(t):
+            dtype = torch.promote_types(dtype, t.dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32   # accumulate in float32
+    ng = math.prod(sizes[d] for d in G)
+    nv = math.prod(sizes[d] for d in V)
+    nn = sizes[n]
+
+    def full(t, ds, target):
+        if not torch.is_tensor(t):
+            t = torch.tensor(t, dtype=torch.float64, device=x0.device)
+        t = t.to(dtype)
+        if t.dim() == len(ds):
+            t = t.reshape((1, 1) + t.shape)
+        t = align(t, tuple(ds), target)
+        return t.expand((b, T) + tuple(sizes[d] for d in target))
+
+    pq = G + (n, rank) if rank is not None else G + (n,)
+    z = full(z, zd, G).reshape(b, T, ng)
+    P = full(P, pd, pq).reshape(b, T, ng, nn, -1)
+    Q = full(Q, qd, pq).reshape(b, T, ng, nn, -1)
+    X = full(X, xd, G + V).reshape(b, T, ng, nv)
+    K = full(K, kd, G + (n,)).reshape(b, T, ng, nn)
+    Cf = full(Cf, cd, G + (n,)).reshape(b, T, ng, nn)
+    S = align(x0.to(dtype), sd, G + V + (n,)).reshape(b, ng, nv, nn)
+    R = P.shape[-1]
+
+    def out(y, S):
+        y = y.reshape((b, T) + tuple(sizes[d] for d in G + V))
+        S = S.reshape((b,) + tuple(sizes[d] for d in G + V + (n,)))
+        return align(y, G + V, tuple(yd)), align(S, G + V + (n,), tuple(sd))
+
+    if T == 1:
+        # One token: the recurrence itself.
+        w = torch.einsum("bgvn,bgnr->bgvr", S, Q[:, 0])
+        S = (torch.exp(z[:, 0])[..., None, None] * S - torch.einsum("bgvr,bgnr->bgvn", w, P[:, 0])
+             + X[:, 0, :, :, None] * K[:, 0, :, None, :])
+        y = torch.einsum("bgvn,bgn->bgv", S, Cf[:, 0])
+        return out(y[:, None], S)
+    l = min(block, T)
+    nb = -(-T // l)
+    pad = nb * l - T
+
+    def blocks(t):
+        # Zero padding at the end: decay 1, no transition, no input, no output; cut off afterwards.
+        if pad:
+            t = torch.cat([t, t.new_zeros((b, pad) + t.shape[2:])], dim=1)
+        return t.reshape((b, nb, l) + t.shape[2:])
+
+    z, P, Q, X, K, Cf = (blocks(t) for t in (z, P, Q, X, K, Cf))
+    Lc = torch.cumsum(z, dim=2)                                                     # [b, K, l, g]
+    seg = _segsum(z.movedim(2, -1))                                                 # [b, K, g, t, s]
+    causal = torch.ones(l, l, dtype=torch.bool, device=z.device).tril()
+    zero = torch.zeros((), dtype=dtype, device=z.device)
+    Dinc = torch.where(causal, torch.exp(seg), zero)                                # e^{Lc_t - Lc_s}, s <= t
+    Dprev = torch.cat([torch.zeros_like(Dinc[..., :1, :]), Dinc[..., :-1, :]], dim=-2)  # e^{Lc_{t-1} - Lc_s}, s < t
+    # The triangular system over (token, rank) pairs.
+    M = torch.einsum("BKtgnr,BKsgnq->BKgtrsq", Q, P) * Dprev[..., :, None, :, None]
+    M = M.reshape(b, nb, ng, l * R, l * R)
+    eye = torch.eye(l * R, dtype=dtype, device=z.device)
+    QK = torch.einsum("BKtgnr,BKsgn->BKgtrs", Q, K) * Dprev[..., :, None, :]
+    rhs_x = torch.einsum("BKgtrs,BKsgv->BKgtrv", QK, X).reshape(b, nb, ng, l * R, nv)
+    prev = torch.exp(Lc - z).movedim(2, -1)                                         # e^{Lc_{t-1}}: [b, K, g, t]
+    rhs_s = (prev[..., None, None] * Q.permute(0, 1, 3, 2, 5, 4)).reshape(b, nb, ng, l * R, nn)
+    sol = torch.linalg.solve_triangular(eye + M, torch.cat([rhs_x, rhs_s], dim=-1), upper=False,
+                                        unitriangular=True)
+    Wx, Uq = sol[..., :nv], sol[..., nv:]                                           # [b, K, g, lR, v / N]
+    # Outputs: y_t = e^{Lc_t} C_t S0 + sum_{i<=t} e^{Lc_t-Lc_i} ((C_t.K_i) X_i - (C_t.P_i) w_i).
+    CK = torch.einsum("BKtgn,BKsgn->BKgts", Cf, K) * Dinc
+    CP = (torch.einsum("BKtgn,BKsgnr->BKgtsr", Cf, P) * Dinc[..., None]).reshape(b, nb, ng, l, l * R)
+    Yx = torch.einsum("BKgts,BKsgv->BKgtv", CK, X) - CP @ Wx                        # [b, K, g, l, v]
+    Cq = torch.exp(Lc).movedim(2, -1)[..., None] * Cf.movedim(2, 3) - CP @ Uq       # [b, K, g, l, N]
+    # The block's state map: x_end = S0 Ablk + Sx.
+    d = Dinc[..., -1, :]                                                            # e^{Lc_l - Lc_s}: [b, K, g, s]
+    Wr = Wx.reshape(b, nb, ng, l, R, nv)
+    Ur = Uq.reshape(b, nb, ng, l, R, nn)
+    Sx = (torch.einsum("BKgs,BKsgv,BKsgn->BKgvn", d, X, K)
+          - torch.einsum("BKgs,BKgsrv,BKsgnr->BKgvn", d, Wr, P))
+    Ablk = (torch.exp(Lc[:, :, -1])[..., None, None] * torch.eye(nn, dtype=dtype, device=z.device)
+            - torch.einsum("BKgsrn,BKgs,BKsgmr->BKgnm", Ur, d, P))
+    entering = []
+    for k in range(nb):
+        entering.append(S)
+        S = S @ Ablk[:, k] + Sx[:, k]
+    y = Yx + torch.einsum("BKgtn,BKgvn->BKgtv", Cq, torch.stack(entering, dim=1))
+    y = y.movedim(3, 2).reshape(b, nb * l, ng, nv)[:, :T]
+    return out(y, S)

@@ -578,12 +578,19 @@ class Run:
             return "elementwise", self.to_state(self.ev(expr, t), spec=s)
         if kind == "dplr":
             lam, P, Q = (self.ev(a, t) for a in expr.args)
-            (r,) = [d for d in P.dims if d not in sd]
+            # A Lambda without N is the same on the whole diagonal (Lambda times the identity):
+            # broadcast over the state's dims, it is. P and Q without a rank dim are rank one.
+            extra = [d for d in P.dims if d not in sd]
             lam_a = self.to_state(lam, spec=s)
-            P_a = self.to_state(P, sd + (r,))
             # Q's N is the column index of A
             Qc = V(Q.a, tuple(s.last + COL if d == s.last else d for d in Q.dims))
-            Q_a = self.to_state(Qc, sd[:-1] + (s.last + COL, r))
+            if extra:
+                (r,) = extra
+                P_a = self.to_state(P, sd + (r,))
+                Q_a = self.to_state(Qc, sd[:-1] + (s.last + COL, r))
+            else:
+                P_a = self.to_state(P, spec=s)[..., None]
+                Q_a = self.to_state(Qc, sd[:-1] + (s.last + COL,))[..., None]
             A = -np.einsum("...nr,...kr->...nk", P_a, np.conj(Q_a))
             n = self.sizes[s.last]
             A = A + lam_a[..., :, None] * np.eye(n)
