@@ -551,6 +551,32 @@ def real_view(t):
     return torch.view_as_real(t.resolve_conj().contiguous())
 
 
+def unit_lower_inverse(M):
+    """(I + M)^-1 for strictly lower-triangular M [..., n, n], by block elimination with
+    matmuls: the inverses of the diagonal blocks of size s give those of size 2s,
+        [[A, 0], [C, D]]^-1 = [[A^-1, 0], [-D^-1 C A^-1, D^-1]],
+    log2(n) levels (n padded to a power of two with identity). Batched triangular solves are
+    slow on the CPU for many small matrices; this is the same elimination as matmuls."""
+    n = M.shape[-1]
+    p = 1 << max(n - 1, 0).bit_length()
+    if p != n:
+        M = F.pad(M, (0, p - n, 0, p - n))
+    lead = M.shape[:-2]
+    T = torch.ones(lead + (p, 1, 1), dtype=M.dtype, device=M.device)              # p blocks of size 1
+    s = 1
+    while s < p:
+        nb = p // (2 * s)
+        # The diagonal blocks of size 2s of M, [..., nb, 2s, 2s]; C their lower-left s x s parts.
+        blocks = torch.diagonal(M.reshape(lead + (nb, 2 * s, nb, 2 * s)), dim1=-4, dim2=-2).movedim(-1, -3)
+        C = blocks[..., s:, :s]
+        Ta, Td = T[..., 0::2, :, :], T[..., 1::2, :, :]
+        low = -(Td @ C @ Ta)
+        top = torch.cat([Ta, torch.zeros_like(Ta)], dim=-1)
+        T = torch.cat([top, torch.cat([low, Td], dim=-1)], dim=-2)                 # [..., nb, 2s, 2s]
+        s *= 2
+    return T.reshape(lead + (p, p))[..., :n, :n]
+
+
 def delta_chunk(z, zd, P, pd, Q, qd, X, xd, K, kd, Cf, cd, x0, sd, rank, yd, block: int = 64):
     """The chunked delta rule over named dims, for a stretch of tokens.
 
@@ -645,14 +671,12 @@ def delta_chunk(z, zd, P, pd, Q, qd, X, xd, K, kd, Cf, cd, x0, sd, rank, yd, blo
     # The triangular system over (token, rank) pairs.
     M = torch.einsum("BKtgnr,BKsgnq->BKgtrsq", Q, P) * Dprev[..., :, None, :, None]
     M = M.reshape(b, nb, ng, l * R, l * R)
-    eye = torch.eye(l * R, dtype=dtype, device=z.device)
     QK = torch.einsum("BKtgnr,BKsgn->BKgtrs", Q, K) * Dprev[..., :, None, :]
     rhs_x = torch.einsum("BKgtrs,BKsgv->BKgtrv", QK, X).reshape(b, nb, ng, l * R, nv)
     prev = torch.exp(Lc - z).movedim(2, -1)                                         # e^{Lc_{t-1}}: [b, K, g, t]
     rhs_s = (prev[..., None, None] * Q.permute(0, 1, 3, 2, 5, 4)).reshape(b, nb, ng, l * R, nn)
-    sol = torch.linalg.solve_triangular(eye + M, torch.cat([rhs_x, rhs_s], dim=-1), upper=False,
-                                        unitriangular=True)
-    Wx, Uq = sol[..., :nv], sol[..., nv:]                                           # [b, K, g, lR, v / N]
+    Tinv = unit_lower_inverse(M)                                                    # (I + M)^-1
+    Wx, Uq = Tinv @ rhs_x, Tinv @ rhs_s                                             # [b, K, g, lR, v / N]
     # Outputs: y_t = e^{Lc_t} C_t S0 + sum_{i<=t} e^{Lc_t-Lc_i} ((C_t.K_i) X_i - (C_t.P_i) w_i).
     CK = torch.einsum("BKtgn,BKsgn->BKgts", Cf, K) * Dinc
     CP = (torch.einsum("BKtgn,BKsgnr->BKgtsr", Cf, P) * Dinc[..., None]).reshape(b, nb, ng, l, l * R)
