@@ -4,7 +4,8 @@ declared structure.
   diagonal        A broadcasts to the state's dims          A[H, N] with x[H, N]
   scalar          A has some leading dims of the state      A[Hd] with x[Hd, P, N]
   dense           A is [..., N, N], N the state's last dim   A[N, N] with x[H, N]
-  dplr            A = dplr(Lambda, P, Q)                     Lambda[H, N], P[H, N, R]
+  dplr            A = dplr(Lambda, P, Q)                     Lambda[H, N], P[H, N, R];
+                                                             or Lambda[H] / a number, P[H, N] (rank one)
   block_diagonal  like dense, N divisible by the block count
 
 The input term's dims and the step's dims must be among the state's dims; a complex
@@ -57,13 +58,19 @@ def check_structure(g: Graph) -> Graph:
                           f"(not {last}), but '{name}' has {fmt(adims)}", aspan,
                        hint=f"e.g. {name}[{sdims[0]}]" if len(sdims) > 1 else "use `: diagonal`")
     else:
+        # `1 - beta * k * k` over [..., N] is elementwise (a diagonal), not I - beta k k^T: a
+        # vector times a vector over N never makes a matrix (decision 4), so say how to write one.
+        rank_one = (f"; for an identity plus rank one such as the delta rule's I - beta k k^T, write "
+                    f"{name} = dplr(1, beta * k, k) : dplr") if not pair and last in adims else ""
         if pair != last or any(d not in sdims[:-1] for d in adims[:-2]):
             raise _err(g, f"a {structure} state matrix has dims [..., {last}, {last}] over the state "
                           f"{fmt(sdims)}, but '{name}' has {fmt(adims)}", aspan,
-                       hint=f"declare it like M[{last}, {last}]" if structure != "dplr" else
-                       f"A = dplr(Lambda, P, Q) with Lambda[..., {last}] and P, Q [..., {last}, R]")
+                       hint=(f"declare it like M[{last}, {last}]" if structure != "dplr" else
+                             f"A = dplr(Lambda, P, Q) with Lambda[..., {last}] or a scalar, and P, Q [..., {last}] "
+                             f"or [..., {last}, R]") + rank_one)
         if structure == "dplr" and g.op(a).kind != "dplr":
-            raise _err(g, f"a dplr state matrix is written {name} = dplr(Lambda, P, Q) : dplr", aspan)
+            raise _err(g, f"a dplr state matrix is written {name} = dplr(Lambda, P, Q) : dplr", aspan,
+                       hint=f"e.g. the delta rule's I - beta k k^T is dplr(1, beta * k, k)")
         if structure == "block_diagonal":
             blocks = info["blocks"]
             k = blocks if isinstance(blocks, int) else dict((d, v) for d, _, v in meta["dims"])[blocks]

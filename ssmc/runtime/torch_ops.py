@@ -690,10 +690,15 @@ def delta_chunk(z, zd, P, pd, Q, qd, X, xd, K, kd, Cf, cd, x0, sd, rank, yd, blo
           - torch.einsum("BKgs,BKgsrv,BKsgnr->BKgvn", d, Wr, P))
     Ablk = (torch.exp(Lc[:, :, -1])[..., None, None] * torch.eye(nn, dtype=dtype, device=z.device)
             - torch.einsum("BKgsrn,BKgs,BKsgmr->BKgnm", Ur, d, P))
+    # (unbind once: indexing one block at a time would cost a full-size gradient per block)
     entering = []
-    for k in range(nb):
+    Ablk = Ablk.movedim(1, 0).reshape(nb, b * ng, nn, nn)
+    Sx = Sx.movedim(1, 0).reshape(nb, b * ng, nv, nn)
+    S = S.reshape(b * ng, nv, nn)
+    for a_k, s_k in zip(Ablk.unbind(0), Sx.unbind(0)):
         entering.append(S)
-        S = S @ Ablk[:, k] + Sx[:, k]
-    y = Yx + torch.einsum("BKgtn,BKgvn->BKgtv", Cq, torch.stack(entering, dim=1))
+        S = torch.baddbmm(s_k, S, a_k)
+    S = S.reshape(b, ng, nv, nn)
+    y = Yx + torch.einsum("BKgtn,BKgvn->BKgtv", Cq, torch.stack(entering).reshape(nb, b, ng, nv, nn).movedim(0, 1))
     y = y.movedim(3, 2).reshape(b, nb * l, ng, nv)[:, :T]
     return out(y, S)
