@@ -36,6 +36,9 @@ __all__ = [
     "mamba",
     "mamba2",
     "bidirectional",
+    "deltanet",
+    "gated_deltanet",
+    "longhorn",
     "rglru",
     "gla",
     "retnet",
@@ -538,6 +541,107 @@ def gsa(P, u, x0=None, reverse=False):
                 w = w / w.sum()
                 y[b, t, h] = V[b, h].T @ w
     return y, (K, V)
+
+
+# ----------------------------------------------------------------------------
+# the delta rule: DeltaNet, Gated DeltaNet, Longhorn
+# ----------------------------------------------------------------------------
+
+def _per_head(P, name, uf, Bsz, H):
+    """linear(u, H, D): the flattened (H, D) features, split per head."""
+    out = _linear(P, name, uf)
+    return out.reshape(Bsz, H, -1)
+
+
+def deltanet(P, u, x0=None, reverse=False):
+    """DeltaNet (Schlag et al. 2021; Yang et al. 2024), the delta rule as an error correction
+    of the fast weights S (one Dv x Dk matrix per head):
+
+        k_t = W_k u_t / ||W_k u_t||  per head,   q_t = Dk^-1/2 W_q u_t,   v_t = W_v u_t
+        beta_t = sigmoid(W_beta u_t)              (H,)
+        S_t = S_{t-1} + beta_t (v_t - S_{t-1} k_t) k_t^T
+        o_t = S_t q_t                             (H, Dv)
+
+    u (B, L, D); the state (B, H, Dv, Dk)."""
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, _ = u.shape
+    H = P["beta_proj"].shape[0]
+    Dk = P["kr_proj"].shape[0] // H
+    Dv = P["v_proj"].shape[0] // H
+    S = _zeros_state(x0, (Bsz, H, Dv, Dk), np.float64).copy()
+    o = np.zeros((Bsz, L, H, Dv))
+    for t in _times(L, reverse):
+        uf = u[:, t]
+        kr = _per_head(P, "kr_proj", uf, Bsz, H)
+        k = kr / np.sqrt(np.sum(kr * kr, axis=-1, keepdims=True))
+        q = _per_head(P, "q_proj", uf, Bsz, H) / math.sqrt(Dk)
+        v = _per_head(P, "v_proj", uf, Bsz, H)
+        beta = _sigmoid(_linear(P, "beta_proj", uf))            # (B, H)
+        for b in range(Bsz):
+            for h in range(H):
+                err = v[b, h] - S[b, h] @ k[b, h]                # what the memory gets wrong
+                S[b, h] = S[b, h] + beta[b, h] * np.outer(err, k[b, h])
+                o[b, t, h] = S[b, h] @ q[b, h]
+    return o, S
+
+
+def gated_deltanet(P, u, x0=None, reverse=False):
+    """Gated DeltaNet (Yang, Kautz & Hatamizadeh 2025), eq. (10) of the paper:
+
+        S_t = S_{t-1} (alpha_t (I - beta_t k_t k_t^T)) + beta_t v_t k_t^T,   o_t = S_t q_t
+        alpha_t = exp(-exp(A_log) * softplus(W_a u_t + dt_bias))   (H,), Mamba-2's gate
+
+    with k, q, v, beta as in DeltaNet."""
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, _ = u.shape
+    H = P["beta_proj"].shape[0]
+    Dk = P["kr_proj"].shape[0] // H
+    Dv = P["v_proj"].shape[0] // H
+    S = _zeros_state(x0, (Bsz, H, Dv, Dk), np.float64).copy()
+    o = np.zeros((Bsz, L, H, Dv))
+    for t in _times(L, reverse):
+        uf = u[:, t]
+        kr = _per_head(P, "kr_proj", uf, Bsz, H)
+        k = kr / np.sqrt(np.sum(kr * kr, axis=-1, keepdims=True))
+        q = _per_head(P, "q_proj", uf, Bsz, H) / math.sqrt(Dk)
+        v = _per_head(P, "v_proj", uf, Bsz, H)
+        beta = _sigmoid(_linear(P, "beta_proj", uf))
+        alpha = np.exp(-np.exp(P["A_log"]) * softplus(_linear(P, "alpha_proj", uf) + P["dt_bias"]))
+        for b in range(Bsz):
+            for h in range(H):
+                kk = k[b, h]
+                A = alpha[b, h] * (np.eye(Dk) - beta[b, h] * np.outer(kk, kk))
+                S[b, h] = S[b, h] @ A + beta[b, h] * np.outer(v[b, h], kk)
+                o[b, t, h] = S[b, h] @ q[b, h]
+    return o, S
+
+
+def longhorn(P, u, x0=None, reverse=False):
+    """Longhorn (Liu et al. 2025): per channel d, the implicit (closed-form) solution of the
+    online regression  min_s ||s - S_{t-1}[d]||^2 + beta_t[d] (s . k_t - u_t[d])^2 :
+
+        eps_t = beta_t / (1 + beta_t k_t^T k_t)          (D,)
+        S_t[d] = S_{t-1}[d] - eps_t[d] (S_{t-1}[d] . k_t - u_t[d]) k_t
+        y_t = S_t q_t                                     (D,)
+
+    with k_t = W_k u_t, q_t = W_q u_t (N,), beta_t = sigmoid(W_beta u_t) (D,)."""
+    u = np.asarray(u, dtype=np.float64)
+    Bsz, L, D = u.shape
+    N = P["k_proj"].shape[0]
+    S = _zeros_state(x0, (Bsz, D, N), np.float64).copy()
+    y = np.zeros((Bsz, L, D))
+    for t in _times(L, reverse):
+        ut = u[:, t]
+        k = _linear(P, "k_proj", ut)
+        q = _linear(P, "q_proj", ut)
+        beta = _sigmoid(_linear(P, "beta_proj", ut))
+        for b in range(Bsz):
+            eps = beta[b] / (1.0 + beta[b] * (k[b] @ k[b]))
+            for d in range(D):
+                pred = S[b, d] @ k[b]
+                S[b, d] = S[b, d] - eps[d] * (pred - ut[b, d]) * k[b]
+            y[b, t] = S[b] @ q[b]
+    return y, S
 
 
 # ----------------------------------------------------------------------------
