@@ -33,7 +33,8 @@ likewise for mutants.
 `merge:*`, `params:*`, `sharing:*` (a tensor's own direction sharing, decision 19:
 `sharing:param:shared`, `sharing:linear:separate`, `sharing:conv:*`, and
 `sharing:one_direction` where a single-direction scan makes it moot), `dims:*`
-(`derived`, `split`), `dplr:*`, `matrix:*`,
+(`derived`, `split`), `dplr:*` (`dplr:delta`: a real scalar Lambda and rank-one P, Q, the
+delta rule's form; `dplr:lambda_*`, `dplr:gated`), `matrix:*`,
 `value:*` (`ref`: a named value used in another, `state`: one reading the state),
 `states:*` (several states: `states:2`, `states:3`, `states:recurrence`, `states:dynamics`
 and its rule, `states:dag` an input term reading an earlier state, `states:gate`),
@@ -881,8 +882,16 @@ class _Gen:
         self.rule = ch.choice(["zoh", "bilinear", "euler", "backward_euler", "zoh_euler", "recurrence"])
         self.scan_order = ch.weighted([(4, "causal"), (2, "reverse"), (3, "bidirectional"), (2, "cross2d"),
                                        (1, "global")])
-        self.cplx = self.structure == "dplr" or ch.chance(0.45)
+        # dplr in the delta rule's form: a real scalar Lambda and rank-one P, Q (a real state
+        # mostly); otherwise S4's complex form
+        self.delta = self.structure == "dplr" and ch.chance(0.5)
+        self.delta_k = None
+        if self.delta and self.rule != "recurrence" and ch.chance(0.75):
+            self.rule = "recurrence"   # the chunked form's case
+        self.cplx = (self.structure == "dplr" and not self.delta) or ch.chance(0.2 if self.delta else 0.45)
         self.tags |= {self.structure, self.rule, self.scan_order}
+        if self.delta:
+            self.tags.add("dplr:delta")
         if self.cplx:
             self.tags.add("complex")
         self.make_state()
@@ -1198,11 +1207,76 @@ class _Gen:
             M = binop("*", gate, M, dims=tuple(d for d in gate.dims if d not in M.dims) + M.dims)
         return M
 
+    def feature(self, dims: tuple) -> Ex:
+        """A per-token real value over `dims`: linear(u, dims), or the mean of the primary
+        input (the input itself when it is a scalar) when `dims` is empty."""
+        u, ud = self.inputs[0]
+        if dims:
+            return self.lin(u, dims)
+        if ud:
+            return call("mean", Ex(u, dims=ud, tok=True), dims=(), extra=list(ud))
+        return Ex(u, tok=True)
+
+    def dplr_delta(self, rec: bool) -> Ex:
+        """`dplr(Lambda, beta * k, k)` (decision 6, section 9: the delta rule): a real scalar
+        Lambda (a number, a static or per-token gate over some leading state dims, no N) and
+        rank-one P, Q [..., N] with |k| < 1 and 0 < beta < 1, so that Lambda I - beta k k^T
+        has eigenvalues in (Lambda - 1, Lambda]: for a recurrence Lambda in (0, 1], for a
+        continuous system Lambda < 0 (then A is negative definite)."""
+        ch = self.ch
+        N = self.N
+        others = [d for d in self.sdims if d != N]
+        u, ud = self.inputs[0]
+        lead = tuple(ch.subset(others, 0, 1))
+        kdims = lead + (N,)
+        if ch.chance(0.8):
+            kr = self.value(self.lin(u, kdims), ch.choice(["kr", "kraw"]))
+        else:
+            kr = self.param(kdims, "normal(0, 1)", hint="kp")
+            self.tags.add("dplr:static_k")
+        norm = call("sqrt", binop("+", num(0.25), call("sum", binop("*", kr, kr), dims=lead, extra=[N])), dims=lead)
+        k = self.value(binop("/", kr, norm, dims=kdims), "k")
+        self.delta_k = k
+        bd = tuple(ch.subset(others, 0, 1))
+        if ch.chance(0.7):
+            beta = self.value(call("sigmoid", self.feature(bd), dims=bd), "beta")
+        else:
+            beta = num(0.5)
+        gd = tuple(ch.subset(others, 0, 1))
+        if rec:
+            opt = ch.choice(["one", "number", "gate", "static"])
+            self.tags.add("dplr:lambda_" + opt)
+            if opt == "one":
+                lam = num(1)
+            elif opt == "number":
+                lam = num(0.9)
+            elif opt == "gate":
+                z = self.feature(gd)
+                lam = self.value(call("sigmoid", z, dims=gd) if ch.chance(0.5) else
+                                 call("exp", neg(call("softplus", z, dims=gd))), "alpha")
+            else:
+                # a bare param: of unknown sign to the compiler (the chunked form is not chosen)
+                lam = self.param(gd, "uniform(0.5, 1)", hint="g")
+        else:
+            lam = neg(call("exp", self.param(gd, "uniform(-1, 0)", hint="la"))) if ch.chance(0.6) else num(-0.5)
+            self.tags.add("dplr:lambda_negative")
+        P = binop("*", beta, k) if ch.chance(0.8) else k
+        Q = k if P is not k else binop("*", beta, k)
+        if P is not k and ch.chance(0.3) and not lam.const:
+            # Gated DeltaNet's alpha (I - beta k k^T) = dplr(alpha, alpha * beta * k, k)
+            P = binop("*", lam, P)
+            self.tags.add("dplr:gated")
+        self.tags |= {"dplr:scalar", "dplr:rank1"}
+        return Ex(f"dplr({lam.text}, {P.text}, {Q.text})", dims=_dims_of(_dims_of(lam.dims, lead), (N,)),
+                  tok=lam.tok or P.tok)
+
     def dplr(self, rec: bool) -> Ex:
         """`dplr(Lambda, P, Q)` with Lambda[..., N] complex, P, Q [..., N, R] (decision 6):
         Re(Lambda) = -1/2 and P = Q (or small P, Q), or |Lambda| < 1 for a recurrence."""
         ch = self.ch
         N = self.N
+        if self.delta:
+            return self.dplr_delta(rec)
         others = [d for d in self.sdims if d != N]
         R = self.extra_dim(1, 2, hint="R")
         ld = tuple(ch.subset(others, 0, 1)) + (N,)
@@ -1333,10 +1407,17 @@ class _Gen:
         if fits:
             opts += [(2, "plain"), (5, "coef"), (2, "selective"), (1, "features")]
         opts += [(3, "mimo")]
+        if self.delta_k is not None:
+            opts.append((6, "delta"))
         k = ch.weighted(opts)
         self.tags.add("E:" + k)
         if k == "plain":
             return uex
+        if k == "delta":
+            # the delta rule's outer product v k^T (the value side without N, the key with it)
+            vd = tuple(ch.subset([d for d in self.sdims if d != self.N], 0, 2))
+            v = self.value(self.feature(vd), ch.choice(["v", "val"])) if vd or not fits or ch.chance(0.5) else uex
+            return binop("*", v, self.delta_k) if ch.chance(0.7) else binop("*", self.delta_k, v)
         if k == "coef":
             return self.coef_times(uex)
         if k == "selective":
@@ -1462,9 +1543,15 @@ class _Gen:
         never a square matrix."""
         ch = self.ch
         xs = Ex(self.state, dims=self.sdims, cplx=self.cplx, tok=True, state=True)
-        red = ch.subset(self.sdims, 0)
-        k = ch.integer(0, 3)
-        cd = ch.subset(self.sdims, 0)
+        if self.delta and ch.chance(0.8):
+            # the delta rule's readout S q: sum(q * x, N) with a per-token q
+            red = (self.N,)
+            k = 1
+            cd = tuple(ch.subset([d for d in self.sdims if d != self.N], 0, 1)) + (self.N,)
+        else:
+            red = ch.subset(self.sdims, 0)
+            k = ch.integer(0, 3)
+            cd = ch.subset(self.sdims, 0)
         if k == 0:
             cx = self.cplx and ch.chance(0.7)
             C = self.param(cd, self.coef_init(cd, cx), hint=ch.choice(["C", "Cq"]), cplx=cx)

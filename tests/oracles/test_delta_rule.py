@@ -146,8 +146,8 @@ def test_torch_step_and_packed(name):
 def test_torch_gradcheck(name):
     """The chunked form's backward (autograd through it) against finite differences, over
     the input and the initial state; the parameters' gradients against the recurrence's."""
-    lay = layer(name, "torch", 3)
-    u, x0 = (torch.from_numpy(a).requires_grad_() for a in inputs(name, 2, 7, seed=3))
+    lay = layer(name, "torch", 2)
+    u, x0 = (torch.from_numpy(a).requires_grad_() for a in inputs(name, 1, 5, seed=3))
     torch.autograd.gradcheck(lambda u, x0: lay(u, initial_state=x0, return_state=True), (u, x0))
     # the parameter's gradient through the chunked form against the plain recurrence's
     # (the same layer, one token per call: step() runs the recurrence itself)
