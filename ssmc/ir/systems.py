@@ -17,7 +17,8 @@ from .graph import Graph
 
 # What describes one system (the rest of meta is the block's).
 SYSTEM_KEYS = ("state", "transition", "discretize", "system", "system_info", "rule", "state_dims",
-               "state_complex", "roots", "discretization", "classification", "algorithm", "ssd", "lti_kernel")
+               "state_complex", "roots", "discretization", "classification", "algorithm", "ssd", "delta",
+               "lti_kernel")
 
 
 def is_multi(g: Graph) -> bool:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 
 from ..ir.graph import Graph, op
+from ..ir.systems import is_multi
 from .shapes import annotate_shapes, dplr_parts
 from .time import annotate_time
 
@@ -314,6 +315,8 @@ def _delta_form(g: Graph) -> tuple[dict | None, str]:
     abar, ebar = g.operands(sysn)
     sdims = tuple(meta["state_dims"])
     nd = sdims[-1]
+    if is_multi(g):
+        return None, "the block has several states (the delta-rule form is generated for one-state blocks)"
     if g.op(abar).kind != "dplr":
         return None, "the state matrix is not written dplr(Lambda, P, Q) in the recurrence (it is discretized)"
     if meta["state_complex"]:
