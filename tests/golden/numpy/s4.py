@@ -138,7 +138,7 @@ class S4(rt.ReferenceModule):
         _73 = Jc * rt.align(_43, ('H', 'M'), ('H', 'N', 'M'))  # [H, N, M]
         _74 = _42 + _73  # [H, N, M]
         Cf = np.sum(_74, axis=(-1,))  # [H, N]
-        A = rt.dplr(Lf, Pf, Qf)  # [H, N, N]
+        A = rt.dplr(Lf, Pf, Qf, N)  # [H, N, N]
         _83 = rt.align(_44, ('H',), ('H', 'N', 'N')) * A  # [H, N, N]
         _84 = np.eye(N)  # [N, N]
         _85 = 0.5 * _83  # [H, N, N]
