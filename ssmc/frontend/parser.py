@@ -181,9 +181,13 @@ class _ToAst(Transformer):
     def dim_list(self, meta, children):
         return tuple(ast.DimRef(_span(t), str(t)) for t in children if t is not None)
 
-    def state_stmt(self, meta, children):
+    def state_item(self, meta, children):
         (name, dims), *flags = children
         return ast.StateDecl(_span(name), str(name), dims, "complex" in flags)
+
+    def state_stmt(self, meta, children):
+        # One state is its declaration; several (`state S[...], z[...]`) are flattened below.
+        return children[0] if len(children) == 1 else _StatesStmt(_span(meta), tuple(children))
 
     def param_stmt(self, meta, children):
         name, dims, *rest = children
@@ -529,6 +533,8 @@ def _regroup(file: ast.File, source: Source) -> ast.File:
             elif isinstance(s, _InputsStmt):
                 for name, dl, cplx in s.children:
                     body.append(ast.InputDecl(_span(name), str(name), dl, cplx))
+            elif isinstance(s, _StatesStmt):
+                body.extend(s.children)
             else:
                 body.append(s)
         blocks.append(ast.Block(b.span, b.name, b.description, tuple(dims), tuple(body), name_span=b.name_span))
@@ -543,5 +549,10 @@ class _DimsStmt:
 
 
 class _InputsStmt:
+    def __init__(self, span, children):
+        self.span, self.children = span, children
+
+
+class _StatesStmt:
     def __init__(self, span, children):
         self.span, self.children = span, children

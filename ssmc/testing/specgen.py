@@ -37,7 +37,8 @@ likewise for mutants.
 delta rule's form; `dplr:lambda_*`, `dplr:gated`), `matrix:*`,
 `value:*` (`ref`: a named value used in another, `state`: one reading the state),
 `states:*` (several states: `states:2`, `states:3`, `states:recurrence`, `states:dynamics`
-and its rule, `states:dag` an input term reading an earlier state, `states:gate`),
+and its rule, `states:dag` an input term reading an earlier state, `states:gate`,
+`states:one_statement` several states in one `state` statement),
 `input:complex` (a complex primary input),
 `text:crlf`, `text:continued` (a statement over several lines; `text:cont:paren`,
 `text:cont:op_end`, `text:cont:op_start`, `text:cont:backslash` for the way it is
@@ -1629,7 +1630,13 @@ class _Gen:
         for _ in range(k):
             dims = tuple(ch.subset(self.sdims, 1, 2))
             name = self.fresh(ch.choice(["z", "s2", "m", "kv"]))
-            self.stmts.append(Stmt("state", f"state {name}[{', '.join(dims)}]", name))
+            first = [s for s in self.stmts if s.kind == "state"][0]
+            if ch.chance(0.3):
+                # one statement for several states: `state x[...] complex, z[...]`
+                first.text += f", {name}[{', '.join(dims)}]"
+                self.tags.add("states:one_statement")
+            else:
+                self.stmts.append(Stmt("state", f"state {name}[{', '.join(dims)}]", name))
             kind = ch.choice(["recurrence", "recurrence", "dynamics"])
             self.tags.add(f"states:{kind}")
             if kind == "recurrence":

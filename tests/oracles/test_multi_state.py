@@ -302,3 +302,21 @@ def test_stack_runs_in_dependency_order():
     layer = _load("stack", "numpy")(**CASES["stack"]["dims"])
     assert [s[0] for s in layer.STATES] == ["w", "x"]
     assert math.isclose(float(layer.init_state(1)[0].sum()), 0.0)
+
+
+def test_several_states_in_one_statement():
+    """`state x[H, N] complex, w[H]` declares both, each with its own flags, exactly as two
+    statements do."""
+    from ssmc.frontend.ast import StateDecl
+    from ssmc.frontend.parser import parse
+    from ssmc.errors import Source
+    one = STACK.replace("  state   w[H]\n  state   x[H, N]\n", "  state   w[H], x[H, N]\n")
+    assert one != STACK
+    decls = [s for s in parse(Source(one, "<one>")).blocks[0].body if isinstance(s, StateDecl)]
+    assert [(d.name, d.complex) for d in decls] == [("w", False), ("x", False)]
+    a = ssmc.loads(STACK, backend="numpy").Stack(seed=0)
+    b = ssmc.loads(one, backend="numpy").Stack(seed=0)
+    u = _input(a, 2, 5)
+    assert rel(b(u), a(u)) == 0
+    c = parse(Source("ssm T {\n  state x[H] complex, w[H]\n}\n", "<c>")).blocks[0].body
+    assert [(d.name, d.complex) for d in c] == [("x", True), ("w", False)]
