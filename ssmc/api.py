@@ -99,6 +99,20 @@ def _generate(source: Source, backend: str, strict: bool) -> tuple[str, str]:
 
 _LOADED = itertools.count()
 
+#: The first module loaded from each (spec text, file name, backend): what unpickling a
+#: layer (pickle, torch.load, copy.deepcopy, a spawned process) finds its class in.
+_BY_SPEC: dict[tuple[str, str, str], types.ModuleType] = {}
+
+
+def module_for_spec(text: str, filename: str, backend: str) -> types.ModuleType:
+    """A module compiled from spec `text` for `backend`: the one loaded already in this
+    process if there is one (so a copy's class is the original's), else compiled now
+    (from the cache when it has the entry). An unavailable backend falls back with a notice."""
+    mod = _BY_SPEC.get((text, filename, backend))
+    if mod is None:
+        mod = loads(text, backend=backend, filename=filename)
+    return mod
+
 
 def _module_from(text: str, source: Source, backend: str) -> types.ModuleType:
     stem = "".join(c if c.isalnum() else "_" for c in Path(source.filename).stem) or "spec"
@@ -114,6 +128,11 @@ def _module_from(text: str, source: Source, backend: str) -> types.ModuleType:
     exec(code, mod.__dict__)
     mod.__dict__["__ssmc_source__"] = text
     mod.__dict__["__ssmc_backend__"] = backend
+    # The spec it came from: a pickled layer refers to its class by this (the module's name
+    # means nothing in another process), see ReferenceModule.__reduce_ex__.
+    spec = (source.text, source.filename, backend)
+    mod.__dict__["__ssmc_spec__"] = spec
+    _BY_SPEC.setdefault(spec, mod)
     return mod
 
 

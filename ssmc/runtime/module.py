@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -109,6 +110,16 @@ def _grid_size(cls: str, name: str, v) -> int:
     return int(v)
 
 
+def _rebuild(spec: tuple, qualname: str):
+    """An empty instance of class `qualname` of the module compiled from `spec` (spec text,
+    file name, backend): the first half of unpickling a layer; pickle then restores its
+    state (parameters, dims, attributes) with __setstate__."""
+    from ..api import module_for_spec
+    text, filename, backend = spec
+    cls = getattr(module_for_spec(text, filename, backend), qualname)
+    return cls.__new__(cls)
+
+
 class ReferenceModule(nn.Module):
     """Base of generated float64 NumPy reference modules (no autograd)."""
 
@@ -148,6 +159,20 @@ class ReferenceModule(nn.Module):
                           for name, _, info in self.PARAMS}
         self._copies = len(self.directions) if any(self._separate.values()) else 0
         self.reset_parameters(seed=seed, generator=generator, _register=True)
+
+    # --- pickling ----------------------------------------------------------------
+    def __reduce_ex__(self, protocol):
+        # A class from ssmc.load / ssmc.loads lives in a module made at run time, which no
+        # other process (nor pickle's import by name) can find: such a layer pickles as its
+        # spec (text, file name, backend) and class name, recompiled when it is unpickled
+        # (the cache makes that fast; in the same process the loaded class is reused),
+        # plus the state every nn.Module pickles (parameters, buffers, dims, attributes).
+        # A class written to a file (`ssmc compile -o`) or a subclass defined in an
+        # importable module pickles by reference as usual.
+        spec = getattr(sys.modules.get(type(self).__module__), "__ssmc_spec__", None)
+        if spec is None:
+            return super().__reduce_ex__(protocol)
+        return _rebuild, (spec, type(self).__qualname__), self.__getstate__()
 
     # --- parameters ------------------------------------------------------------
     def _param_shape(self, entry) -> tuple[int, ...]:

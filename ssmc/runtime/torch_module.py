@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .module import ReferenceModule
+from .torch_ops import traced
 
 # Target number of elements of one chunk's state-sized tensors ([B, T, *state]).
 _CHUNK_ELEMENTS = 1 << 20
@@ -55,6 +56,12 @@ class TorchModule(ReferenceModule):
 
     def _kernel(self, length: int, dtype, make):
         """The LTI kernel, cached while no parameter changed and no gradient is being taken."""
+        if traced():
+            # Inside a compiled graph (or a vmap) the kernel is part of what is traced,
+            # computed at each call: a cache kept across calls would be a side effect on the
+            # module, its check a data-dependent branch that fullgraph=True cannot trace, and
+            # batched parameters have no data pointer to key it on.
+            return make()
         tensors = list(self.parameters()) + list(self.buffers())
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return make()
@@ -161,4 +168,5 @@ class TorchModule(ReferenceModule):
         return (*xs, *tails)
 
     def state_numel(self) -> int:
-        return math.prod(self.dims[n] for n in self.STATE[1])
+        # A list, not a generator: torch.compile (dynamo) cannot trace math.prod over a generator.
+        return math.prod([self.dims[n] for n in self.STATE[1]])

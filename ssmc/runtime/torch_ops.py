@@ -230,25 +230,49 @@ def chunks(length: int, size: int):
     return [slice(s, min(s + size, length)) for s in range(0, length, size)]
 
 
+def traced() -> bool:
+    """Whether ops are being traced rather than run eagerly: torch.compile, or a torch.func
+    transform (vmap, grad, jacrev...). In-place writes into preallocated outputs and caches
+    kept on the module are for eager runs only."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
 class _DiagScan(torch.autograd.Function):
     """x_t = a_t * x_{t-1} + b_t over axis 1, elementwise; returns all x_t.
 
     Backward is the reverse scan g_{t-1} += conj(a_t) g_t, with grad_a_t = g_t conj(x_{t-1})
     and grad_b_t = g_t (PyTorch's conjugate Wirtinger convention for complex values).
+    Forward and backward are plain torch ops, so torch.func transforms (vmap) batch them
+    (`generate_vmap_rule`), and torch.compile traces them.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, a, b, x0):
+    def forward(a, b, x0):
         shape = torch.broadcast_shapes(a.shape, b.shape, x0.unsqueeze(1).shape)
         dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), x0.dtype)
         ae = a.to(dtype).expand(shape)
         be = b.to(dtype).expand(shape)
-        xs = torch.empty(shape, dtype=dtype, device=b.device)
         x = x0.to(dtype).expand((shape[0],) + shape[2:])
+        if traced():
+            # torch.compile traces no `out=` into a strided slice, and vmap cannot write a
+            # batched state into an unbatched buffer; stacking the states is the same
+            # arithmetic (and the compiler fuses it).
+            steps = []
+            for t in range(shape[1]):
+                x = torch.addcmul(be[:, t], ae[:, t], x)
+                steps.append(x)
+            return torch.stack(steps, dim=1)
+        # Eager: each state written in place into the result, no list and no copy.
+        xs = torch.empty(shape, dtype=dtype, device=b.device)
         for t in range(shape[1]):
             x = torch.addcmul(be[:, t], ae[:, t], x, out=xs[:, t])
-        ctx.save_for_backward(a, b, x0, xs)
         return xs
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs, output)
 
     @staticmethod
     def backward(ctx, gxs):
@@ -298,7 +322,7 @@ def _flat(t, src: tuple, dst: tuple, sizes: dict, lead: int):
     names = tuple(d for grp in dst for d in grp)
     t = align(t, src, names)
     t = t.expand(*t.shape[:lead], *(sizes[d] for d in names))
-    return t.reshape(*t.shape[:lead], *(math.prod(sizes[d] for d in grp) for grp in dst))
+    return t.reshape(*t.shape[:lead], *(math.prod([sizes[d] for d in grp]) for grp in dst))
 
 
 def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tuple, P: tuple, length: int,
@@ -320,8 +344,8 @@ def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tu
     Sx = tuple(d for d in S if d not in P)
     Ux = tuple(d for d in U if d not in P)
     Yx = tuple(d for d in Y if d not in P)
-    nU = math.prod(sizes[d] for d in Ux)
-    nS = math.prod(sizes[d] for d in Sx)
+    nU = math.prod([sizes[d] for d in Ux])
+    nS = math.prod([sizes[d] for d in Sx])
     # Ebar for each unit input over U' (ones over the channels P).
     eye_u = torch.eye(nU, dtype=wide, device=device).reshape(nU, *(sizes[d] for d in Ux))
     u_basis = align(eye_u, Ux, U).expand(nU, *(sizes[d] for d in U)).unsqueeze(1)
@@ -338,7 +362,9 @@ def lti_kernel(abar, ebar_fn, readout_fn, sizes: dict, S: tuple, U: tuple, Y: tu
     if complex_state:
         W = W - 1j * (readout_fn(1j * x_basis, u0) - y00).to(wide)
     W = _flat(W[:, 0], Y, (P, Yx), sizes, 1).permute(1, 2, 0)                     # [P, Y', S']
-    T = max(1, math.isqrt(length - 1) + 1)
+    # ceil(sqrt(length)) = isqrt(length - 1) + 1, written so torch.compile can trace it when the
+    # length is symbolic (dynamic shapes: math.isqrt cannot take one); exact below 2**52.
+    T = max(1, math.ceil(math.sqrt(length)))
     if matrix:
         return _lti_kernel_matrix(abar, W, c, sizes, S, P, T, length, cwide, wide)
     a = _flat(abar.to(cwide if abar.is_complex() else wide), S, (P, Sx), sizes, 0)  # [P, S']
