@@ -110,13 +110,18 @@ def _grid_size(cls: str, name: str, v) -> int:
     return int(v)
 
 
-def _rebuild(spec: tuple, qualname: str):
+def _rebuild(spec: tuple, qualname: str, module: str = ""):
     """An empty instance of class `qualname` of the module compiled from `spec` (spec text,
     file name, backend): the first half of unpickling a layer; pickle then restores its
-    state (parameters, dims, attributes) with __setstate__."""
+    state (parameters, dims, attributes) with __setstate__. `module` is the name of the
+    module the layer's class was in: in the same process (a deepcopy) that module itself,
+    if it still holds that spec, so the copy has the original's class."""
     from ..api import module_for_spec
-    text, filename, backend = spec
-    cls = getattr(module_for_spec(text, filename, backend), qualname)
+    mod = sys.modules.get(module)
+    if mod is None or getattr(mod, "__ssmc_spec__", None) != tuple(spec):
+        text, filename, backend = spec
+        mod = module_for_spec(text, filename, backend)
+    cls = getattr(mod, qualname)
     return cls.__new__(cls)
 
 
@@ -165,14 +170,14 @@ class ReferenceModule(nn.Module):
         # A class from ssmc.load / ssmc.loads lives in a module made at run time, which no
         # other process (nor pickle's import by name) can find: such a layer pickles as its
         # spec (text, file name, backend) and class name, recompiled when it is unpickled
-        # (the cache makes that fast; in the same process the loaded class is reused),
+        # (the cache makes that fast; in the same process the loaded module is reused),
         # plus the state every nn.Module pickles (parameters, buffers, dims, attributes).
         # A class written to a file (`ssmc compile -o`) or a subclass defined in an
         # importable module pickles by reference as usual.
         spec = getattr(sys.modules.get(type(self).__module__), "__ssmc_spec__", None)
         if spec is None:
             return super().__reduce_ex__(protocol)
-        return _rebuild, (spec, type(self).__qualname__), self.__getstate__()
+        return _rebuild, (spec, type(self).__qualname__, type(self).__module__), self.__getstate__()
 
     # --- parameters ------------------------------------------------------------
     def _param_shape(self, entry) -> tuple[int, ...]:
