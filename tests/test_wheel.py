@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import venv
+from pathlib import Path
 
 import pytest
 
@@ -19,13 +20,21 @@ def test_wheel_installs_and_compiles(tmp_path):
                     "-q", "-w", str(dist)], check=True, cwd=tmp_path)
     (wheel,) = dist.glob("ssmc-*.whl")
     env_dir = tmp_path / "venv"
-    # System site packages provide torch & co. (no network); ssmc itself comes from the wheel.
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env_dir)
+    venv.EnvBuilder(with_pip=True).create(env_dir)
     py = env_dir / ("Scripts" if os.name == "nt" else "bin") / "python"
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True)
+    # torch & co. come from the environment running the tests (no network): its
+    # site-packages directories, appended after the new venv's own. Not
+    # system_site_packages=True: inside a virtual environment that would be the base
+    # interpreter's, without what this venv installed. Only the directories are added,
+    # their .pth files are not run, so an editable ssmc there is not seen.
+    here = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    outer = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (Path(here) / "_outer_env.pth").write_text("".join(p + "\n" for p in outer))
     script = (
-        "import pathlib, torch, ssmc\n"
-        "assert 'site-packages' in ssmc.__file__ and str(pathlib.Path.cwd()) not in ssmc.__file__, ssmc.__file__\n"
+        "import pathlib, sys, torch, ssmc\n"
+        f"assert pathlib.Path(ssmc.__file__).is_relative_to({str(env_dir)!r}), ssmc.__file__\n"
         "import ssmc.backends, ssmc.grammar\n"
         f"mod = ssmc.load({str(ROOT / 'examples' / 'mamba.ssm')!r})\n"
         "layer = mod.Mamba(H=4, N=3, seed=0)\n"
