@@ -151,6 +151,17 @@ def test_dynamic_length_lti_kernel():
             torch.testing.assert_close(compiled(v), layer(v), atol=1e-5, rtol=1e-5)
 
 
+def test_packed_sequences_with_list_boundaries():
+    """cu_seqlens as a list of ints traces (the grouping by length is static)."""
+    torch._dynamo.reset()
+    layer, _, _ = make("mamba")
+    u = torch.randn(1, 7, 4)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(u, cu_seqlens=[0, 3, 7]), layer(u, cu_seqlens=[0, 3, 7]),
+                                   atol=1e-5, rtol=1e-5)
+
+
 # --- the full sweep, on demand ----------------------------------------------------------
 
 SWEEP = [(n, False) for n in EXAMPLES] + [(n, True) for n in ("dss", "lru", "lssl", "s4", "s4d", "s4d_inv",
