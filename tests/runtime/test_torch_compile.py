@@ -40,7 +40,24 @@ EXAMPLES = {
     "s5_irregular": ("S5Irregular", dict(H=3, P=4), 5),
     "vim_bidirectional": ("VimBidirectional", dict(H=4, N=3, R=1), 5),
     "vmamba_ss2d": ("SS2D", dict(H=4, N=3, Rdt=1, R=2, Cc=3), 6),
+    "gla": ("GLA", dict(D=4, Hd=2, Dk=2, Dv=2, R=2), 5),
+    "gsa": ("GSA", dict(H=2, D=4, Dk=2, Dv=2, M=2), 5),
+    "gss": ("GSS", dict(E=4, H=2, F=4, N=3), 5),
+    "hydra": ("Hydra", dict(Hd=2, P=2, N=3), 5),
+    "linear_attention": ("LinearAttention", dict(H=2, D=4, Dk=2, Dv=2), 5),
+    "mamba3": ("Mamba3", dict(Hd=2, P=2, N=2), 5),
+    "retnet": ("RetNet", dict(D=4, Hd=2, Dk=2, Dv=2), 5),
+    "rglru": ("RGLRU", dict(H=4), 5),
+    "rwkv6": ("RWKV6", dict(H=2, K=2, R=2), 5),
+    "s5_bidirectional": ("S5Bidirectional", dict(H=3, P=4), 5),
+    "s7": ("S7", dict(H=3, N=4), 5),
+    "vssd": ("VSSD", dict(Hd=2, P=2, N=3), 5),
 }
+
+
+def test_every_example_is_in_the_table():
+    """A new example joins the sweep (and gets tiny dims here)."""
+    assert sorted(EXAMPLES) == sorted(p.stem for p in (ROOT / "examples").glob("*.ssm"))
 
 
 def make(name: str, fft: bool = False, dtype=torch.float32):
@@ -164,8 +181,9 @@ def test_packed_sequences_with_list_boundaries():
 
 # --- the full sweep, on demand ----------------------------------------------------------
 
-SWEEP = [(n, False) for n in EXAMPLES] + [(n, True) for n in ("dss", "lru", "lssl", "s4", "s4d", "s4d_inv",
-                                                               "s4d_real", "s5", "s5_irregular")]
+#: the LTI examples, which also run the convolution form
+LTI = ("dss", "lru", "lssl", "s4", "s4d", "s4d_inv", "s4d_real", "s5", "s5_bidirectional")
+SWEEP = [(n, False) for n in EXAMPLES] + [(n, True) for n in LTI]
 
 
 @pytest.mark.skipif(os.environ.get("SSMC_COMPILE_SWEEP") != "1",
