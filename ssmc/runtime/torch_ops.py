@@ -642,8 +642,8 @@ def delta_chunk(z, zd, P, pd, Q, qd, X, xd, K, kd, Cf, cd, x0, sd, rank, yd, blo
             dtype = torch.promote_types(dtype, t.dtype)
     if dtype in (torch.float16, torch.bfloat16):
         dtype = torch.float32   # accumulate in float32
-    ng = math.prod(sizes[d] for d in G)
-    nv = math.prod(sizes[d] for d in V)
+    ng = math.prod([sizes[d] for d in G])  # lists: torch.compile cannot trace math.prod of a generator
+    nv = math.prod([sizes[d] for d in V])
     nn = sizes[n]
 
     def full(t, ds, target):

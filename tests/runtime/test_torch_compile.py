@@ -3,7 +3,8 @@ inference and a training step, torch.func.vmap (batches, parameter ensembles, pe
 gradients) and torch.export, each equal to the eager module.
 
 Compiling is slow on CI's two cores, so CI compiles one example per algorithm family
-(LTI convolution, chunked diagonal scan, SSD, dense matrix scan, conv tails in the state)
+(LTI convolution, chunked diagonal scan, SSD, dense matrix scan, conv tails in the state,
+the chunked delta rule)
 through dynamo and AOT autograd (`aot_eager`: the whole graph capture, forward and
 backward, where graph breaks and untraceable code show), and one through Inductor end to
 end. `SSMC_COMPILE_SWEEP=1` compiles every example, with Inductor, each algorithm
@@ -52,6 +53,9 @@ EXAMPLES = {
     "s5_bidirectional": ("S5Bidirectional", dict(H=3, P=4), 5),
     "s7": ("S7", dict(H=3, N=4), 5),
     "vssd": ("VSSD", dict(Hd=2, P=2, N=3), 5),
+    "deltanet": ("DeltaNet", dict(D=4, H=2, Dk=2, Dv=2), 5),
+    "gated_deltanet": ("GatedDeltaNet", dict(D=4, H=2, Dk=2, Dv=2), 5),
+    "longhorn": ("Longhorn", dict(D=3, N=2), 5),
 }
 
 
@@ -131,7 +135,8 @@ def check_compiled(name: str, backend: str, fft: bool = False, state: bool = Fal
     ("mamba2", False, False),      # SSD: chunk-local matmuls
     ("lssl", False, False),        # dense state matrix: the matrix scan
     ("mamba_block", False, True),  # conv tails in the state, gate, out projection
-], ids=["fft", "scan", "ssd", "dense", "conv"])
+    ("deltanet", False, False),    # the delta rule, chunked
+], ids=["fft", "scan", "ssd", "dense", "conv", "delta"])
 def test_fullgraph_matches_eager(name, fft, state):
     check_compiled(name, "aot_eager", fft=fft, state=state)
 
