@@ -340,10 +340,12 @@ def mamba(P, u, x0=None, reverse=False):
 # Mamba-2 / SSD (Dao & Gu 2024): scalar A per head
 # ----------------------------------------------------------------------------
 
-def mamba2(P, u, x0=None, reverse=False):
+def mamba2(P, u, x0=None, reverse=False, dt_limit=None):
     """"Transformers are SSMs" (SSD), the recurrent form of Sec. 3 / 7:
 
         dt_t  = softplus(W_dt vec(u_t) + dt_bias)               (Hd,)
+                (then limited to [lo, hi] with dt_limit = (lo, hi), as the
+                reference Mamba2 module's dt_limit option does)
         B_t   = W_B vec(u_t), C_t = W_C vec(u_t)                (N,)
         a_t   = exp(dt_t A),  A = -exp(A_log)                   scalar per head
         x_t[hd,p,n] = a_t[hd] x_{t-1}[hd,p,n] + dt_t[hd] B_t[n] u_t[hd,p]
@@ -361,6 +363,9 @@ def mamba2(P, u, x0=None, reverse=False):
         ut = u[:, t]                                             # (B, Hd, P)
         uf = ut.reshape(Bsz, Hd * Pd)
         dt = softplus(_linear(P, "dt_proj", uf) + P["dt_bias"])  # (B, Hd)
+        if dt_limit is not None:
+            lo, hi = dt_limit
+            dt = np.where(dt < lo, lo, np.where(dt > hi, hi, dt))
         Bt = _linear(P, "B_proj", uf)                            # (B, N)
         Ct = _linear(P, "C_proj", uf)                            # (B, N)
         a = np.exp(dt * A)                                       # (B, Hd)
@@ -801,8 +806,8 @@ def gss(P, u, x0=None, reverse=False):
         mu = xt.mean(axis=-1, keepdims=True)
         var = ((xt - mu) ** 2).mean(axis=-1, keepdims=True)
         xn = (xt - mu) / np.sqrt(var + 1e-6) * P["ln_scale"] + P["ln_bias"]
-        v = gelu_tanh(_linear(P, "zv_proj", xn))
-        z = gelu_tanh(_linear(P, "zu_proj", xn))
+        v = gelu_tanh(_linear(P, "v_proj", xn))
+        z = gelu_tanh(_linear(P, "u_proj", xn))
         s = dA * s + dB * z[:, :, None]
         yd = 2.0 * np.real(np.sum(P["W"] * s, axis=-1))        # (B, H)
         out[:, t] = _linear(P, "y_proj", _linear(P, "y_proj2", yd) * v) + xt

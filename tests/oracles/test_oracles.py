@@ -277,6 +277,10 @@ CASES = {
     "mamba_bidirectional_shared": Case(BIMAMBA_SHARED_SPEC, "BiMambaShared", papers.mamba,
                                        [dict(H=3, N=5)], _hn, _hxn, False, scan="bi_shared"),
     # published layers, the specs of examples/
+    "mamba2_dt_limit": Case(example("mamba2_dt_limit"), "Mamba2DtLimit",
+                            functools.partial(papers.mamba2, dt_limit=(0.001, 0.1)),
+                            [dict(Hd=3, P=2, N=5)], lambda d: (d["Hd"], d["P"]),
+                            lambda d: (d["Hd"], d["P"], d["N"]), False),
     "rglru": Case(example("rglru"), "RGLRU", papers.rglru,
                   [dict(H=3), dict(H=6)], _hn, _hn, False, ssm_part=None),
     "gla": Case(example("gla"), "GLA", functools.partial(papers.gla, Hd=2),
@@ -515,7 +519,7 @@ def _expected_shapes(name, d):
         return {"Lambda": (Pd,), "B": (Pd, H), "C": (H, Pd), "D": (H,), "log_dt": (Pd,)}
     if name == "lru":
         return {"nu_log": (N,), "theta_log": (N,), "B": (N, H), "C": (H, N), "D": (H,)}
-    if name.startswith("mamba") and name != "mamba2":
+    if name.startswith("mamba") and name not in ("mamba2", "mamba2_dt_limit"):
         R = math.ceil(H / 16)
         s = {"A_log": (H, N), "D": (H,), "dt_bias": (H,), "dt_proj": (H, R),
              "dt_proj2": (R, H), "B_proj": (N, H), "C_proj": (N, H)}
@@ -535,12 +539,12 @@ def _expected_shapes(name, d):
     if name == "gss":
         E, F = d["E"], d["F"]
         return {"ln_scale": (E,), "ln_bias": (E,), "Lambda": (H, N), "log_dt": (H,), "W": (H, N),
-                "zv_proj": (F, E), "zv_proj_bias": (F,), "zu_proj": (H, E), "zu_proj_bias": (H,),
+                "v_proj": (F, E), "v_proj_bias": (F,), "u_proj": (H, E), "u_proj_bias": (H,),
                 "y_proj2": (F, H), "y_proj2_bias": (F,), "y_proj": (E, F), "y_proj_bias": (E,)}
     if name == "s7":
         return {"Lambda": (N,), "w_proj": (N, H), "B_proj": (N * H, H), "C_proj": (H * N, H),
                 "Dk_proj": (H, H), "x_proj": (N, H)}
-    if name == "mamba2":
+    if name in ("mamba2", "mamba2_dt_limit"):
         Hd, Pd = d["Hd"], d["P"]
         return {"A_log": (Hd,), "dt_bias": (Hd,), "D": (Hd,), "dt_proj": (Hd, Hd * Pd),
                 "B_proj": (N, Hd * Pd), "C_proj": (N, Hd * Pd)}

@@ -527,16 +527,16 @@ def test_gss_equals_convolution_with_the_dss_kernel():
     P = {"ln_scale": rng.uniform(0.5, 1.5, E), "ln_bias": rng.standard_normal(E) * 0.1,
          "Lambda": -rng.uniform(0.1, 1.0, (H, N)) + 1j * rng.uniform(-3, 3, (H, N)),
          "log_dt": np.log(rng.uniform(0.05, 0.5, H)), "W": crandn(rng, H, N),
-         "zv_proj": rng.standard_normal((F, E)), "zv_proj_bias": rng.standard_normal(F),
-         "zu_proj": rng.standard_normal((H, E)), "zu_proj_bias": rng.standard_normal(H),
+         "v_proj": rng.standard_normal((F, E)), "v_proj_bias": rng.standard_normal(F),
+         "u_proj": rng.standard_normal((H, E)), "u_proj_bias": rng.standard_normal(H),
          "y_proj2": rng.standard_normal((F, H)), "y_proj2_bias": rng.standard_normal(F),
          "y_proj": rng.standard_normal((E, F)), "y_proj_bias": rng.standard_normal(E)}
     x = rng.standard_normal((Bsz, L, E))
     y, _ = papers.gss(P, x)
     xn = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6) * P["ln_scale"] + P["ln_bias"]
     gelu = lambda z: 0.5 * z * (1 + np.tanh(0.7978845608028654 * (z + 0.044715 * z ** 3)))  # noqa: E731
-    v = gelu(xn @ P["zv_proj"].T + P["zv_proj_bias"])
-    z = gelu(xn @ P["zu_proj"].T + P["zu_proj_bias"])
+    v = gelu(xn @ P["v_proj"].T + P["v_proj_bias"])
+    z = gelu(xn @ P["u_proj"].T + P["u_proj_bias"])
     dt = np.exp(P["log_dt"])[:, None]
     dA = np.exp(dt * P["Lambda"])
     dB = np.expm1(dt * P["Lambda"]) / P["Lambda"]

@@ -1,4 +1,5 @@
-"""The examples of published layers (RG-LRU, GLA, RetNet, GSS, S7) on every backend.
+"""The examples of published layers (RG-LRU, GLA, RetNet, GSS, S7, Mamba-2 with dt_limit)
+on every backend.
 
 `test_oracles.py` holds the NumPy reference to the paper oracles at 1e-10. Here:
 
@@ -35,6 +36,7 @@ LAYERS = {  # case name in test_oracles -> tiny dims for the backends
     "retnet": dict(D=3, Hd=2, Dk=2, Dv=3),
     "gss": dict(E=3, H=2, F=3, N=2),
     "s7": dict(H=2, N=3),
+    "mamba2_dt_limit": dict(Hd=2, P=2, N=3),
 }
 
 
@@ -51,7 +53,8 @@ def to_np(v):
 
 
 @functools.lru_cache(maxsize=None)
-def _mod(stem, backend):
+def _mod(name, backend):
+    stem = name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         kw = {"strict": True} if backend == "triton" else {}
@@ -309,3 +312,25 @@ def test_initializations():
     # S7: Lambda at the real part of the diagonalized HiPPO-LegS matrix
     P = {k: to_np(v) for k, v in getattr(_mod("s7", "numpy"), "S7")(seed=0).state_dict().items()}
     assert np.allclose(P["Lambda"], -0.5, atol=1e-6)
+
+
+def test_mamba2_dt_limit_clamps_at_both_bounds():
+    """The oracle test of the dt_limit example can fail: on its inputs the step is clamped at
+    both bounds, and without the clamp the outputs differ far beyond 1e-10."""
+    from .test_oracles import make_input
+    layer = getattr(_mod("mamba2_dt_limit", "numpy"), "Mamba2DtLimit")(seed=0, dtype=torch.float64,
+                                                                       **CASES["mamba2_dt_limit"].dims[0])
+    # biases spread so that the heads' steps fall on both sides of the limits
+    with torch.no_grad():
+        layer.get_parameter("dt_bias").copy_(torch.linspace(-8.0, 0.0, layer.dims["Hd"]))
+    P = {k: to_np(v) for k, v in layer.state_dict().items()}
+    u = 2.0 * make_input("mamba2_dt_limit", 0, 3, 31, seed=161)
+    uf = u.reshape(3, 31, -1)
+    dt = papers.softplus(uf @ P["dt_proj"].T + P["dt_bias"])
+    assert (dt < 0.001).mean() > 0.05 and (dt > 0.1).mean() > 0.05, ((dt < 0.001).mean(), (dt > 0.1).mean())
+    y_clamped, _ = papers.mamba2(P, u, dt_limit=(0.001, 0.1))
+    y_free, _ = papers.mamba2(P, u)
+    assert rel(y_free, y_clamped) > 1e-3
+    with torch.no_grad():
+        y = to_np(layer(_t(u)))
+    assert rel(y, y_clamped) <= 1e-10

@@ -29,10 +29,10 @@ class GSS(rt.ReferenceModule):
         ('Lambda', 'param', {'dims': ('H', 'N'), 'complex': True, 'frozen': False}),
         ('log_dt', 'param', {'dims': ('H',), 'complex': False, 'frozen': False}),
         ('W', 'param', {'dims': ('H', 'N'), 'complex': True, 'frozen': False}),
-        ('zv_proj', 'linear_weight', {'out': ('F',), 'in': ('E',)}),
-        ('zv_proj_bias', 'linear_bias', {'out': ('F',), 'in': ('E',)}),
-        ('zu_proj', 'linear_weight', {'out': ('H',), 'in': ('E',)}),
-        ('zu_proj_bias', 'linear_bias', {'out': ('H',), 'in': ('E',)}),
+        ('v_proj', 'linear_weight', {'out': ('F',), 'in': ('E',)}),
+        ('v_proj_bias', 'linear_bias', {'out': ('F',), 'in': ('E',)}),
+        ('u_proj', 'linear_weight', {'out': ('H',), 'in': ('E',)}),
+        ('u_proj_bias', 'linear_bias', {'out': ('H',), 'in': ('E',)}),
         ('y_proj2', 'linear_weight', {'out': ('F',), 'in': ('H',)}),
         ('y_proj2_bias', 'linear_bias', {'out': ('F',), 'in': ('H',)}),
         ('y_proj', 'linear_weight', {'out': ('E',), 'in': ('F',)}),
@@ -72,10 +72,10 @@ class GSS(rt.ReferenceModule):
         Lambda = p['Lambda']
         log_dt = p['log_dt']
         W = p['W']
-        zv_proj = p['zv_proj']
-        zv_proj_bias = p['zv_proj_bias']
-        zu_proj = p['zu_proj']
-        zu_proj_bias = p['zu_proj_bias']
+        v_proj = p['v_proj']
+        v_proj_bias = p['v_proj_bias']
+        u_proj = p['u_proj']
+        u_proj_bias = p['u_proj_bias']
         y_proj2 = p['y_proj2']
         y_proj2_bias = p['y_proj2_bias']
         y_proj = p['y_proj']
@@ -85,12 +85,10 @@ class GSS(rt.ReferenceModule):
         _x = state[0] if state is not None else np.zeros((_B, H, N, ), dtype=np.complex128)
         tails = list(state[1:]) if state is not None else [None] * 0
         # static values
-        _33 = 2 / 3.141592653589793  # []
-        _34 = np.sqrt(_33)  # []
-        _52 = np.exp(log_dt)  # [H]
-        _62 = rt.align(_52, ('H',), ('H', 'N')) * Lambda  # [H, N]
-        _63 = np.exp(_62)  # [H, N]
-        _65 = rt.phi1(_62)  # [H, N]
+        _32 = np.exp(log_dt)  # [H]
+        _42 = rt.align(_32, ('H',), ('H', 'N')) * Lambda  # [H, N]
+        _43 = np.exp(_42)  # [H, N]
+        _45 = rt.phi1(_42)  # [H, N]
         # per-token values
         _17 = np.mean(x_in, axis=(-1,))  # [B, L]
         xc = x_in - rt.align(_17, (), ('E',))  # [B, L, E]
@@ -101,42 +99,28 @@ class GSS(rt.ReferenceModule):
         _25 = xc / rt.align(_24, (), ('E',))  # [B, L, E]
         _26 = _25 * ln_scale  # [B, L, E]
         xn = _26 + ln_bias  # [B, L, E]
-        zv = rt.linear(xn, zv_proj, zv_proj_bias, 1, (F, ))  # [B, L, F]
-        zu = rt.linear(xn, zu_proj, zu_proj_bias, 1, (H, ))  # [B, L, H]
-        _31 = 0.5 * zv  # [B, L, F]
-        _37 = zv ** 3  # [B, L, F]
-        _38 = 0.044715 * _37  # [B, L, F]
-        _39 = zv + _38  # [B, L, F]
-        _40 = _34 * _39  # [B, L, F]
-        _41 = np.tanh(_40)  # [B, L, F]
-        _42 = 1 + _41  # [B, L, F]
-        v = _31 * _42  # [B, L, F]
-        _44 = 0.5 * zu  # [B, L, H]
-        _45 = zu ** 3  # [B, L, H]
-        _46 = 0.044715 * _45  # [B, L, H]
-        _47 = zu + _46  # [B, L, H]
-        _48 = _34 * _47  # [B, L, H]
-        _49 = np.tanh(_48)  # [B, L, H]
-        _50 = 1 + _49  # [B, L, H]
-        u = _44 * _50  # [B, L, H]
-        _64 = _52 * u  # [B, L, H]
-        _66 = _65 * rt.align(_64, ('H',), ('H', 'N'))  # [B, L, H, N]
+        _28 = rt.linear(xn, v_proj, v_proj_bias, 1, (F, ))  # [B, L, F]
+        v = rt.gelu_tanh(_28)  # [B, L, F]
+        _30 = rt.linear(xn, u_proj, u_proj_bias, 1, (H, ))  # [B, L, H]
+        u = rt.gelu_tanh(_30)  # [B, L, H]
+        _44 = _32 * u  # [B, L, H]
+        _46 = _45 * rt.align(_44, ('H',), ('H', 'N'))  # [B, L, H, N]
         # the recurrence (zoh, diagonal), one token at a time
         # x_t = Abar_t * x_{t-1} + Ebar_t
-        _Abar = _63  # [H, N]
-        _Ebar = _66  # [B, L, H, N]
+        _Abar = _43  # [H, N]
+        _Ebar = _46  # [B, L, H, N]
         _xs = np.empty((_B, _L) + _x.shape[1:], dtype=np.result_type(_x, _Abar, _Ebar))
         for _t in range(_L):
             _x = _Abar * _x + _Ebar[:, _t]
             _xs[:, _t] = _x
         x = _xs  # [B, L, H, N]
         # the readout, from the state after each token's update
-        _53 = W * x  # [B, L, H, N]
-        _54 = np.sum(_53, axis=(-1,))  # [B, L, H]
-        _55 = np.real(_54)  # [B, L, H]
-        _56 = 2 * _55  # [B, L, H]
-        _57 = rt.linear(_56, y_proj2, y_proj2_bias, 1, (F, ))  # [B, L, F]
-        _58 = _57 * v  # [B, L, F]
-        _59 = rt.linear(_58, y_proj, y_proj_bias, 1, (E, ))  # [B, L, E]
-        _60 = _59 + x_in  # [B, L, E]
-        return _60, (_x, *tails)
+        _33 = W * x  # [B, L, H, N]
+        _34 = np.sum(_33, axis=(-1,))  # [B, L, H]
+        _35 = np.real(_34)  # [B, L, H]
+        _36 = 2 * _35  # [B, L, H]
+        _37 = rt.linear(_36, y_proj2, y_proj2_bias, 1, (F, ))  # [B, L, F]
+        _38 = _37 * v  # [B, L, F]
+        _39 = rt.linear(_38, y_proj, y_proj_bias, 1, (E, ))  # [B, L, E]
+        _40 = _39 + x_in  # [B, L, E]
+        return _40, (_x, *tails)
