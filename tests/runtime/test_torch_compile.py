@@ -32,6 +32,7 @@ EXAMPLES = {
     "lssl": ("LSSL", dict(H=3, N=4), 5),
     "mamba": ("Mamba", dict(H=4, N=3, R=1), 5),
     "mamba2": ("Mamba2", dict(Hd=2, P=2, N=3), 5),
+    "mamba2_dt_limit": ("Mamba2DtLimit", dict(Hd=2, P=2, N=3), 5),
     "mamba_block": ("MambaBlock", dict(D=4, E=6, N=3, R=1, K=3), 5),
     "s4": ("S4", dict(H=3, N=4), 5),
     "s4d": ("S4D", dict(H=3, N=4), 5),
