@@ -368,16 +368,16 @@ def direction_prologue(g: Graph, pr: Printer, zeros: str, extra: tuple[str, ...]
     return L
 
 
-def multi_prologue(g: Graph, pr: Printer, zeros: str, extra: tuple[str, ...] = ()) -> list[str]:
+def multi_prologue(g: Graph, pr: Printer, zeros, extra: tuple[str, ...] = ()) -> list[str]:
     """`direction_prologue` for a block with several states: `_x0, _x1, ...` are the entering
-    states (declaration order), `tails` the conv tails after them."""
-    L = direction_prologue(g, pr, zeros, extra)
+    states (declaration order), `tails` the conv and prev tails after them. `zeros(shape,
+    complex)` is the text of a zero state of that shape."""
+    L = direction_prologue(g, pr, "{shape}", extra)
     k = len(g.meta["systems"])
     L = L[:-2]
     for i, s in enumerate(g.meta["systems"]):
         shape = "(_B, " + "".join(f"{d}, " for d in s["state_dims"]) + ")"
-        L.append(f"        _x{i} = state[{i}] if state is not None else "
-                 + zeros.format(shape=shape, complex=bool(s["state_complex"])))
+        L.append(f"        _x{i} = state[{i}] if state is not None else " + zeros(shape, bool(s["state_complex"])))
     L.append(f"        tails = list(state[{k}:]) if state is not None else [None] * {len(pr.convs)}")
     return L
 

@@ -56,13 +56,8 @@ def render_multi(g: Graph) -> str:
     L = class_header(g, "rt.ReferenceModule")
     w = L.append
     L.extend(init_methods(g))
-    dtypes = {True: "np.complex128", False: "np.float64"}
-    L.extend(multi_prologue(g, pr, "np.zeros({shape}, dtype={dtype})".replace(
-        "{dtype}", "{complex}")))
-    # (the zeros' dtype is filled per state below)
-    for i, line in enumerate(L):
-        for flag, dt in dtypes.items():
-            L[i] = line = line.replace(f"dtype={flag})", f"dtype={dt})")
+    L.extend(multi_prologue(g, pr, lambda shape, cplx: f"np.zeros({shape}, dtype="
+                            + ("np.complex128" if cplx else "np.float64") + ")"))
     for kind, item in multi_schedule(g):
         if kind == "node":
             w(f"        {pr.line(item)}")

@@ -416,10 +416,9 @@ def render_multi(g: Graph, ssd_fn: str = "ops.ssd_chunk", factors_fn: str = "ops
     w = L.append
     L.extend(init_methods(g))
     first = g.op(meta["inputs"][0]).get("name")
-    zeros = "torch.zeros({shape}, dtype={complex}, device=_dev)"
+    def zeros(shape, cplx):
+        return f"torch.zeros({shape}, dtype={'rt.torch_module.complex_of(_dt)' if cplx else '_dt'}, device=_dev)"
     L.extend(multi_prologue(g, pr, zeros, (f"_dt, _dev = self._work_dtype({first}.dtype), {first}.device",)))
-    for i, line in enumerate(L):
-        L[i] = line.replace("dtype=True,", "dtype=rt.torch_module.complex_of(_dt),").replace("dtype=False,", "dtype=_dt,")
     for kind, item in schedule:
         if kind == "node":
             line = pr.line(item)
