@@ -210,13 +210,14 @@ def test_torch_step_and_packed(name):
 @pytest.mark.parametrize("name", list(CASES))
 def test_torch_gradcheck(name):
     _, layer = _pair(name, "torch")
-    u = _input(layer, 1, 4).requires_grad_()
+    u = _input(layer, 1, 3).requires_grad_()
     x0 = tuple(t.requires_grad_() for t in _state(layer, 1))
 
     def f(u, *x0):
         y, final = layer(u, initial_state=x0, return_state=True)
         return (y, *final)
-    assert torch.autograd.gradcheck(f, (u, *x0))
+    # fast mode (random directions) keeps the larger state of GSA quick
+    assert torch.autograd.gradcheck(f, (u, *x0), fast_mode=True)
 
 
 @pytest.mark.parametrize("name", list(CASES))
