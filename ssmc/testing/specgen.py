@@ -25,7 +25,8 @@ likewise for mutants.
 
 `GenSpec.tags` name the features a spec uses, by family: the structure, the rule
 (or `recurrence`) and the scan order bare (`dense`, `zoh`, `cross2d`), `complex`,
-`tau`, `conv`, `linear`, `forcing`, `gate`, `skip`, and `A:*` (the state matrix:
+`tau`, `conv`, `prev` (`prev:k` a shift of more than one token, `prev:state` a
+readout of the state before the update), `linear`, `forcing`, `gate`, `skip`, and `A:*` (the state matrix:
 `A:token`, `A:const`, `A:lru`), `E:*` (the input term's pieces: `E:plain`,
 `E:coef`, `E:selective`, `E:mimo`, `E:features`), `coef:*`, `step:*` (`const`,
 `static`, `token`, `tau`), `fn:*` (each function; `fn:const` a function of a number),
@@ -582,7 +583,9 @@ class _Gen:
             return Ex(f"arange({d})", dims=(d,))
         if k == "input":
             n, d = self.ch.choice(ins)
-            return Ex(n, dims=tuple(d), tok=True, direct=frozenset([n]))
+            e = Ex(n, dims=tuple(d), tok=True, direct=frozenset([n]))
+            # now and then the input at an earlier token (a shifted input counts as one)
+            return self.shifted(e) if self.ch.chance(0.12) else e
         if k == "dimnum":
             d = self.ch.choice(sorted(self.dims))
             self.tags.add("dimnum")
@@ -630,6 +633,8 @@ class _Gen:
             opts.append((2, "linear"))
         if learn and tok and self._fitting_inputs(allowed):
             opts.append((1, "conv"))
+        if tok and self._fitting_inputs(allowed):
+            opts.append((1, "prev"))
         k = self.ch.weighted(opts)
         sub = lambda a=allowed: self.real(a, depth - 1, tok, st_, learn)  # noqa: E731
         if k == "unary":
@@ -681,6 +686,12 @@ class _Gen:
             return call(f, c, cplx=False)
         if k == "linear":
             return self.linear(allowed, depth, tok, st_)
+        if k == "prev":
+            # prev of a per-token expression that does not read the state (section 7)
+            e = self.real(allowed, max(depth - 2, 0), True, False, learn)
+            if not e.tok:
+                e = binop("*", e, self.input_leaf(allowed))
+            return self.shifted(e)
         return self.conv(allowed, depth, st_)
 
     def bounded(self, sub) -> Ex:
@@ -848,6 +859,17 @@ class _Gen:
             return ""
         self.tags.add("linear:bias")
         return f", bias = {b}"
+
+    def shifted(self, e: Ex) -> Ex:
+        """`prev(e)` or `prev(e, k)` of a per-token e that does not read the state: e k
+        tokens earlier, zero before the first (decision 17). Linear in the input where e is."""
+        self.tags.add("prev")
+        k = self.ch.weighted([(4, 1), (1, 2), (1, 3)])
+        if k > 1:
+            self.tags.add("prev:k")
+        extra = [] if k == 1 and self.ch.chance(0.8) else [str(k)]
+        return Ex(f"prev({', '.join([e.text] + extra)})", dims=e.dims, cplx=e.cplx, tok=True, learn=e.learn,
+                  direct=e.direct)
 
     def conv_width(self) -> str:
         """K: an integer 1..4 (1: no look-back, a tail of 0 tokens) or a dim 2..4."""
@@ -1544,6 +1566,10 @@ class _Gen:
         never a square matrix."""
         ch = self.ch
         xs = Ex(self.state, dims=self.sdims, cplx=self.cplx, tok=True, state=True)
+        if not self.delta and ch.chance(0.15):
+            # the state before the current token's update (decision 17)
+            xs = Ex(f"prev({self.state})", dims=self.sdims, cplx=self.cplx, tok=True, state=True)
+            self.tags.add("prev:state")
         if self.delta and ch.chance(0.8):
             # the delta rule's readout S q: sum(q * x, N) with a per-token q
             red = (self.N,)
@@ -1855,6 +1881,7 @@ _MUTATIONS = ("delete", "misspell", "unknown_function", "reduce_dim", "broadcast
               "no_read", "structure", "unknown_word", "init_outside", "complex_init", "unknown_dim",
               "both_systems", "bad_blocks", "empty_state", "unclosed", "inline_transition",
               "dim_fraction", "step_along_N", "square_output", "complex_activation", "conv_static",
+              "prev_static", "prev_state_in_E",
               "linear_nodims", "init_dims", "init_param", "lru_real", "bad_kwarg", "output_name_used",
               "real_state", "odd_character", "unterminated_string", "unclosed_bracket", "trailing_operator")
 
@@ -2095,6 +2122,17 @@ def _mutate(b: _Built, g: _Gen, ch: _Chooser) -> tuple[str, str]:
         out = find("output")[0]
         out.text += f" + 0 * {vn}"
         what = "conv of a static value"
+    elif kind == "prev_static":
+        real = [n for n, (dims, c) in b.params.items() if not c]
+        out = find("output")[0]
+        out.text += f" + 0 * prev({ch.choice(real) if real else 'pi'})"
+        what = "prev of a static value"
+    elif kind == "prev_state_in_E":
+        tr = [s for s in stmts if s.kind in ("dynamics", "recurrence") or s.text.lstrip().startswith(
+            ("dynamics", "recurrence"))]
+        if tr:
+            tr[0].text += f" + 0 * prev({b.state})"
+        what = "prev of the state in the input term"
     elif kind == "linear_nodims":
         cands = [s for s in stmts if "linear(" in s.text]
         if cands:

@@ -176,3 +176,27 @@ def test_torch_chunks():
     u, tau = torch.randn(2, 9, 3, dtype=torch.float64), torch.rand(2, 9, dtype=torch.float64) + 0.5
     y_ref = ref(u, tau=tau)
     assert (tor(u, tau=tau) - y_ref).abs().max() <= 1e-12 * y_ref.abs().max()
+
+
+def test_evaluator_reads_prev_as_documented():
+    """The differential tester's evaluator on its own: prev(u, 2) is zero for two tokens,
+    prev(x) the entering state at the first token (x_t = 0.5 x_{t-1} + u_t)."""
+    from ssmc.frontend.parser import parse
+    from ssmc.testing.evaluator import evaluate
+    text = """ssm E {
+  dims H = 1
+  input u[H]
+  state x[H]
+  a = 0.5 : diagonal
+  recurrence x = a x + u
+  scan causal
+  output y = prev(x) + 10 * prev(u, 2)
+}"""
+    block = parse(text, "<e>").blocks[0]
+    u = np.array([[[1.0], [2.0], [3.0], [4.0]]])
+    y = evaluate(block, {"H": 1}, {}, {"u": u}, initial_state=np.array([[8.0]]))
+    xs = [8.0]
+    for v in (1, 2, 3, 4):
+        xs.append(0.5 * xs[-1] + v)
+    want = [xs[0], xs[1], xs[2] + 10 * 1, xs[3] + 10 * 2]
+    assert np.allclose(y[0, :, 0], want, rtol=0, atol=1e-14)

@@ -9,6 +9,7 @@ not yet fixed, compiler bug, and specs carrying it are reported, not failed.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -74,9 +75,9 @@ def test_specs_are_small_and_their_sizes_construct_the_module():
         assert 1 <= math.prod(x.shape[1:]) <= 24, (x.shape, gs.text)
         assert all(n <= 4 for n in x.shape[1:]), (x.shape, gs.text)
         if "cross2d" in gs.tags:
-            rows, cols = (gs.text.split("rows = ")[1].split(",")[0].split(")")[0],
-                          gs.text.split("cols = ")[1].split(",")[0].split(")")[0])
-            assert gs.length == gs.dims[rows.strip()] * gs.dims[cols.strip()]
+            # (a statement may be broken across lines, around the `=` too)
+            rows, cols = (re.search(rf"\b{k}\s*=\s*(\w+)", gs.text).group(1) for k in ("rows", "cols"))
+            assert gs.length == gs.dims[rows] * gs.dims[cols]
 
 
 def test_names_avoid_reserved_words_and_module_attributes():
