@@ -1566,8 +1566,9 @@ class _Gen:
         never a square matrix."""
         ch = self.ch
         xs = Ex(self.state, dims=self.sdims, cplx=self.cplx, tok=True, state=True)
-        if not self.delta and ch.chance(0.15):
-            # the state before the current token's update (decision 17)
+        if not self.delta and self.scan_order != "global" and ch.chance(0.15):
+            # the state before the current token's update (decision 17; a global scan's
+            # outputs all read the state after the whole sequence: no prev(x) there)
             xs = Ex(f"prev({self.state})", dims=self.sdims, cplx=self.cplx, tok=True, state=True)
             self.tags.add("prev:state")
         if self.delta and ch.chance(0.8):
