@@ -81,12 +81,15 @@ def test_specs_are_small_and_their_sizes_construct_the_module():
 
 
 def test_names_avoid_reserved_words_and_module_attributes():
-    import re
     import torch
+    from ssmc.frontend import ast
+    from ssmc.frontend.parser import parse
     bad = set(RESERVED) | set(dir(torch.nn.Module))
     for gs in specgen.example_specs(60, seed=3):
-        defined = re.findall(r"^\s*(?:param|state)\s+(\w+)|^\s*(\w+)\s*=(?!=)", gs.text, flags=re.M)
-        names = {a or b for a, b in defined} | set(gs.dims)
+        # the names the parsed block declares (a statement may be broken across lines)
+        block = parse(gs.text, "<gen>").blocks[0]
+        names = {s.name for s in block.body if isinstance(s, (ast.ParamDecl, ast.StateDecl, ast.Assign))}
+        names |= set(gs.dims)
         assert not names & bad, (names & bad, gs.text)
 
 
@@ -115,6 +118,7 @@ def test_the_generator_covers_the_language():
         "global", "sharing:param:shared", "sharing:param:separate", "sharing:linear:shared",
         "sharing:linear:separate", "sharing:conv:shared", "sharing:conv:separate", "sharing:one_direction",
         "dplr:delta",
+        "prev", "prev:k", "prev:state",
     }
     assert wanted <= tags, f"never drawn: {sorted(wanted - tags)}"
 
