@@ -938,7 +938,8 @@ class _Gen:
         self.scan()
         self.output()
         # (several states under `scan global` are refused: not supported yet)
-        if self.scan_order != "global" and ch.chance(0.2):
+        # (nor with a readout of prev(x): several states read only after their update, yet)
+        if self.scan_order != "global" and "prev:state" not in self.tags and ch.chance(0.2):
             self.extra_states()
         self.ensure_inputs_used()
         if self.cinput:
@@ -1460,7 +1461,8 @@ class _Gen:
             # xc = silu(conv(linear(u, F), K)) (Mamba block): driven by features, no direct u
             F = ch.subset(self.sdims, 1, 2)
             inner = self.lin(u, F) if ch.chance(0.6) else uex
-            xc = self.value(call("silu", Ex(f"conv({inner.text}, {self.conv_width()})", dims=inner.dims, tok=True,
+            kw = "".join(", " + k for k in self.sharing_kw("conv"))
+            xc = self.value(call("silu", Ex(f"conv({inner.text}, {self.conv_width()}{kw})", dims=inner.dims, tok=True,
                                             learn=True)), ch.choice(["xc", "feat"]))
             self.tags |= {"conv", "E:features"}
             outd = ch.subset(self.sdims, 1, 2)
