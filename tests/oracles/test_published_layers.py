@@ -95,7 +95,7 @@ def _t(a, dtype=torch.float64):
 # forward: torch and Triton against the NumPy reference
 # ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("Bsz,L", [(3, 1), (3, 13), (2, 29)])
+@pytest.mark.parametrize("Bsz,L", [(3, 1), (3, 13), (2, 17)])
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_torch_forward_chaining_and_step(name, Bsz, L):
     ref, tm = _layers(name, "torch", chunk_size=4)
@@ -301,7 +301,7 @@ def test_retnet_against_fla_naive_retention_and_simple_gla():
 
 def test_initializations():
     # Griffin, Appendix A: a^c uniform in [0.9, 0.999], a = sigmoid(Lambda), c = 8
-    layer = getattr(_mod("rglru", "numpy"), "RGLRU")(seed=0, dtype=torch.float64, H=4000)
+    layer = getattr(_mod("rglru", "numpy"), "RGLRU")(seed=0, dtype=torch.float64, H=1000)
     ac = _sig(to_np(layer.get_parameter("Lambda"))) ** 8
     assert ac.min() >= 0.9 - 1e-12 and ac.max() <= 0.999 + 1e-12
     assert abs(ac.mean() - 0.9495) < 0.005 and ac.min() < 0.901 and ac.max() > 0.998   # uniform, not clustered
