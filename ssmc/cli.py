@@ -152,6 +152,9 @@ def run(spec: str, backend: str, batch: int, length: int, seed: int) -> None:
             shape = (batch, L) + tuple(d[x] for x in dims)
             # A per-token scalar input is most often a time step: keep it positive.
             t = torch.rand(shape, generator=gen) + 0.5 if not dims and i else torch.randn(shape, generator=gen)
+            if name in getattr(cls, "COMPLEX_INPUTS", ()):
+                # `input NAME[...] complex`: complex values of the same size
+                t = torch.complex(t, torch.randn(shape, generator=gen)) / 2 ** 0.5
             inputs[name] = t
         first, *rest = cls.INPUTS
         t0 = time.perf_counter()

@@ -1886,7 +1886,8 @@ _MUTATIONS = ("delete", "misspell", "unknown_function", "reduce_dim", "broadcast
               "dim_fraction", "step_along_N", "square_output", "complex_activation", "conv_static",
               "prev_static", "prev_state_in_E",
               "linear_nodims", "init_dims", "init_param", "lru_real", "bad_kwarg", "output_name_used",
-              "real_state", "odd_character", "unterminated_string", "unclosed_bracket", "trailing_operator")
+              "real_state", "odd_character", "unterminated_string", "unclosed_bracket", "trailing_operator",
+              "complex_input")
 
 
 def _mutate(b: _Built, g: _Gen, ch: _Chooser) -> tuple[str, str]:
@@ -2227,6 +2228,18 @@ def _mutate(b: _Built, g: _Gen, ch: _Chooser) -> tuple[str, str]:
         i = max(s.text.rfind(")"), s.text.rfind("]"))
         s.text = s.text[:i] + s.text[i + 1:]
         what = "a bracket never closed (the statement runs on into the next lines)"
+    elif kind == "complex_input":
+        # a complex input where only real values go: a real state's input term, or an activation
+        d = b.sdims[-1]
+        stmts.append(Stmt("input", f"input cz9[{d}] complex", "cz9"))
+        if not b.cplx:
+            dyn = (find("dynamics") + find("recurrence"))[0]
+            dyn.text += " + 0.1 * cz9"
+            what = "a complex input in a real state's input term"
+        else:
+            out = find("output")[0]
+            out.text += f" + 0 * sum({ch.choice(['softplus', 'gelu', 'sigmoid'])}(cz9), {d})"
+            what = "an activation of a complex input"
     elif kind == "trailing_operator":
         s = ch.choice(stmts)
         s.text += ch.choice([" +", " *", ",", " =", " -", " **"])

@@ -154,3 +154,14 @@ def test_an_lti_system_with_a_complex_input_takes_the_recurrence():
     assert _load(lti, "torch").Cx.ALGORITHM != "fft_conv"
     rep = check_spec(lti, {}, 6, backends=("numpy", "torch"), seed=4)
     assert not rep.findings, "\n".join(map(str, rep.findings))
+
+
+def test_cli_run_draws_complex_values(tmp_path):
+    from click.testing import CliRunner
+
+    from ssmc.cli import main
+    p = tmp_path / "cx.ssm"
+    p.write_text(SPEC)
+    r = CliRunner().invoke(main, ["run", str(p), "--length", "5", "--backend", "numpy"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "complex128" in r.output or "complex64" in r.output
