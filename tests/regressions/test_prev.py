@@ -200,3 +200,31 @@ def test_evaluator_reads_prev_as_documented():
         xs.append(0.5 * xs[-1] + v)
     want = [xs[0], xs[1], xs[2] + 10 * 1, xs[3] + 10 * 2]
     assert np.allclose(y[0, :, 0], want, rtol=0, atol=1e-14)
+
+
+COMPLEX = """\
+ssm T {
+  dims H = 3, N = 4
+  input u[H]
+  state x[H, N] complex
+  param A_log[H, N] = log(1 + arange(N))
+  param C[H, N] complex = normal(0, 1)
+  A = -exp(A_log) + 1j * arange(N) : diagonal
+  g = linear(u, H)
+  Bc = linear(u, N) + 1j * linear(u, N)
+  dynamics x' = A x + prev(Bc * u) - Bc * u
+  discretize zoh, step = 0.1 * softplus(prev(g, 2)) + 0.01
+  scan causal
+  output y = re(sum(C * prev(x), N))
+}
+"""
+
+
+def test_complex_tails_and_a_shifted_step():
+    """prev of a complex value carries a complex tail (init_state, chaining, step());
+    prev in the step; against the evaluator on numpy and torch."""
+    layer = ssmc.loads(COMPLEX, backend="torch").T()
+    assert layer.init_state(2)[1].is_complex() and not layer.init_state(2)[2].is_complex()
+    rep = check_spec(COMPLEX, length=7)
+    assert rep.ok, [str(f) for f in rep.findings]
+    assert rep.checks_run >= 10
