@@ -321,3 +321,20 @@ def test_several_states_in_one_statement():
     assert rel(b(u), a(u)) == 0
     c = parse(Source("ssm T {\n  state x[H] complex, w[H]\n}\n", "<c>")).blocks[0].body
     assert [(d.name, d.complex) for d in c] == [("x", True), ("w", False)]
+
+
+@pytest.mark.parametrize("name", ["linear_attention", "gsa"])
+def test_torch_runs_the_ssd_form_for_its_ssd_state(monkeypatch, name):
+    """The state whose algorithm is ssd really runs ops.ssd_chunk (and still matches)."""
+    from ssmc.runtime import torch_ops
+    calls = []
+    real = torch_ops.ssd_chunk
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch_ops, "ssd_chunk", counting)
+    ref, layer = _pair(name, "torch")
+    u = _input(ref, 2, 9)
+    assert rel(layer(u), ref(u)) < RTOL
+    assert calls
