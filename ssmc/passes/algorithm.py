@@ -367,6 +367,12 @@ def choose_algorithm(g: Graph) -> Graph:
         name = "chunked_scan" if structure in ("diagonal", "scalar") else "chunked_matrix_scan"
         reason = (f"the readout reads prev({g.op(g.meta['state']).get('name')}), the state before each token's "
                   f"update (no convolution or SSD form is generated for it): {chunked}")
+    elif cls["lti"] and is_multi(g):
+        # The convolution form gives the output from the input directly; with several states
+        # the readout combines them (and other states may read this one per token): it scans.
+        name = "chunked_scan" if structure in ("diagonal", "scalar") else "chunked_matrix_scan"
+        reason = (f"the system is LTI, but in a block with several states each state's per-token values are "
+                  f"scanned (no convolution form): {chunked}")
     elif cls["lti"]:
         form, why = _kernel_form(g)
         if form is not None:

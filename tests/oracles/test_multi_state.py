@@ -300,6 +300,9 @@ def test_stack_runs_in_dependency_order():
     from ssmc.errors import Source
     g = analyse(Source(STACK, "<stack>")).graphs[0]
     assert g.meta["order"] == [1, 0]
+    # x is LTI, but in a block with several states it scans (no convolution form)
+    assert g.meta["systems"][1]["classification"]["lti"]
+    assert [s["algorithm"]["name"] for s in g.meta["systems"]] == ["chunked_scan", "chunked_scan"]
     layer = _load("stack", "numpy")(**CASES["stack"]["dims"])
     assert [s[0] for s in layer.STATES] == ["w", "x"]
     assert math.isclose(float(layer.init_state(1)[0].sum()), 0.0)
