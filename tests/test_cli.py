@@ -1,6 +1,7 @@
 """The `ssmc` command: check, explain, compile, run; errors exit 1 without a traceback."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -20,7 +21,9 @@ def invoke(*args):
 def test_check_every_example(path):
     r = invoke("check", str(path))
     assert r.exit_code == 0, r.output
-    assert "algorithm:" in r.output and "parameters:" in r.output
+    # one algorithm line per state: "algorithm: ..." or "algorithm (x): ..."
+    assert re.search(r"^  algorithm( \(\w+\))?: ", r.output, re.M), r.output
+    assert "parameters:" in r.output
     assert ("LTI" in r.output) or ("selective" in r.output)
 
 
