@@ -26,7 +26,8 @@ likewise for mutants.
 `GenSpec.tags` name the features a spec uses, by family: the structure, the rule
 (or `recurrence`) and the scan order bare (`dense`, `zoh`, `cross2d`), `complex`,
 `tau`, `conv`, `prev` (`prev:k` a shift of more than one token, `prev:state` a
-readout of the state before the update), `linear`, `forcing`, `gate`, `skip`, and `A:*` (the state matrix:
+readout of the state before the update, `prev:input` a shifted input term, `prev:complex` a
+shifted complex input, `states:prev` a shifted input in another state's term), `linear`, `forcing`, `gate`, `skip`, and `A:*` (the state matrix:
 `A:token`, `A:const`, `A:lru`), `E:*` (the input term's pieces: `E:plain`,
 `E:coef`, `E:selective`, `E:mimo`, `E:features`), `coef:*`, `step:*` (`const`,
 `static`, `token`, `tau`), `fn:*` (each function; `fn:const` a function of a number),
@@ -1016,7 +1017,12 @@ class _Gen:
         first = next(i for i, s in enumerate(self.stmts) if s.kind == "input")
         self.stmts.insert(first, Stmt("input", f"input {w}[{', '.join(wd)}] complex", w))
         self.tags |= {"input:complex"}
-        piece = binop("*", Bw, Ex(w, dims=wd, tok=True, cplx=True, direct=frozenset([w])))
+        wex = Ex(w, dims=wd, tok=True, cplx=True, direct=frozenset([w]))
+        if ch.chance(0.3):
+            # prev of the complex input (decision 17: e may be complex; a complex tail)
+            wex = self.shifted(wex)
+            self.tags.add("prev:complex")
+        piece = binop("*", Bw, wex)
         return binop("+", E, piece) if ch.chance(0.5) else binop("+", piece, E)
 
     def make_inputs(self):
@@ -1411,6 +1417,14 @@ class _Gen:
         pieces = [self.input_piece()]
         if ch.chance(0.3):
             pieces.append(self.forcing() if ch.chance(0.5) else self.input_piece())
+        if ch.chance(0.2):
+            # Mamba-3's beta * prev(B * u) beside gamma * B * u: a shifted input term counts as
+            # an input for linearity (decision 17), so prev of the primary input or of a piece
+            u, ud = self.inputs[0]
+            sh = self.coef_times(self.shifted(Ex(u, dims=ud, tok=True, direct=frozenset([u])))) \
+                if set(ud) <= set(self.sdims) and ch.chance(0.5) else self.shifted(pieces[0])
+            self.tags.add("prev:input")
+            pieces.append(sh)
         e = pieces[0]
         for p in pieces[1:]:
             e = binop(ch.choice(["+", "-"]), e, p)
@@ -1429,7 +1443,9 @@ class _Gen:
         fits = set(ud) <= S
         opts = []
         if fits:
-            opts += [(2, "plain"), (5, "coef"), (2, "selective"), (1, "features")]
+            opts += [(2, "plain"), (5, "coef"), (2, "selective"),
+                     # (features: the conv of most specs; more often under global, to meet it)
+                     (3 if self.scan_order == "global" else 1, "features")]
         opts += [(3, "mimo")]
         if self.delta_k is not None:
             opts.append((6, "delta"))
@@ -1571,8 +1587,12 @@ class _Gen:
         if not self.delta and self.scan_order != "global" and ch.chance(0.15):
             # the state before the current token's update (decision 17; a global scan's
             # outputs all read the state after the whole sequence: no prev(x) there)
+            xs0 = xs
             xs = Ex(f"prev({self.state})", dims=self.sdims, cplx=self.cplx, tok=True, state=True)
             self.tags.add("prev:state")
+            if ch.chance(0.4):
+                # the states before and after the update side by side
+                xs = paren(binop(ch.choice(["+", "-"]), xs0, binop("*", num(0.5), xs)))
         if self.delta and ch.chance(0.8):
             # the delta rule's readout S q: sum(q * x, N) with a per-token q
             red = (self.N,)
@@ -1685,6 +1705,10 @@ class _Gen:
                                hint="A2_log")
                 a = self.value(neg(call("exp", p, dims=dims)), "A2", structure="diagonal")
             arg = self.input_leaf()
+            if ch.chance(0.25):
+                # a shifted input in another state's term (prev of an input: allowed with several states)
+                arg = self.shifted(arg)
+                self.tags.add("states:prev")
             term = f"linear({arg.text}, {', '.join(dims)})"
             if ch.chance(0.4):
                 # a DAG: the input term reads an earlier state, after its update
@@ -1884,7 +1908,7 @@ _MUTATIONS = ("delete", "misspell", "unknown_function", "reduce_dim", "broadcast
               "no_read", "structure", "unknown_word", "init_outside", "complex_init", "unknown_dim",
               "both_systems", "bad_blocks", "empty_state", "unclosed", "inline_transition",
               "dim_fraction", "step_along_N", "square_output", "complex_activation", "conv_static",
-              "prev_static", "prev_state_in_E",
+              "prev_static", "prev_state_in_E", "prev_state_k", "prev_of_readout",
               "linear_nodims", "init_dims", "init_param", "lru_real", "bad_kwarg", "output_name_used",
               "real_state", "odd_character", "unterminated_string", "unclosed_bracket", "trailing_operator",
               "complex_input")
@@ -2137,6 +2161,16 @@ def _mutate(b: _Built, g: _Gen, ch: _Chooser) -> tuple[str, str]:
         if tr:
             tr[0].text += f" + 0 * prev({b.state})"
         what = "prev of the state in the input term"
+    elif kind == "prev_state_k":
+        # decision 17: the state is kept one token back only
+        out = find("output")[0]
+        out.text += f" + 0 * sum(prev({b.state}, 2))"
+        what = "prev of the state two tokens back"
+    elif kind == "prev_of_readout":
+        # decision 17: prev of a value that reads the state (write prev(x) inside instead)
+        out = find("output")[0]
+        out.text += f" + 0 * sum(prev(abs({b.state})))"
+        what = "prev of a value that reads the state"
     elif kind == "linear_nodims":
         cands = [s for s in stmts if "linear(" in s.text]
         if cands:

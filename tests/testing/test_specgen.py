@@ -76,7 +76,9 @@ def test_specs_are_small_and_their_sizes_construct_the_module():
         assert all(n <= 4 for n in x.shape[1:]), (x.shape, gs.text)
         if "cross2d" in gs.tags:
             # (a statement may be broken across lines, around the `=` too)
-            rows, cols = (re.search(rf"\b{k}\s*=\s*(\w+)", gs.text).group(1) for k in ("rows", "cols"))
+            # (and after a backslash, with a comment after it)
+            text = re.sub(r"\\[ \t]*(#[^\n]*)?\r?\n", " ", gs.text)
+            rows, cols = (re.search(rf"\b{k}\s*=\s*(\w+)", text).group(1) for k in ("rows", "cols"))
             assert gs.length == gs.dims[rows] * gs.dims[cols]
 
 
@@ -118,7 +120,7 @@ def test_the_generator_covers_the_language():
         "global", "sharing:param:shared", "sharing:param:separate", "sharing:linear:shared",
         "sharing:linear:separate", "sharing:conv:shared", "sharing:conv:separate", "sharing:one_direction",
         "dplr:delta",
-        "prev", "prev:k", "prev:state",
+        "prev", "prev:k", "prev:state", "prev:input", "prev:complex", "states:prev",
     }
     assert wanted <= tags, f"never drawn: {sorted(wanted - tags)}"
 
