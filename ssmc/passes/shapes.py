@@ -154,10 +154,21 @@ def _dplr_shape(g: Graph, n: int, o, ins) -> tuple[str, ...]:
         full = len(m) >= 2 and m[-2] == nd and m[-1] != nd and nd not in m[:-2]
         if not (one if rank is None else full and m[-1] == rank):
             want = f"[..., {nd}]" if rank is None else f"[..., {nd}, {rank}]"
-            raise _err(g, f"dplr(Lambda, P, Q): {name} has dims {fmt(m)}, expected {want} "
+            sd = [d for d, _ in g.op(g.meta["state"]).get("dims")] if g.meta.get("state") is not None else []
+            other = next((d for d in reversed(m) if d in sd and d != nd), None)
+            if other is not None:
+                # dplr(1, beta * k, k) with k over another state dim: the matrix acts on the last one
+                order = [d for d in sd if d != other] + [other]
+                hint = (f"a square matrix acts on the state's last dim {nd} (section 4); for one over {other}, "
+                        f"put {other} last: state {g.op(g.meta['state']).get('name')}[{', '.join(order)}]")
+            else:
+                hint = (f"declare it like {name}[{', '.join(list(lead) + [nd, 'R'])}] or "
+                        f"{name}[{', '.join(list(lead) + [nd])}]")
+            what = (f"{name} has dims {fmt(m)}, over {other} where the state's last dim {nd} is expected"
+                    if other is not None and nd not in m else f"{name} has dims {fmt(m)}, expected {want}")
+            raise _err(g, f"dplr(Lambda, P, Q): {what} "
                           f"([..., {nd}] for rank one, [..., {nd}, R] for rank R, the same for P and Q)",
-                       o.span, hint=f"declare it like {name}[{', '.join(list(lead) + [nd, 'R'])}] or "
-                                    f"{name}[{', '.join(list(lead) + [nd])}]")
+                       o.span, hint=hint)
         lead = lead + tuple(d for d in m[:(-1 if rank is None else -2)] if d not in lead)
     return lead + (nd, nd)
 

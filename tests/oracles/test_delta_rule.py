@@ -436,3 +436,12 @@ def test_matches_fla_gated_delta_rule_naive(backend):
                                                       output_final_state=True)
     assert rel(_np(y), _np(o)) <= 1e-5
     assert rel(_np(S), _np(S_fla.transpose(-1, -2))) <= 1e-5
+
+
+def test_keys_not_last_is_an_error_with_a_hint():
+    """fla's layout S[H, Dk, Dv] puts the keys first; a square matrix acts on the state's
+    last dim, so dplr(1, beta * k, k) over Dk needs Dk last: the hint says so."""
+    text = (ROOT / "examples" / "deltanet.ssm").read_text().replace("state   S[H, Dv, Dk]", "state   S[H, Dk, Dv]")
+    with pytest.raises(ssmc.SpecError) as e:
+        ssmc.loads(text, backend="numpy")
+    assert "put Dk last: state S[H, Dv, Dk]" in str(e.value)
