@@ -688,34 +688,42 @@ def delta_chunk(z, zd, P, pd, Q, qd, X, xd, K, kd, Cf, cd, x0, sd, rank, yd, blo
         return t.reshape((b, nb, l) + t.shape[2:])
 
     z, P, Q, X, K, Cf = (blocks(t) for t in (z, P, Q, X, K, Cf))
-    Lc = torch.cumsum(z, dim=2)                                                     # [b, K, l, g]
-    seg = _segsum(z.movedim(2, -1))                                                 # [b, K, g, t, s]
+    # One layout for the block matmuls, heads before tokens: [b, K, g, l(R), ...] contiguous,
+    # so that every product below is a batched matmul without hidden copies. The (token,
+    # rank) pairs are flattened token-major: row t * R + r.
+    z = z.movedim(3, 2)                                                             # [b, K, g, l]
+    X, K, Cf = (t.movedim(3, 2).contiguous() for t in (X, K, Cf))                   # [b, K, g, l, v / N]
+    Pf, Qf = (t.permute(0, 1, 3, 2, 5, 4).reshape(b, nb, ng, l * R, nn) for t in (P, Q))
+
+    def rows(D):
+        # [..., t, s] -> [..., t * R + r, s]: each token's R rows
+        return D.repeat_interleave(R, dim=-2) if R > 1 else D
+
+    def cols(D):
+        return D.repeat_interleave(R, dim=-1) if R > 1 else D
+
+    Lc = torch.cumsum(z, dim=-1)                                                    # [b, K, g, l]
+    seg = _segsum(z)                                                                # [b, K, g, t, s]
     causal = torch.ones(l, l, dtype=torch.bool, device=z.device).tril()
     zero = torch.zeros((), dtype=dtype, device=z.device)
     Dinc = torch.where(causal, torch.exp(seg), zero)                                # e^{Lc_t - Lc_s}, s <= t
     Dprev = torch.cat([torch.zeros_like(Dinc[..., :1, :]), Dinc[..., :-1, :]], dim=-2)  # e^{Lc_{t-1} - Lc_s}, s < t
-    # The triangular system over (token, rank) pairs.
-    M = torch.einsum("BKtgnr,BKsgnq->BKgtrsq", Q, P) * Dprev[..., :, None, :, None]
-    M = M.reshape(b, nb, ng, l * R, l * R)
-    QK = torch.einsum("BKtgnr,BKsgn->BKgtrs", Q, K) * Dprev[..., :, None, :]
-    rhs_x = torch.einsum("BKgtrs,BKsgv->BKgtrv", QK, X).reshape(b, nb, ng, l * R, nv)
-    prev = torch.exp(Lc - z).movedim(2, -1)                                         # e^{Lc_{t-1}}: [b, K, g, t]
-    rhs_s = (prev[..., None, None] * Q.permute(0, 1, 3, 2, 5, 4)).reshape(b, nb, ng, l * R, nn)
+    # The triangular system over (token, rank) pairs: (I + M) w = rhs_x + rhs_s S0^T.
+    M = (Qf @ Pf.transpose(-1, -2)) * cols(rows(Dprev))                             # [b, K, g, lR, lR]
+    rhs_x = ((Qf @ K.transpose(-1, -2)) * rows(Dprev)) @ X                          # [b, K, g, lR, v]
+    rhs_s = rows(torch.exp(Lc - z)[..., None]) * Qf                                 # e^{Lc_{t-1}} Q_t: [.., lR, N]
     Tinv = unit_lower_inverse(M)                                                    # (I + M)^-1
     Wx, Uq = Tinv @ rhs_x, Tinv @ rhs_s                                             # [b, K, g, lR, v / N]
     # Outputs: y_t = e^{Lc_t} C_t S0 + sum_{i<=t} e^{Lc_t-Lc_i} ((C_t.K_i) X_i - (C_t.P_i) w_i).
-    CK = torch.einsum("BKtgn,BKsgn->BKgts", Cf, K) * Dinc
-    CP = (torch.einsum("BKtgn,BKsgnr->BKgtsr", Cf, P) * Dinc[..., None]).reshape(b, nb, ng, l, l * R)
-    Yx = torch.einsum("BKgts,BKsgv->BKgtv", CK, X) - CP @ Wx                        # [b, K, g, l, v]
-    Cq = torch.exp(Lc).movedim(2, -1)[..., None] * Cf.movedim(2, 3) - CP @ Uq       # [b, K, g, l, N]
+    CP = (Cf @ Pf.transpose(-1, -2)) * cols(Dinc)                                   # [b, K, g, l, lR]
+    Yx = ((Cf @ K.transpose(-1, -2)) * Dinc) @ X - CP @ Wx                          # [b, K, g, l, v]
+    Cq = torch.exp(Lc)[..., None] * Cf - CP @ Uq                                    # [b, K, g, l, N]
     # The block's state map: x_end = S0 Ablk + Sx.
-    d = Dinc[..., -1, :]                                                            # e^{Lc_l - Lc_s}: [b, K, g, s]
-    Wr = Wx.reshape(b, nb, ng, l, R, nv)
-    Ur = Uq.reshape(b, nb, ng, l, R, nn)
-    Sx = (torch.einsum("BKgs,BKsgv,BKsgn->BKgvn", d, X, K)
-          - torch.einsum("BKgs,BKgsrv,BKsgnr->BKgvn", d, Wr, P))
-    Ablk = (torch.exp(Lc[:, :, -1])[..., None, None] * torch.eye(nn, dtype=dtype, device=z.device)
-            - torch.einsum("BKgsrn,BKgs,BKsgmr->BKgnm", Ur, d, P))
+    d = Dinc[..., -1, :, None]                                                      # e^{Lc_l - Lc_s}: [.., l, 1]
+    dP = rows(d) * Pf
+    Sx = (d * X).transpose(-1, -2) @ K - Wx.transpose(-1, -2) @ dP                  # [b, K, g, v, N]
+    Ablk = (torch.exp(Lc[..., -1])[..., None, None] * torch.eye(nn, dtype=dtype, device=z.device)
+            - Uq.transpose(-1, -2) @ dP)                                            # [b, K, g, N, N]
     # (unbind once: indexing one block at a time would cost a full-size gradient per block)
     entering = []
     Ablk = Ablk.movedim(1, 0).reshape(nb, b * ng, nn, nn)
@@ -725,6 +733,6 @@ def delta_chunk(z, zd, P, pd, Q, qd, X, xd, K, kd, Cf, cd, x0, sd, rank, yd, blo
         entering.append(S)
         S = torch.baddbmm(s_k, S, a_k)
     S = S.reshape(b, ng, nv, nn)
-    y = Yx + torch.einsum("BKgtn,BKgvn->BKgtv", Cq, torch.stack(entering).reshape(nb, b, ng, nv, nn).movedim(0, 1))
+    y = Yx + Cq @ torch.stack(entering).reshape(nb, b, ng, nv, nn).movedim(0, 1).transpose(-1, -2)
     y = y.movedim(3, 2).reshape(b, nb * l, ng, nv)[:, :T]
     return out(y, S)
