@@ -80,6 +80,42 @@ class _ToSympy:
         self.linear_maps = linear_maps
         self.memo: dict[int, sp.Expr] = {}
         self.symbols: dict[sp.Symbol, int] = {}
+        # The symbols that stand for a value linear in the leaf: the leaf itself and one per
+        # reduction (sum/mean/re/im/conj) or shift of a leaf-dependent value, each with the
+        # time of its own coefficient in the leaf. A symbol per reduction, never marker *
+        # argument: with the leaf one scalar, `r / sum(r, H)` would cancel to 1 / marker.
+        self.dep: dict[sp.Symbol, str] = {leaf_symbol: "static"}
+
+    def depends(self, expr: sp.Expr) -> bool:
+        """expr uses the leaf (directly or through a reduction of it)."""
+        return any(s in self.dep for s in expr.free_symbols)
+
+    def nonlinear(self, expr: sp.Expr) -> bool:
+        """expr is not of degree <= 1 in the leaf-dependent symbols (jointly)."""
+        ds = [s for s in expr.free_symbols if s in self.dep]
+        return any(self.depends(sp.diff(expr, s)) for s in ds)
+
+    def at_zero(self, expr: sp.Expr) -> sp.Expr:
+        """expr with the leaf (so every value linear in it) at 0: what does not multiply it."""
+        ds = [s for s in expr.free_symbols if s in self.dep]
+        return expr.subs({s: 0 for s in ds}) if ds else expr
+
+    def coef_time(self, expr: sp.Expr) -> str:
+        """The time of expr's coefficient in the leaf (expr linear in it): per-token where a
+        coefficient of a leaf-dependent symbol is, or that symbol's own coefficient is."""
+        for s in [s for s in expr.free_symbols if s in self.dep]:
+            d = sp.diff(expr, s)
+            if d != 0 and (self.dep[s] == "token" or _time(self.g, self.symbols, d) == "token"):
+                return "token"
+        return "static"
+
+    def _fresh(self, n: int, arg: sp.Expr, kind: str, time: str | None = None) -> sp.Expr:
+        """The value of node n, an operation linear in its argument arg (linear in the leaf):
+        a symbol of its own for the part linear in the leaf, plus the operation of the rest."""
+        s = sp.Symbol(f"l{n}")
+        self.dep[s] = time or self.coef_time(arg)
+        rest = sp.expand(self.at_zero(arg))
+        return s + (sp.Function(kind)(rest) if rest != 0 else 0)
 
     def visible(self, root: int) -> list[int]:
         """The nodes written in root's expression, in id order: through linear/conv calls (a
@@ -105,16 +141,21 @@ class _ToSympy:
             v = o.get("value")
             r = sp.nsimplify(v) if not isinstance(v, complex) else sp.Symbol(f"c{n}")
         elif self.linear_maps and o.kind == "linear" and o.get("bias") is None \
-                and not _nonlinear_in(self(g.operands(n)[0]), self.sym):
+                and not self.nonlinear(self(g.operands(n)[0])):
             r = sp.Symbol(f"W{n}") * self(g.operands(n)[0])
         elif o.kind in ("prev", "prev_state") and n not in self.opaque:
             # A shifted value: linear in the leaf where its argument is, with a per-token
             # marker of its own (u_{t-1} is not u_t: prev(u) * u is not linear, and a
             # shifted input is never an LTI system's static coefficient).
             inner = self(g.operands(n)[0])
-            s = sp.Symbol(f"v{n}")
-            self.symbols[s] = n
-            r = inner.subs(self.sym, self.sym * s) if self.sym in inner.free_symbols else s
+            if self.depends(inner) and not self.nonlinear(inner):
+                r = self._fresh(n, inner, "prev", time="token")
+            elif self.depends(inner):
+                r = sp.Function("prev")(inner)
+            else:
+                s = sp.Symbol(f"v{n}")
+                self.symbols[s] = n
+                r = s
         elif o.kind in _OPAQUE or n in self.opaque:
             s = sp.Symbol(f"v{n}")
             self.symbols[s] = n
@@ -142,8 +183,8 @@ class _ToSympy:
                 # sum(x, N) * sum(x, N)` is not 0, `re(x) ** 2 - im(x) ** 2` neither).
                 dims = o.get("dims") or ()
                 marker = "_" + k + "".join("_" + str(d) for d in dims)
-                if self.sym in args[0].free_symbols and not _nonlinear_in(args[0], self.sym):
-                    r = sp.Symbol(marker) * args[0]
+                if self.depends(args[0]) and not self.nonlinear(args[0]):
+                    r = self._fresh(n, args[0], marker)
                 else:
                     # Not linear in the leaf (or free of it): an opaque function of its argument,
                     # never marker * argument, which would cancel against that argument
@@ -159,24 +200,17 @@ class _ToSympy:
         return r
 
 
-def _nonlinear_in(expr: sp.Expr, s: sp.Symbol) -> bool:
-    if s not in expr.free_symbols:
-        return False
-    d = sp.diff(expr, s)
-    return s in d.free_symbols
-
-
 def _first_nonlinear(conv: "_ToSympy", nodes: list[int], u: sp.Symbol) -> int | None:
     """The first node (in id order: innermost first) whose value is not linear in u."""
     for n in nodes:
-        if _nonlinear_in(conv(n), u):
+        if conv.nonlinear(conv(n)):
             return n
     return None
 
 
 def _static_part(g: Graph, conv: "_ToSympy", expr: sp.Expr, u: sp.Symbol) -> sp.Expr:
     """The part of expr that depends on no input: its addends at u = 0 free of per-token values."""
-    off = sp.expand_mul(expr.subs(u, 0))
+    off = sp.expand_mul(conv.at_zero(expr))
     return sp.simplify(sp.Add(*[t for t in sp.Add.make_args(off) if _time(g, conv.symbols, t) != "token"]))
 
 
@@ -248,15 +282,15 @@ def check_linearity(g: Graph) -> Graph:
     expr = conv(e)
     driven_by = "input"
     forcing = None
-    if u not in expr.free_symbols:
+    if not conv.depends(expr):
         if g.fact(e, "time") != "token":
             raise _err(g, "the input term does not depend on any input", espan,
                        hint=f"write it as a coefficient times the input, e.g. B * {u_name}")
         driven_by = "features"
         coef_time = "token"
     else:
-        coef_time = _time(g, conv.symbols, sp.diff(expr, u))
-        if sp.simplify(expr.subs(u, 0)) != 0:
+        coef_time = conv.coef_time(expr)
+        if sp.simplify(conv.at_zero(expr)) != 0:
             # What does not multiply u is a forcing term: per-token (the token's features) is fine.
             forcing = "token"
     if _static_part(g, conv, expr, u) != 0:
@@ -269,8 +303,11 @@ def check_linearity(g: Graph) -> Graph:
     xs = sp.Symbol("x")
     rconv = _ToSympy(g, meta["state"], xs)
     y = rconv(meta["output"])
-    readout_linear = not _nonlinear_in(y, xs)
-    readout_time = _time(g, rconv.symbols, sp.diff(y, xs)) if xs in y.free_symbols else "static"
+    # A readout that reads the state but came out free of it cancelled (`r / r`, 1 where
+    # defined): not a linear map of the state, whatever the algebra says.
+    cancelled = not rconv.depends(y) and meta["state"] in g.ancestors(meta["output"])
+    readout_linear = not rconv.nonlinear(y) and not cancelled
+    readout_time = rconv.coef_time(y) if rconv.depends(y) else "static"
     cls = dict(A=g.fact(a, "time"), input_coef=coef_time, forcing=forcing, readout=readout_time,
                readout_linear=readout_linear, driven_by=driven_by)
     if g.op(meta["system"]).kind == "dynamics":
