@@ -71,13 +71,17 @@ class _ToSympy:
     """IR subtree -> sympy, with chosen leaves as symbols and opaque nodes as symbols."""
 
     def __init__(self, g: Graph, leaf: int, leaf_symbol: sp.Symbol, opaque: frozenset = frozenset(),
-                 linear_maps: bool = False):
+                 linear_maps: bool = False, maps_of_leaf: bool = False):
         self.g, self.leaf, self.sym = g, leaf, leaf_symbol
         # Nodes taken as coefficients whatever their kind (named values, in the last view).
         self.opaque = opaque
         # A linear(e) without bias as W * e (W a static coefficient) where e is linear in the
         # leaf: `linear(u, N)` is then linear in u like `sum(W * u, H)`.
         self.linear_maps = linear_maps
+        # linear(e, ...) / conv(e, ...) of a leaf-dependent e as an operation linear in e (a
+        # bias is an affine offset), never an opaque coefficient free of the leaf: the readout
+        # `linear(x, H)` is linear in the state, `linear(x, H) * linear(x, H)` is not.
+        self.maps_of_leaf = maps_of_leaf
         self.memo: dict[int, sp.Expr] = {}
         self.symbols: dict[sp.Symbol, int] = {}
         # The symbols that stand for a value linear in the leaf: the leaf itself and one per
@@ -143,6 +147,12 @@ class _ToSympy:
         elif self.linear_maps and o.kind == "linear" and o.get("bias") is None \
                 and not self.nonlinear(self(g.operands(n)[0])):
             r = sp.Symbol(f"W{n}") * self(g.operands(n)[0])
+        elif self.maps_of_leaf and o.kind in ("linear", "conv") and n not in self.opaque \
+                and self.depends(self(g.operands(n)[0])):
+            inner = self(g.operands(n)[0])
+            # conv mixes past tokens (like prev): its coefficient is never a static one.
+            r = self._fresh(n, inner, o.kind, time="token" if o.kind == "conv" else None) \
+                if not self.nonlinear(inner) else sp.Function(o.kind)(inner)
         elif o.kind in ("prev", "prev_state") and n not in self.opaque:
             # A shifted value: linear in the leaf where its argument is, with a per-token
             # marker of its own (u_{t-1} is not u_t: prev(u) * u is not linear, and a
@@ -301,7 +311,7 @@ def check_linearity(g: Graph) -> Graph:
                         f"{meta['state_dims'][-1]}) (no constant offset)")
     # The readout: linear in the state?
     xs = sp.Symbol("x")
-    rconv = _ToSympy(g, meta["state"], xs)
+    rconv = _ToSympy(g, meta["state"], xs, maps_of_leaf=True)
     y = rconv(meta["output"])
     # A readout that reads the state but came out free of it cancelled (`r / r`, 1 where
     # defined): not a linear map of the state, whatever the algebra says.

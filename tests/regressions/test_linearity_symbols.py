@@ -27,6 +27,8 @@ NONLINEAR_READOUTS = [
     "sum(C * x, N) / sum(sum(C * x, N), H)",
     "r / (1 + sum(r * r, H))",
     "sum(x / sum(x, N), N)",
+    "linear(x, H) * linear(x, H)",                      # linear(...) of the state was an opaque
+    "silu(linear(x, H))",                               # coefficient free of the state
 ]
 
 
@@ -60,3 +62,37 @@ def test_a_ratio_in_the_input_term_is_not_linear(term):
     text = selective("W_B", term)
     err = spec_error(text)
     assert "not linear in the input" in str(err)
+
+
+def _s4d(output: str) -> str:
+    from tests.regressions.test_linearity_algorithm import S4D
+    return (S4D.replace("STATE", "x[H, N]").replace("TERM", "B * u")
+            .replace("y = OUTPUT", f"y = {output}\n  z = sum(C * x, N)"))
+
+
+@pytest.mark.parametrize("output, linear", [
+    ("re(z) / abs(z)", False),
+    ("re(z) * im(z)", False),
+    ("re(z) / (1 + re(sum(z, H)))", False),
+    ("re(z) - 2 * im(z) + D * u", True),
+], ids=["re-over-abs", "re-times-im", "over-sum", "re-minus-im"])
+def test_complex_readouts(output, linear):
+    text = _s4d(output)
+    cls = _graph(text).meta["classification"]
+    assert cls["readout_linear"] == linear and cls["lti"] == linear, cls
+    assert agree(text, length=40) == ("fft_conv" if linear else "chunked_scan")
+
+
+def test_a_readout_that_cancels_to_a_constant_is_not_linear():
+    """`r / r` is 1 where defined: it reads the state but is no linear map of it, so no FFT form."""
+    text = _readout("sum(C * x, N) / sum(C * x, N)")
+    cls = _graph(text).meta["classification"]
+    assert not cls["readout_linear"] and not cls["lti"], cls
+
+
+def test_a_selective_ratio_readout_against_the_evaluator():
+    text = selective("linear(u, N)", "B * u").replace("y = sum(C * x, N)", "y = r / (2 + sum(r * r, H))\n  r = sum(C * x, N)")
+    assert _graph(text).meta["classification"]["readout"] == "static"
+    assert not _graph(text).meta["classification"]["readout_linear"]
+    rep = check_spec(text, length=9)
+    assert rep.ok, rep.findings
