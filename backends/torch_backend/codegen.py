@@ -575,7 +575,11 @@ def split_loop(g: Graph, pr: TorchPrinter, token: list[int]):
              or any(u not in inside and u != sysn and g.op(u).kind != "output" for u, _ in g.users(n))]
     # An output that is the bare state (`output y = x`) reads the per-token states, which
     # the loop makes one chunk at a time: they leave it as a loop result too.
-    if g.operands(meta["output"])[0] == meta["state"]:
+    # So does a value made after the loop from the state itself (`output y = linear(x, H)`
+    # taken by the scan: a nonlinear readout, or a sequence too short for the FFT form):
+    # without it, it would read only the last chunk's states.
+    if g.operands(meta["output"])[0] == meta["state"] \
+            or any(meta["state"] in g.operands(n) for n in later):
         exits.append(meta["state"])
     pre = [n for n in token if n not in inside and not (g.ancestors(n) & (inside | {meta["state"]}))]
     post = [n for n in token if n not in inside and n not in pre]
