@@ -3,7 +3,11 @@ classified LTI or selective.
 
 The input term E is translated to sympy with the primary input as a symbol `u`.
 Values computed by `linear(...)` or `conv(...)`, params, other inputs and dims are
-opaque coefficients; sum/mean/re/im/conj are linear and pass through. Where that makes
+opaque coefficients. sum/mean/re/im/conj of a value linear in u are linear in u, each
+a sympy symbol of its own (keyed by its node), so algebra cannot cancel values that are
+not equal: `u / sum(u, H)` and, in the readout, `r / sum(r, H)` are of degree 0 in u (x)
+as one scalar but not linear in the symbols; linearity is judged jointly in u and those
+symbols (every derivative free of all of them). Where that makes
 E linear, a `linear(e, ...)` without bias is first read as W * e instead (W static), so
 `x' = A x + linear(u, N)` with static A is LTI, exactly like `sum(W * u, H)`.
 
@@ -24,7 +28,11 @@ that depends on no input at all (`B * u + 1`, `+ b` for a param b) is an error: 
 constant forcing is not an input term, and it would make an LTI system affine.
 
 The same translation of the output in the state symbol `x` tells whether the
-readout is linear in the state and whether its coefficient is per-token.
+readout is linear in the state and whether its coefficient is per-token; there a
+linear(...)/conv(...) of the state is linear in it too (not an opaque coefficient:
+`silu(linear(x, H))` is not linear, and a per-token gate inside one is a per-token
+readout), and a readout that reads the state but cancels to a value free of it
+(`r / r`) is not called linear.
 
 Guarantees afterwards: meta["classification"] = {"A", "step", "input_coef", "forcing",
 "readout": "static" | "token" (forcing: "token" | None), "readout_linear": bool,

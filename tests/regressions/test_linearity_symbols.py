@@ -96,3 +96,14 @@ def test_a_selective_ratio_readout_against_the_evaluator():
     assert not _graph(text).meta["classification"]["readout_linear"]
     rep = check_spec(text, length=9)
     assert rep.ok, rep.findings
+
+
+@pytest.mark.parametrize("output", ["silu(linear(x, H))", "linear(x, H) / (1 + sum(r * r, H))"])
+def test_a_scanned_readout_of_a_linear_map_of_the_state(output):
+    """Found with this fix: such a readout (now scanned, no longer taken for an FFT-able
+    one) read only the last chunk's states in the torch module (4 tokens out of 40)."""
+    text = _readout(output)
+    assert not _graph(text).meta["classification"]["lti"]
+    assert agree(text, length=40) == "chunked_scan"
+    rep = check_spec(text, length=9)
+    assert rep.ok, rep.findings
