@@ -8,7 +8,7 @@ the chunked delta rule)
 through dynamo and AOT autograd (`aot_eager`: the whole graph capture, forward and
 backward, where graph breaks and untraceable code show), and one through Inductor end to
 end. `SSMC_COMPILE_SWEEP=1` compiles every example, with Inductor, each algorithm
-(about 10 minutes on two cores).
+(tens of minutes on two cores: about 40 shared with other jobs).
 """
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ SWEEP = [(n, False) for n in EXAMPLES] + [(n, True) for n in LTI]
 
 
 @pytest.mark.skipif(os.environ.get("SSMC_COMPILE_SWEEP") != "1",
-                    reason="every example through Inductor takes ~10 minutes on 2 cores: SSMC_COMPILE_SWEEP=1")
+                    reason="every example through Inductor takes tens of minutes on 2 cores: SSMC_COMPILE_SWEEP=1")
 @pytest.mark.parametrize("name, fft", SWEEP, ids=[f"{n}-{'fft' if f else 'scan'}" for n, f in SWEEP])
 def test_sweep_every_example_inductor(name, fft):
     check_compiled(name, "inductor", fft=fft)
