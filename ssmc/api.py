@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import linecache
 import sys
 import types
 import warnings
@@ -120,7 +121,12 @@ def _module_from(text: str, source: Source, backend: str) -> types.ModuleType:
     # Registered like an imported module, so tools that look modules up (pickle,
     # torch.compile's tracing of globals) find it.
     sys.modules[mod.__name__] = mod
-    mod.__dict__["__file__"] = f"<ssmc:{source.filename}>"
+    number = mod.__name__.rsplit("_", 1)[1]
+    mod.__dict__["__file__"] = f"<ssmc:{source.filename}:{number}>"
+    # The text in linecache under that name: Triton's @jit (compiling for a GPU, not the
+    # interpreter) reads a kernel's source through inspect, which finds it there; so do
+    # tracebacks. An entry without a modification time is never evicted.
+    linecache.cache[mod.__dict__["__file__"]] = (len(text), None, text.splitlines(True), mod.__dict__["__file__"])
     # dont_inherit: the module runs as the same text written to a file would (this file's
     # `from __future__ import annotations` would make Triton kernels' `_tl.constexpr`
     # annotations strings, which Triton's interpreter does not read as constexpr).

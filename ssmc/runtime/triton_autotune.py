@@ -6,6 +6,13 @@ memory and in $SSMC_CACHE_DIR/autotune.json (default ~/.cache/ssmc), keyed on th
 kernel's source, the shape and the device, so later processes skip the tuning. Under
 Triton's CPU interpreter timings mean nothing: the largest block is used, unless
 SSMC_AUTOTUNE=1 forces tuning (for tests). SSMC_AUTOTUNE=0 turns tuning off.
+
+Before timing, on a GPU, the candidates that cannot launch on the device (shared memory,
+registers or threads past its limits) or that spill registers are pruned (`_prune`), by
+compiling each (no launch) and reading the compiled kernel's n_regs, n_spills and shared
+memory: a spilling configuration is never timed nor chosen while one that does not spill
+remains. Under the ahead-of-time check (`ssmc.aot`) every candidate is compiled for the
+target it names and the default is returned.
 """
 from __future__ import annotations
 
@@ -20,6 +27,11 @@ from pathlib import Path
 import torch
 
 _memory: dict[str, int] = {}
+
+
+def clear_memory() -> None:
+    """Forget the choices made in this process (the ahead-of-time check starts afresh per target)."""
+    _memory.clear()
 
 
 def _file() -> Path:
@@ -68,6 +80,13 @@ def choose(kernel, shape, args, largest: int, run, candidates=None):
     else:
         candidates = list(candidates)
         default = candidates[0]
+    from .. import aot
+    if aot.capturing():
+        # The ahead-of-time check: every candidate compiled for its target, none timed.
+        for config in candidates:
+            with aot.candidate(config, config == default):
+                run(config)
+        return default
     if mode == "0" or (interpreted and mode != "1"):
         return default
     device = next((str(t.device) for t in args if isinstance(t, torch.Tensor)), "cpu")
@@ -82,6 +101,9 @@ def choose(kernel, shape, args, largest: int, run, candidates=None):
     if stored in candidates:
         _memory[key] = stored
         return stored
+    if device != "cpu" and not interpreted:
+        candidates = _prune(candidates, run)
+        default = default if default in candidates else candidates[0]
     print(f"ssmc: tuning {key.split(':')[0]} for shape {shape} on {device} "
           f"({len(candidates)} block sizes)...", file=sys.stderr, flush=True)
     best, best_t = default, float("inf")
@@ -103,3 +125,25 @@ def choose(kernel, shape, args, largest: int, run, candidates=None):
     _memory[key] = best
     _save(key, best)
     return best
+
+
+def _prune(candidates: list, run) -> list:
+    """The candidates that launch on this GPU without spilling, decided from their compiled
+    kernels (n_regs, n_spills, shared memory; `ssmc.aot.fits`); if none does, the ones
+    spilling least (something must run)."""
+    from .. import aot
+    scored = []
+    for config in candidates:
+        try:
+            kernels = aot.compiled(run, config)
+        except Exception:  # a candidate that does not even compile is dropped
+            continue
+        ok = all(aot.fits(*k) for k in kernels)
+        scored.append((config, ok, sum(k[1] for k in kernels)))
+    kept = [c for c, ok, _ in scored if ok]
+    if kept:
+        return kept
+    if not scored:
+        return list(candidates)
+    least = min(s for _, _, s in scored)
+    return [c for c, _, s in scored if s == least]
