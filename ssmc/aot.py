@@ -529,7 +529,7 @@ def examples() -> list[Path]:
 
 def generated(n: int, seed: int = 0) -> list[tuple[str, str]]:
     """(name, text) of n generated specs the Triton backend generates kernels for."""
-    from backends.triton_backend import supports
+    from .backends.triton_backend import supports
     from .compiler import analyse, run_deep
     from .frontend.parser import Source
     from .testing.specgen import example_specs
