@@ -57,19 +57,24 @@ def resolve_backend(name: str, strict: bool = False) -> str:
     return fallback
 
 
-def compile_source(source: Source, backend: str = "numpy", strict: bool = False) -> str:
-    """Generated Python source for every block of `source`."""
-    return _compile(source, backend, strict)[0]
+def compile_source(source: Source, backend: str = "numpy", strict: bool = False, *,
+                   here: bool = True) -> str:
+    """Generated Python source for every block of `source`. here=False generates for the
+    backend asked for even where it cannot run on this machine (Triton kernels written on
+    a machine without a GPU, to run on one)."""
+    return _compile(source, backend, strict, here)[0]
 
 
-def _compile(source: Source, backend: str, strict: bool) -> tuple[str, str]:
+def _compile(source: Source, backend: str, strict: bool, here: bool = True) -> tuple[str, str]:
     """(source text, the backend that generated it), falling back where a spec is beyond a backend.
 
     Results are kept in a persistent cache (ssmc/cache.py), so a spec compiled once loads fast.
     """
     from . import cache
+    from .backends import AUTO_ORDER
     requested = backend
-    backend = resolve_backend(backend, strict)
+    if here or backend not in AUTO_ORDER:
+        backend = resolve_backend(backend, strict)
     k = cache.key(source.text, source.filename, requested, backend, strict)
     hit = cache.get(k)
     if hit is not None:

@@ -105,8 +105,17 @@ def compile(spec: str, backend: str, output: str | None, strict: bool) -> None: 
     from .api import compile_source, resolve_backend
     from .frontend.parser import read_source
     try:
-        backend = _notes(resolve_backend, backend, strict=strict)
-        text = _notes(compile_source, read_source(spec), backend, strict)
+        if backend == "triton":
+            # Generating Triton kernels needs no GPU: the module is written here and runs on one.
+            from .backends.triton_backend import available
+            ok, why = available()
+            if not ok:
+                _echo(f"note: {why}: the Triton module is generated anyway, to run where there is a GPU "
+                      f"(`ssmc doctor SPEC` compiles its kernels ahead of time for sm_80 and sm_90)", err=True)
+            text = _notes(compile_source, read_source(spec), backend, strict, here=False)
+        else:
+            backend = _notes(resolve_backend, backend, strict=strict)
+            text = _notes(compile_source, read_source(spec), backend, strict)
     except SsmcError as e:
         _fail(e)
     if output:
@@ -163,6 +172,62 @@ def run(spec: str, backend: str, batch: int, length: int, seed: int) -> None:
         shape = ", ".join(str(s) for s in inputs[first[0]].shape)
         click.echo(f"  ran on input {first[0]} of shape ({shape}): output {cls.OUTPUT[0]} of shape "
                    f"{tuple(y.shape)}, {y.dtype}, in {dt * 1000:.1f} ms; finite: {bool(torch.isfinite(y).all())}\n")
+
+
+@main.command()
+@click.argument("specs", nargs=-1, type=click.Path())
+@click.option("--arch", default=None, help="Compute capabilities to compile for, comma-separated "
+              "(default: this GPU's, or 80,90 without one).")
+@click.option("--all-configs", is_flag=True, help="Every autotune candidate, not only the default configurations.")
+def doctor(specs: tuple[str, ...], arch: str | None, all_configs: bool) -> None:
+    """Versions, devices, the Triton target and the caches; per SPEC, its Triton kernels'
+    resource use (registers, spills, shared memory), compiled ahead of time (no GPU needed)."""
+    import os
+    import platform
+
+    import torch
+    _echo(f"ssmc {__version__}, Python {platform.python_version()}, torch {torch.__version__}")
+    try:
+        import triton
+        _echo(f"triton {triton.__version__}")
+    except ImportError:
+        triton = None
+        _echo("triton: not installed (pip install 'ssmc[triton]')")
+    gpus = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            gpus.append(10 * major + minor)
+            _echo(f"cuda:{i}: {torch.cuda.get_device_name(i)}, sm_{major}{minor}")
+    else:
+        _echo("devices: no CUDA GPU (torch.cuda.is_available() is False)")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        _echo("TRITON_INTERPRET=1: Triton kernels run on Triton's CPU interpreter")
+    archs = tuple(int(a) for a in arch.split(",")) if arch else (tuple(sorted(set(gpus))) or (80, 90))
+    _echo("triton target: " + (", ".join(f"cuda sm_{a}" for a in sorted(set(gpus))) if gpus else
+                               "none here; ahead-of-time compiles target " + ", ".join(f"sm_{a}" for a in archs)))
+    from .cache import _path
+    where = _path()
+    _echo(f"ssmc cache: {where if where is not None else 'off (SSMC_CACHE=0)'} (SSMC_CACHE_DIR)")
+    if triton is not None:
+        from triton import knobs
+        _echo(f"triton cache: {knobs.cache.dir} (TRITON_CACHE_DIR)")
+    if not specs or triton is None:
+        return
+    from . import aot
+    bad = []
+    for spec in specs:
+        try:
+            results = _notes(aot.check_spec, spec, Path(spec).name, archs)
+        except SsmcError as e:
+            _fail(e)
+        shown = [r for r in results if all_configs or r.default]
+        _echo(f"\n{spec}: {len(results)} kernel configurations compiled"
+              + ("" if all_configs else f", the {len(shown)} default ones shown (--all-configs for every one)"))
+        _echo(aot.table(shown))
+        bad += aot.failures(results)
+    for line in bad:
+        _echo(f"problem: {line}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -339,10 +339,13 @@ class _Kernel:
         leading dims, flattened) and columns, their masks and each row dim's index. Tiles
         are [BLOCK_P, BLOCK_N] (one token) or, chunked, [BLOCK_T, BLOCK_P, BLOCK_N]."""
         lead = "None, " if self.chunked else ""
-        lines = ["    b = tl.program_id(0)",
-                 f"    rows = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[{lead}:, None]  "
+        # int64 indices: every offset is a product of them with sizes, which passes 2^31 on
+        # large tensors (32-bit offsets would wrap silently); the AOT check (ssmc.aot) looks
+        # for 32-bit products in the addresses.
+        lines = ["    b = tl.program_id(0).to(tl.int64)",
+                 f"    rows = (tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)[{lead}:, None]).to(tl.int64)  "
                  "# the state's leading dims, flat",
-                 f"    i_{self.col} = tl.arange(0, BLOCK_N)[{lead}None, :]",
+                 f"    i_{self.col} = tl.arange(0, BLOCK_N)[{lead}None, :].to(tl.int64)",
                  f"    m_rows = rows < {self.numel(self.rows)}",
                  f"    m_cols = i_{self.col} < s_{self.col}"]
         for j, d in enumerate(self.rows):

@@ -112,7 +112,8 @@ def _vandermonde_kernel(
             if G_IMAG:
                 acc -= tl.sum(pi[:, None, :] * gi[None, :, :], axis=2)
     k64 = k.to(tl.int64)
-    out = K + k64[:, None] * (P * Y * U) + p * (Y * U) + j[None, :]
+    yu = Y.to(tl.int64) * U  # sizes multiplied in int64: L * P * Y * U may pass 2^31
+    out = K + k64[:, None] * (P * yu) + p * yu + j[None, :]
     tl.store(out, acc, mask=mk[:, None] & mj[None, :])
 
 

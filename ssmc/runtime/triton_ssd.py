@@ -46,11 +46,13 @@ BLOCK_T = 64
 def _ssd_program(H, P, N, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """The program's batch element, head, chunk steps, channels and state columns, their
     masks, and the offsets of its [BLOCK_P, BLOCK_N] tile of a [B, H, P, N] state."""
-    b = tl.program_id(0)
-    h = tl.program_id(1)
+    # Indices in int64: every offset below is a product of them with sizes or strides,
+    # which passes 2^31 on large tensors (32-bit offsets would wrap silently).
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
     t = tl.arange(0, BLOCK_T)
-    p = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
-    n = tl.arange(0, BLOCK_N)
+    p = (tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)).to(tl.int64)
+    n = tl.arange(0, BLOCK_N).to(tl.int64)
     mp = p < P
     mn = n < N
     xoff = ((b * H + h) * P + p[:, None]) * N + n[None, :]
@@ -62,13 +64,14 @@ def _ssd_program(H, P, N, BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N:
 def _ssd_chunk_inputs(z, X, X2, Bm, Cm, tmap, b, h, c, p, n, mp, mn, L,
                       szb, szt, szh, sxb, sxt, sxh, sxp, s2b, s2t, s2h, sbb, sbt, sbh, sbn, scb, sct, sch, scn,
                       dt: tl.constexpr, BLOCK_T: tl.constexpr, MAP: tl.constexpr, HAS_X2: tl.constexpr):
-    """Chunk c's tokens (tmap[t] with MAP) and inputs: z [T], its cumsum Lc, X [T, BLOCK_P]
+    """Chunk c's tokens (tmap[t] with MAP; int64) and inputs: z [T], its cumsum Lc, X [T, BLOCK_P]
     (with HAS_X2 the product X1 * X2 of its two factors, e.g. dt * u, formed here), B and
     C [T, BLOCK_N]. Padding tokens: decay 1 (z = 0), no input, no output."""
     tt = c * BLOCK_T + tl.arange(0, BLOCK_T)
     mt = tt < L
     if MAP:  # a scan order by an index map over time: no reordered copies
         tt = tl.load(tmap + tt, mask=mt, other=0)
+    tt = tt.to(tl.int64)  # times a stride: int64 (see _ssd_program)
     zc = tl.load(z + b * szb + tt * szt + h * szh, mask=mt, other=0.0).to(dt)
     Lc = tl.cumsum(zc, axis=0)
     X1c = tl.load(X + b * sxb + tt[:, None] * sxt + h * sxh + p[None, :] * sxp,
