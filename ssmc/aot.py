@@ -554,6 +554,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="80,90", help="compute capabilities, comma-separated (default 80,90)")
     ap.add_argument("--table", action="store_true", help="print every configuration, not only the summary")
     ap.add_argument("--no-fail", action="store_true", help="exit 0 whatever the check finds")
+    ap.add_argument("--json", default=None, help="also write every result to this JSON file")
     a = ap.parse_args(argv)
     archs = tuple(int(x) for x in a.arch.split(","))
     work = [(Path(p).name, Path(p)) for p in a.specs]
@@ -568,6 +569,10 @@ def main(argv=None) -> int:
         rs = check_spec(spec, name, archs)
         print(f"{name}: {len(rs)} configurations", file=sys.stderr, flush=True)
         results += rs
+    if a.json:
+        import json
+        Path(a.json).write_text(json.dumps([dict(dataclasses.asdict(r), unlaunchable=r.unlaunchable)
+                                            for r in results], indent=1))
     if a.table:
         print(table(results))
         print()

@@ -38,8 +38,10 @@ import triton.language as tl
 from . import triton_autotune as autotune
 from . import torch_ops as ops
 
-#: tokens per chunk: the chunk-local matmuls are BLOCK_T x BLOCK_T
-BLOCK_T = 64
+#: tokens per chunk: the chunk-local matmuls are BLOCK_T x BLOCK_T. 32, not 64: with 64
+#: the [T, T] tiles alone take 32 registers each per thread and both kernels spill
+#: (ptxas -v, sm_80 and sm_90; `python -m ssmc.aot`).
+BLOCK_T = 32
 
 
 @triton.jit
@@ -228,15 +230,31 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _block_p(chans: int, n: int, backward: bool = False) -> int:
-    block_n = _pow2(n)
-    # Registers: the state tile [BLOCK_P, BLOCK_N], the chunk's [T, T] and [T, BLOCK_P] tiles.
-    return max(16, min(_pow2(chans), (4096 if backward else 8192) // block_n, 64))
+    """Channels per program by default: 16, the least tl.dot takes. What stays in registers
+    per program is the state tile [BLOCK_P, BLOCK_N] and the chunk's [T, T], [T, BLOCK_N]
+    and [T, BLOCK_P] tiles; the ahead-of-time check (`python -m ssmc.aot`, ptxas -v for
+    sm_80 and sm_90) found that wider channel blocks spill from N = 32 on, the backward
+    kernel first. The forward's autotuner also tries 32 and 64 (`_candidates`), pruned on
+    a GPU where they spill."""
+    return 16
+
+
+def _candidates(chans: int) -> list[int]:
+    """The forward's channel blocks, the default (16) first."""
+    return [bp for bp in (16, 32, 64) if bp == 16 or bp <= _pow2(chans)]
 
 
 def _warps(block_p: int, block_n: int) -> int:
-    """Warps per program: the state tile [BLOCK_P, BLOCK_N] and the chunk's [T, BLOCK_N] tiles
-    stay in registers; past 2048 values a tile, 8 warps share them."""
-    return 8 if block_p * block_n > 2048 else 4
+    """Warps per program: 8 from BLOCK_N = 32 on (the chunk's [T, BLOCK_N] tiles and the
+    state spread over 256 threads: with 4 warps both kernels spill at N = 32), else 4."""
+    return 8 if block_n >= 32 else 4
+
+
+def _stages(backward: bool) -> int:
+    """Software pipelining of the chunk loop: none. Prefetching the next chunk's tiles
+    (3 stages, Triton's default) holds a second set of them in registers and shared
+    memory; the AOT check measured more spills and up to 230 KB of shared memory with it."""
+    return 1
 
 
 def _strides(*ts):
@@ -272,9 +290,10 @@ def ssd_scan(z: torch.Tensor, X: torch.Tensor, X2: torch.Tensor | None, Bm: torc
             z, X, x2, Bm, Cm, x0, y, xf, states, tmap if mapped else x0, length, heads, chans, n,
             *_strides(z, X, x2, Bm, Cm),
             BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=block_n, PREC=_precision(x0.dtype), MAP=mapped, SAVE=save,
-            HAS_X2=gated, num_warps=_warps(block_p, block_n))
+            HAS_X2=gated, num_warps=_warps(block_p, block_n), num_stages=_stages(False))
 
-    block_p = autotune.choose(_ssd_fwd, (b, heads, chans, n, length), args, _block_p(chans, n), run)
+    block_p = autotune.choose(_ssd_fwd, (b, heads, chans, n, length), args, _block_p(chans, n), run,
+                              _candidates(chans))
     run(block_p)
     return y, xf, states
 
@@ -323,7 +342,7 @@ def ssd_scan_backward(z: torch.Tensor, X: torch.Tensor, X2: torch.Tensor | None,
             z, X, x2, Bm, Cm, states, tmap if mapped else x0, gy, gxf, dz, dX, dX2, dB, dC, dx0,
             length, heads, chans, n, *_strides(z, X, x2, Bm, Cm),
             BLOCK_T=BLOCK_T, BLOCK_P=block_p, BLOCK_N=_pow2(n), PREC=_precision(x0.dtype), MAP=mapped,
-            HAS_X2=gated, num_warps=_warps(block_p, _pow2(n)))
+            HAS_X2=gated, num_warps=_warps(block_p, _pow2(n)), num_stages=_stages(True))
     return [dz.to(z.dtype), dX.to(X.dtype), dX2.to(x2.dtype) if gated else dX2.new_empty((0,)),
             dB.to(Bm.dtype), dC.to(Cm.dtype), dx0]
 
