@@ -555,7 +555,14 @@ def main(argv=None) -> int:
     ap.add_argument("--table", action="store_true", help="print every configuration, not only the summary")
     ap.add_argument("--no-fail", action="store_true", help="exit 0 whatever the check finds")
     ap.add_argument("--json", default=None, help="also write every result to this JSON file")
+    ap.add_argument("--from-json", default=None, help="summarize the results a --json run wrote; compile nothing")
     a = ap.parse_args(argv)
+    if a.from_json:
+        import json
+        fields = {f.name for f in dataclasses.fields(Result)}
+        stored = [Result(**{k: v for k, v in d.items() if k in fields}) for d in json.loads(Path(a.from_json).read_text())]
+        print(table(stored) if a.table else summary(stored))
+        return 0
     archs = tuple(int(x) for x in a.arch.split(","))
     work = [(Path(p).name, Path(p)) for p in a.specs]
     if not work:
@@ -569,10 +576,10 @@ def main(argv=None) -> int:
         rs = check_spec(spec, name, archs)
         print(f"{name}: {len(rs)} configurations", file=sys.stderr, flush=True)
         results += rs
-    if a.json:
-        import json
-        Path(a.json).write_text(json.dumps([dict(dataclasses.asdict(r), unlaunchable=r.unlaunchable)
-                                            for r in results], indent=1))
+        if a.json:  # after every spec: a long sweep that is stopped keeps what it measured
+            import json
+            Path(a.json).write_text(json.dumps([dict(dataclasses.asdict(r), unlaunchable=r.unlaunchable)
+                                                for r in results], indent=1))
     if a.table:
         print(table(results))
         print()
