@@ -177,3 +177,23 @@ def test_family_names():
     assert aot.family("_ssd_fwd") == "ssd" and aot.family("_ssd_bwd") == "ssd_bwd"
     assert aot.family("_vandermonde_kernel") == "lti"
     assert aot.family("_S4D_loop") == "scan" and aot.family("_S4D_loop_bwd") == "scan_bwd"
+
+
+def test_compile_triton_without_a_gpu_writes_the_kernels(tmp_path):
+    out = tmp_path / "mamba2_triton.py"
+    p = subprocess.run([sys.executable, "-m", "ssmc", "compile", str(ROOT / "examples" / "mamba.ssm"), "-b", "triton",
+                        "-o", str(out)], capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr
+    text = out.read_text()
+    assert "@_triton.jit" in text and "(triton backend)" in p.stderr
+    assert "b = _tl.program_id(0).to(_tl.int64)" in text
+
+
+def test_doctor_reports_versions_devices_target_and_caches():
+    from click.testing import CliRunner
+
+    from ssmc.cli import main
+    r = CliRunner().invoke(main, ["doctor"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    for word in ("ssmc ", "torch ", "triton ", "triton target:", "ssmc cache:", "triton cache:"):
+        assert word in r.output, r.output

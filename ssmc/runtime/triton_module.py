@@ -137,8 +137,13 @@ class TritonModule(TorchModule):
         def run(config) -> None:
             block_p, block_t = config if chunked else (config, None)
             extra = {"BLOCK_T": block_t} if chunked else {}
-            kernel[(batch, -(-rows // block_p))](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n, **extra, **flags)
+            kernel[(batch, -(-rows // block_p))](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n, **extra, **flags,
+                                                 num_warps=warps)
 
+        # The backward kernels (those that accumulate) hold about twice the forward's live
+        # tiles: 8 warps spread them over 256 threads, so the defaults compile without spills
+        # (ptxas -v, sm_80 and sm_90: `python -m ssmc.aot`).
+        warps = BACKWARD_WARPS if accumulate else 4
         tried = []
 
         def trial(config) -> None:
@@ -186,6 +191,10 @@ def _outputs(x0, out_shapes, out_ranks):
         outs.append(x0.new_empty(tuple(out_shapes[pos:pos + r])))
         pos += r
     return outs
+
+
+#: warps of a backward kernel's programs
+BACKWARD_WARPS = 8
 
 
 #: tokens between two checkpoints of the state (the backward kernel recomputes in between)
