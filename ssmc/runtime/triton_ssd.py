@@ -38,10 +38,11 @@ import triton.language as tl
 from . import triton_autotune as autotune
 from . import torch_ops as ops
 
-#: tokens per chunk: the chunk-local matmuls are BLOCK_T x BLOCK_T. 32, not 64: with 64
-#: the [T, T] tiles alone take 32 registers each per thread and both kernels spill
-#: (ptxas -v, sm_80 and sm_90; `python -m ssmc.aot`).
-BLOCK_T = 32
+#: tokens per chunk: the chunk-local matmuls are BLOCK_T x BLOCK_T. 16 (the least tl.dot
+#: takes): with 64 the [T, T] tiles alone take 32 registers a thread each and both kernels
+#: spill; with 32 the backward still spills on sm_90 at N = 32 (ptxas -v for sm_80 and
+#: sm_90: `python -m ssmc.aot`).
+BLOCK_T = 16
 
 
 @triton.jit
