@@ -370,13 +370,19 @@ def _capture(arch: int, spec: str, records: list):
 
 # ---- driving a spec's kernels --------------------------------------------------------
 
+def _is_file(spec) -> bool:
+    """Whether `spec` names a file (rather than being a spec's text)."""
+    if isinstance(spec, Path):
+        return True
+    return isinstance(spec, str) and "\n" not in spec and len(spec) < 4096 and Path(spec).is_file()
+
+
 def _load_triton(path_or_text, name: str):
     """The spec's Triton module, generated whether or not this machine has a GPU."""
     from .api import _generate, _module_from
     from .compiler import run_deep
     from .frontend.parser import Source, read_source
-    source = read_source(path_or_text) if isinstance(path_or_text, (str, Path)) and Path(path_or_text).exists() \
-        else Source(str(path_or_text), name)
+    source = read_source(path_or_text) if _is_file(path_or_text) else Source(str(path_or_text), name)
     text, used = run_deep(_generate, source, "triton", True)
     return _module_from(text, source, used)
 
@@ -443,7 +449,7 @@ def check_spec(spec, name: str | None = None, archs=(80, 90), batch: int = 2, le
     """Compile every kernel of one spec (a path or spec text) at every configuration a launch
     would compile, for each architecture; the results, one per configuration."""
     from .runtime import triton_autotune
-    name = name or (Path(spec).name if isinstance(spec, (str, Path)) and Path(spec).exists() else "<spec>")
+    name = name or (Path(spec).name if _is_file(spec) else "<spec>")
     os.environ.pop("TRITON_INTERPRET", None)
     mod = _load_triton(spec, name)
     results: list[Result] = []

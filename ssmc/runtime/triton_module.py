@@ -130,20 +130,25 @@ class TritonModule(TorchModule):
         if chunked:
             ck = flags.get("CK", CHECKPOINT)
             # A chunk's tiles hold BLOCK_T * BLOCK_P * BLOCK_N values each and about ten are
-            # live at once: 2048 values is 16 registers a tile per thread at 4 warps.
-            candidates = [(min(_pow2(rows), max(1, 2048 // (t * block_n))), t) for t in (16, 32, 8, 64)
+            # live at once: 2048 values is 16 registers a tile per thread at 4 warps. The
+            # backward holds about twice as many: 1024-value tiles on 8 warps (4 registers
+            # a tile per thread), which the AOT check found spill-free where 2048 spilled.
+            tile = 1024 if accumulate else 2048
+            candidates = [(min(_pow2(rows), max(1, tile // (t * block_n))), t) for t in (16, 32, 8, 64)
                           if ck % t == 0] or [(largest, 1)]
 
         def run(config) -> None:
             block_p, block_t = config if chunked else (config, None)
             extra = {"BLOCK_T": block_t} if chunked else {}
             kernel[(batch, -(-rows // block_p))](*args, *sizes, BLOCK_P=block_p, BLOCK_N=block_n, **extra, **flags,
-                                                 num_warps=warps)
+                                                 num_warps=warps, num_stages=stages)
 
         # The backward kernels (those that accumulate) hold about twice the forward's live
         # tiles: 8 warps spread them over 256 threads, so the defaults compile without spills
         # (ptxas -v, sm_80 and sm_90: `python -m ssmc.aot`).
         warps = BACKWARD_WARPS if accumulate else 4
+        # No software pipelining in the backward (a second set of prefetched tiles).
+        stages = 1 if accumulate else 3
         tried = []
 
         def trial(config) -> None:
