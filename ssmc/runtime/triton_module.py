@@ -133,9 +133,12 @@ class TritonModule(TorchModule):
             # live at once: 2048 values is 16 registers a tile per thread at 4 warps. The
             # backward holds about twice as many: 1024-value tiles on 8 warps (4 registers
             # a tile per thread), which the AOT check found spill-free where 2048 spilled.
+            # The backward's default is the longest chunk whose tile fits (one row at BLOCK_N
+            # 16: 140 registers, where BLOCK_T 16 with 4 rows spilled on sm_90).
             tile = 1024 if accumulate else 2048
-            candidates = [(min(_pow2(rows), max(1, tile // (t * block_n))), t) for t in (16, 32, 8, 64)
-                          if ck % t == 0] or [(largest, 1)]
+            steps = (64, 32, 16, 8) if accumulate else (16, 32, 8, 64)
+            candidates = [(min(_pow2(rows), max(1, tile // (t * block_n))), t) for t in steps
+                          if ck % t == 0 and (not accumulate or t * block_n <= tile or t == 8)] or [(largest, 1)]
 
         def run(config) -> None:
             block_p, block_t = config if chunked else (config, None)
