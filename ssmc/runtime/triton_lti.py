@@ -112,7 +112,9 @@ def _vandermonde_kernel(
             if G_IMAG:
                 acc -= tl.sum(pi[:, None, :] * gi[None, :, :], axis=2)
     k64 = k.to(tl.int64)
-    yu = Y.to(tl.int64) * U  # sizes multiplied in int64: L * P * Y * U may pass 2^31
+    # Sizes multiplied in int64 (L * P * Y * U may pass 2^31); through p, an int64, since
+    # Triton passes a size of 1 as a constant, which has no .to().
+    yu = (p * 0 + Y) * U
     out = K + k64[:, None] * (P * yu) + p * yu + j[None, :]
     tl.store(out, acc, mask=mk[:, None] & mj[None, :])
 
