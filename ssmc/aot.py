@@ -437,7 +437,7 @@ def _exercise(mod, batch: int, length: int) -> list[str]:
                 warnings.simplefilter("ignore")
                 inputs = _inputs(cls, layer, batch, 1, torch.float32, gen)
                 (first, _), *rest = cls.INPUTS
-                state = layer.initial_state(batch) if hasattr(layer, "initial_state") else None
+                state = layer.init_state(batch) if hasattr(layer, "init_state") else None
                 if state is not None:
                     layer.step(inputs[first][:, 0], state, **{n: inputs[n][:, 0] for n, _ in rest})
         except Exception as e:
