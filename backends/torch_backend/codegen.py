@@ -367,8 +367,11 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
             w(f"            {name} = {pr.var(n)}[:, _s]")
             pr.renamed[n] = name
         readout = [n for n in loop if n in reads_state]
-        wanted = set()
-        for n in readout:
+        # The readout's per-token inputs, and every per-token value the loop hands out
+        # (a skip `D * u` that a later value reads), are made again in this pass.
+        handed = {n for n in exits if n not in reads_state}
+        wanted = set(handed)
+        for n in readout + sorted(handed, key=pr.num.get):
             wanted |= g.ancestors(n)
         for n in loop:
             if n not in reads_state and n in wanted:

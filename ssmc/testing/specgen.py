@@ -1627,6 +1627,22 @@ class _Gen:
                 r = call(f, r, cplx=False)
             else:
                 self.tags.add("output:complex")
+        if not r.cplx and ch.chance(0.12):
+            # a readout that is not linear in the state (a norm or a product across its
+            # dims, or a nonlinear map of linear(x)): the linearity analysis must not
+            # cancel it into something linear, and an LTI system must then scan
+            form = ch.choice(["rms", "quad"] + ([] if self.cplx or self.delta else ["linx"]))
+            self.tags.add("out:nonlinear:" + form)
+            rd = tuple(r.dims)
+            if form == "linx":
+                G = self.extra_dim(1, 3, hint="G")
+                r = call("silu", Ex(f"linear({xs.text}, {G})", dims=(G,), tok=True, state=True, learn=True))
+            elif form == "quad":
+                r = binop("*", r, call("mean", r, dims=(), extra=list(rd)) if rd else r)
+            else:
+                sq = binop("*", r, r)
+                den = call("sqrt", binop("+", num(1), call("mean", sq, dims=(), extra=list(rd)) if rd else sq))
+                r = binop("/", paren(r), den)
         if ch.chance(0.2) and not r.cplx:
             r = call(ch.choice(["tanh", "silu"]), r)
         if ch.chance(0.25):
