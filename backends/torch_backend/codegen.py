@@ -304,7 +304,7 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         w(f"            {_chunk_line(pr, n)}")
     if delta:
         def factors(nodes):
-            return "[" + ", ".join(f"({pr.tensor(f)}, {pr.lay(f)!r})" for f in nodes) + "]"
+            return _factors(pr, nodes)
         sign = "-" if delta["sign"] < 0 else ""
         w(f"            _X, _xd = ops.product({factors(delta['xside'])})")
         w(f"            _K, _kd = ops.product({factors(delta['kside'])})")
@@ -318,9 +318,8 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
           f"{pr.tensor(delta['c'])}, {pr.lay(delta['c'])!r}, _x, {sdims!r}, {delta['rank']!r}, {yd!r}, "
           f"self.delta_block)  # [B, T, " + ", ".join(yd) + "]")
     elif ssd:
-        # The SSD form reads tensors: a factor or a C that is a number (`C = N ** -0.5`) becomes one.
         def factors(nodes):
-            return "[" + ", ".join(f"({pr.tensor(f)}, {pr.lay(f)!r})" for f in nodes) + "]"
+            return _factors(pr, nodes)
         sign = "-" if ssd["sign"] < 0 else ""
         w(f"            _X, _xd = {factors_fn}({factors(ssd['xside'])})")
         w(f"            _Bf, _bd = ops.product({factors(ssd['bside'])})")
@@ -328,12 +327,7 @@ def render_class(g: Graph, fused_loop=None, ssd_fn: str = "ops.ssd_chunk", facto
         yd = pr.canonical(tuple(g.fact(y, "dims")))
         pr.layout[y] = yd
         z, c = ssd["z"], ssd["c"]
-        zv = pr.var(z)
-        if all(g.op(n).kind in ("const", "dim", "neg", "add", "sub", "mul", "div", "pow")
-               for n in g.ancestors(z) | {z}):
-            # A log-decay of numbers alone (`recurrence x = g x + ...` with g = 0.9) is a Python
-            # number; the SSD form takes a tensor, made in float64 so that it is not rounded.
-            zv = f"torch.tensor({zv}, dtype=torch.float64, device=_dev).to(_dt)"
+        zv = _ssd_decay(g, pr, z)
         w(f"            {pr.var(y)}, _x = {ssd_fn}({zv}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
           f"{pr.tensor(c)}, {pr.lay(c)!r}, _x, {sdims!r}, {yd!r}, self.ssd_block)  # [B, T, " + ", ".join(yd) + "]")
     elif glob and g.op(abar).kind == "const" and g.op(abar).get("value") == 1:
@@ -450,15 +444,12 @@ def render_multi(g: Graph, ssd_fn: str = "ops.ssd_chunk", factors_fn: str = "ops
             pr.renamed.update(sliced)
 
             def factors(nodes):
-                return "[" + ", ".join(f"({pr.tensor(m)}, {pr.lay(m)!r})" for m in nodes) + "]"
+                return _factors(pr, nodes)
             sign = "-" if f["sign"] < 0 else ""
             w(f"            _X, _xd = {factors_fn}({factors(f['xside'])})")
             w(f"            _Bf, _bd = ops.product({factors(f['bside'])})")
             z, c = f["z"], f["c"]
-            zv = pr.var(z)
-            if all(g.op(n).kind in ("const", "dim", "neg", "add", "sub", "mul", "div", "pow")
-                   for n in g.ancestors(z) | {z}):
-                zv = f"torch.tensor({zv}, dtype=torch.float64, device=_dev).to(_dt)"
+            zv = _ssd_decay(g, pr, z)
             w(f"            _y, {x} = {ssd_fn}({zv}, {pr.lay(z)!r}, {sign}_X, _xd, _Bf, _bd, "
               f"{pr.tensor(c)}, {pr.lay(c)!r}, {x}, {sdims!r}, {yd!r}, self.ssd_block)")
             w("            _ys.append(_y)")
@@ -529,6 +520,22 @@ def _fft_branch(g: Graph, pr: TorchPrinter, abar: int, ebar: int, out_node: int)
     w(f"            return ops.fft_conv(_K, {uname}, d, {form['U']!r}, {form['Y']!r}, {form['P']!r}) "
       f"+ _readout({zeros}, {uname}), None")
     return L
+
+
+def _factors(pr: TorchPrinter, nodes) -> str:
+    """The factors handed to ops.product as `[(tensor, layout), ...]`: the SSD and
+    delta-rule forms read tensors, so a factor that is a number (`C = N ** -0.5`) becomes one."""
+    return "[" + ", ".join(f"({pr.tensor(n)}, {pr.lay(n)!r})" for n in nodes) + "]"
+
+
+def _ssd_decay(g: Graph, pr: TorchPrinter, z: int) -> str:
+    """The SSD form's log-decay as a tensor. One of numbers alone (`recurrence x = g x + ...`
+    with g = 0.9) is a Python number; it becomes a tensor made in float64, so that it is not
+    rounded before the cast to the working dtype."""
+    if all(g.op(n).kind in ("const", "dim", "neg", "add", "sub", "mul", "div", "pow")
+           for n in g.ancestors(z) | {z}):
+        return f"torch.tensor({pr.var(z)}, dtype=torch.float64, device=_dev).to(_dt)"
+    return pr.var(z)
 
 
 def _chunk_line(pr: TorchPrinter, n: int) -> str:

@@ -128,6 +128,20 @@ def phi1m(m):
     return torch.linalg.matrix_exp(torch.cat([top, bottom], dim=-2))[..., :n, n:]
 
 
+def _block_plan(T: int, block: int):
+    """Blocks of `l = min(block, T)` tokens: their number and the padding the last one needs."""
+    l = min(block, T)
+    nb = -(-T // l)
+    return l, nb, nb * l - T
+
+
+def _in_blocks(t, l: int, nb: int, pad: int):
+    """[b, T, ...] -> [b, nb, l, ...], zero-padded at the end."""
+    if pad:
+        t = torch.cat([t, t.new_zeros((t.shape[0], pad) + t.shape[2:])], dim=1)
+    return t.reshape((t.shape[0], nb, l) + t.shape[2:])
+
+
 def _common(*ts):
     dtype = ts[0].dtype
     for t in ts[1:]:
@@ -510,17 +524,9 @@ def ssd_chunk(z, zd, X, xd, Bf, bd, Cf, cd, x0, sd, yd, block: int = 64):
 
     z, X, Bf, Cf = full(z, zd), full(X, xd), full(Bf, bd), full(Cf, cd)
     z, X, Bf, Cf, x0 = _common(z, X, Bf, Cf, x0)
-    l = min(block, T)
-    nb = -(-T // l)
-    pad = nb * l - T
-
-    def blocks(t):
-        # Zero padding at the end: decay 1, no input, no output; cut off afterwards.
-        if pad:
-            t = torch.cat([t, t.new_zeros((b, pad) + t.shape[2:])], dim=1)
-        return t.reshape((b, nb, l) + t.shape[2:])
-
-    z, X, Bf, Cf = blocks(z), blocks(X), blocks(Bf), blocks(Cf)
+    # Zero padding at the end: decay 1, no input, no output; cut off afterwards.
+    l, nb, pad = _block_plan(T, block)
+    z, X, Bf, Cf = (_in_blocks(t, l, nb, pad) for t in (z, X, Bf, Cf))
     names = dict.fromkeys(zd + xd + bd + cd + sd + yd)
     pool = "acdefghijklmnopqruvwxyzACDEFGHIJLMNOPQRUVWXYZ"
     letter = {d: pool[i] for i, d in enumerate(names)}
@@ -677,17 +683,9 @@ def delta_chunk(z, zd, P, pd, Q, qd, X, xd, K, kd, Cf, cd, x0, sd, rank, yd, blo
              + X[:, 0, :, :, None] * K[:, 0, :, None, :])
         y = torch.einsum("bgvn,bgn->bgv", S, Cf[:, 0])
         return out(y[:, None], S)
-    l = min(block, T)
-    nb = -(-T // l)
-    pad = nb * l - T
-
-    def blocks(t):
-        # Zero padding at the end: decay 1, no transition, no input, no output; cut off afterwards.
-        if pad:
-            t = torch.cat([t, t.new_zeros((b, pad) + t.shape[2:])], dim=1)
-        return t.reshape((b, nb, l) + t.shape[2:])
-
-    z, P, Q, X, K, Cf = (blocks(t) for t in (z, P, Q, X, K, Cf))
+    # Zero padding at the end: decay 1, no transition, no input, no output; cut off afterwards.
+    l, nb, pad = _block_plan(T, block)
+    z, P, Q, X, K, Cf = (_in_blocks(t, l, nb, pad) for t in (z, P, Q, X, K, Cf))
     # One layout for the block matmuls, heads before tokens: [b, K, g, l(R), ...] contiguous,
     # so that every product below is a batched matmul without hidden copies. The (token,
     # rank) pairs are flattened token-major: row t * R + r.
